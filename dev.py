@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Project tasks that need nothing but Python 3.11 and pip.
+
+    python3 dev.py demo         # the main job: scaffold a demo project and stream its graph
+    python3 dev.py test [ARGS]  # ruff, mypy and the whole pytest suite (ARGS go to pytest)
+    python3 dev.py bench        # every benchmarks/bench_*.py
+    python3 dev.py setup        # only create .venv/ and install
+
+Each creates .venv/ and installs the project with its dev extras on first use (again
+whenever pyproject.toml changes).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+
+
+def run(*cmd: str | Path, check: bool = True) -> int:
+    print("+", " ".join(map(str, cmd)), flush=True)
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, check=check).returncode
+
+
+def ensure_venv() -> Path:
+    python = BIN / "python"
+    if not python.exists():
+        venv.create(VENV, with_pip=True)
+    stamp = VENV / ".installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        run(python, "-m", "pip", "install", "-q", "--upgrade", "pip")
+        run(python, "-m", "pip", "install", "-q", "-e", ".[dev]")
+        stamp.write_text(digest)
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    os.environ["VIRTUAL_ENV"] = str(VENV)
+    return python
+
+
+def ensure_postgres() -> None:
+    """The PostgreSQL tests start their own server; install its binaries where missing."""
+    if shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        run("apt-get", "update", "-q")
+        run("apt-get", "install", "-y", "-q", "postgresql")
+    else:
+        sys.exit("PostgreSQL server binaries (initdb, pg_ctl, postgres) are needed: install them")
+
+
+def main() -> int:
+    task, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if task not in ("demo", "test", "bench", "setup"):
+        sys.exit(__doc__)
+    python = ensure_venv()
+    if task == "setup":
+        return 0
+    if task == "demo":
+        return run(BIN / "act-operator", "demo", *args, check=False)
+    if task == "bench":
+        for bench in sorted(ROOT.glob("benchmarks/bench_*.py")):
+            print(f"# {bench.name}", flush=True)
+            run(python, bench)
+        return 0
+    ensure_postgres()
+    run(BIN / "ruff", "check", ".")
+    run(BIN / "ruff", "format", "--check", ".")
+    run(BIN / "mypy")
+    return run(python, "-m", "pytest", *args, check=False)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as error:
+        sys.exit(error.returncode)
