@@ -1,5 +1,7 @@
 """act-operator-lib: class-based LangGraph nodes, a cookbook of async node patterns, scaffolding.
 
+Subclass a node class, implement ``execute``, and add an instance to a graph:
+
     from act_operator_lib import BaseNode, AsyncBaseNode
 """
 

@@ -87,7 +87,7 @@ class _Node(abc.ABC):
         if getattr(execute, "__isabstractmethod__", False):
             return  # an abstract intermediate class; its concrete subclasses are checked
         injected = _validate_execute(cls, execute)
-        cls.__call__ = _build_call(cls, execute, injected)  # type: ignore[method-assign,assignment]
+        cls.__call__ = _build_call(cls, execute, injected)  # type: ignore[method-assign]
 
     def log(self, message: str, **context: Any) -> None:
         """Log ``message`` with the node's name and ``context``, only when ``verbose``."""
@@ -112,12 +112,12 @@ class _Node(abc.ABC):
 class BaseNode(_Node):
     """A synchronous node: implement ``def execute(self, state[, config][, runtime])``.
 
-        class Count(BaseNode):
-            def execute(self, state: State) -> dict[str, Any]:
-                return {"count": state["count"] + 1}
+    class Count(BaseNode):
+        def execute(self, state: State) -> dict[str, Any]:
+            return {"count": state["count"] + 1}
 
-        builder.add_node(Count())
-        Count()({"count": 1})  # {'count': 2}: unit-testable alone
+    builder.add_node(Count())
+    Count()({"count": 1})  # {'count': 2}: unit-testable alone
     """
 
     _is_async = False
@@ -174,12 +174,15 @@ def _validate_execute(cls: type[_Node], execute: object) -> tuple[str, ...]:
         raise TypeError(f"{where} must be async def in an AsyncBaseNode; subclass BaseNode for def")
 
     params = list(inspect.signature(execute).parameters.values())
-    if len(params) < 2 or params[0].kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD:
-        raise TypeError(f"{where} must take (self, state, ...), got ({', '.join(map(str, params))})")
-    state = params[1]
-    if state.name != "state" or state.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD:
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) < 2 or params[0].kind not in positional:
         raise TypeError(
-            f"{where} has first parameter '{state}' after self; it must be a positional 'state'"
+            f"{where} must take (self, state, ...), got ({', '.join(map(str, params))})"
+        )
+    state = params[1]
+    if state.name != "state" or state.kind not in positional:
+        raise TypeError(
+            f"{where} has first parameter '{state.name}' after self; it must be a positional 'state'"
         )
     injected: list[str] = []
     for param in params[2:]:
