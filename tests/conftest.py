@@ -6,6 +6,8 @@ import gc
 
 import pytest
 
+pytest_plugins = ["tests.pg_server", "tests.http_server"]
+
 
 @pytest.fixture(autouse=True)
 def _collect_garbage() -> None:
