@@ -1,12 +1,53 @@
 """Circuit breaker shared by name: fail fast while a dependency is down, probe to recover.
 
-breaker = CircuitBreaker.named("search-api", BreakerPolicy(failure_threshold=5, reset_timeout=30))
-result = await breaker.call(fetch, query)  # raises CircuitOpenError(retry_after=...) while open
+    breaker = circuit_breaker("search-api", BreakerPolicy(failure_threshold=5, reset_timeout=30))
+    async with breaker.guard():  # raises CircuitOpenError(retry_after=...) while open
+        hits = await search(query)
+    builder.add_node(CircuitBreakerNode(search_node, breaker, when_open=lambda s, e: {"hits": []}))
+
+The circuit is *closed* (calls pass) until ``failure_threshold`` calls in a row fail; then
+it is *open* for ``reset_timeout`` seconds and every call fails at once with
+``CircuitOpenError``, whose ``retry_after`` says when the next probe is allowed. After the
+timeout it is *half-open*: up to ``half_open_probes`` calls go through as probes; a probe
+that succeeds closes the circuit, one that fails opens it again. Cancelling a call counts as
+nothing, and ``failure_on`` decides which exceptions are the dependency's fault (any other
+exception means the dependency answered, which counts as a success). Every
+``circuit_breaker(name, ...)`` call with the same name returns the same breaker, so all
+nodes, graphs and runs in the process (any event loop or thread) share what it learned.
+
+Composes with retry: the retry recipe never retries ``CircuitOpenError``, so put the
+breaker inside the retried operation and an open circuit ends the retries at once.
+
+When to use LangGraph's native tools instead: a node's ``RetryPolicy`` (retry the whole
+node on given exceptions) and an error-handler node (route a failed node's error to a
+fallback) cover a single run's failures. A breaker adds memory *across* runs: after enough
+failures every run stops calling the dependency for a while. Use it for a shared remote
+service; a ``RetryPolicy`` alone is the better choice when failures are independent.
 """
 
 from __future__ import annotations
 
-__all__ = ["CircuitOpenError"]
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, TypeVar
+
+from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.metrics import record
+
+__all__ = [
+    "BreakerPolicy",
+    "CircuitBreaker",
+    "CircuitBreakerNode",
+    "CircuitOpenError",
+    "circuit_breaker",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+State = Literal["closed", "open", "half_open"]
 
 
 class CircuitOpenError(RuntimeError):
@@ -24,3 +65,333 @@ class CircuitOpenError(RuntimeError):
 
     def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float]]:
         return (type(self), (self.name, self.retry_after))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerPolicy:
+    """When a circuit opens, how long it stays open, and what counts as a failure.
+
+    BreakerPolicy(failure_threshold=5, reset_timeout=30.0)
+    BreakerPolicy(failure_on=(ConnectionError, TimeoutError))
+    BreakerPolicy(failure_on=lambda e: getattr(e, "status", 500) >= 500)
+    """
+
+    failure_threshold: int = 5
+    """Consecutive failures that open the circuit; >= 1."""
+    reset_timeout: float = 30.0
+    """Seconds the circuit stays open before letting probes through; > 0."""
+    half_open_probes: int = 1
+    """Calls let through at once while half-open; >= 1."""
+    failure_on: (
+        type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+    ) = Exception
+    """Exceptions that count as failures: classes, or a predicate. Others count as success."""
+
+    def __post_init__(self) -> None:
+        for field in ("failure_threshold", "half_open_probes"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"BreakerPolicy {field} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"BreakerPolicy {field} must be >= 1, got {value!r}")
+        timeout = self.reset_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"BreakerPolicy reset_timeout must be a number, got {timeout!r}")
+        if not 0 < timeout < float("inf"):
+            raise ValueError(f"BreakerPolicy reset_timeout must be > 0 and finite, got {timeout!r}")
+        failure_on = self.failure_on
+        classes = failure_on if isinstance(failure_on, tuple) else (failure_on,)
+        if not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes) and (
+            isinstance(failure_on, tuple | type) or not callable(failure_on)
+        ):
+            raise TypeError(
+                "BreakerPolicy failure_on must be an exception class, a tuple of them or a"
+                f" predicate taking the exception, got {failure_on!r}"
+            )
+
+    def is_failure(self, error: BaseException) -> bool:
+        """Whether ``error`` counts against the circuit."""
+        failure_on = self.failure_on
+        if isinstance(failure_on, type | tuple):
+            return isinstance(error, failure_on)
+        return bool(failure_on(error))
+
+
+class CircuitBreaker:
+    """Counts failures of calls to one dependency and refuses calls while it is down.
+
+        breaker = CircuitBreaker(BreakerPolicy(failure_threshold=3))  # circuit_breaker() shares
+        async with breaker:
+            await call_api()
+        result = await breaker.call(call_api, "arg")
+        breaker.state  # "closed", "open" or "half_open"
+
+    The state is plain numbers guarded by a thread lock that is never held across an
+    await, so one breaker serves every event loop and thread in the process.
+    """
+
+    __slots__ = (
+        "_failures",
+        "_generation",
+        "_lock",
+        "_opened_at",
+        "_probes",
+        "_state",
+        "name",
+        "policy",
+    )
+
+    policy: BreakerPolicy
+    """The threshold, reset timeout and what counts as a failure."""
+    name: str
+    """The name errors and metrics use (the registry's key, for a shared breaker)."""
+
+    def __init__(self, policy: BreakerPolicy | None = None, *, name: str = "circuit") -> None:
+        if policy is None:
+            policy = BreakerPolicy()
+        if not isinstance(policy, BreakerPolicy):
+            raise TypeError(f"CircuitBreaker policy must be a BreakerPolicy, got {policy!r}")
+        self.policy = policy
+        self.name = name
+        self._lock = threading.Lock()
+        self._state: State = "closed"
+        self._failures = 0  # consecutive, while closed
+        self._opened_at = 0.0  # time.monotonic() when the circuit last opened
+        self._probes = 0  # probes in flight, while half-open
+        # Bumped on every state change: a call admitted under an older state does not get
+        # to re-open or close the circuit when it finally ends.
+        self._generation = 0
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker(name={self.name!r}, state={self.state!r})"
+
+    @property
+    def state(self) -> State:
+        """``"closed"``, ``"open"`` or ``"half_open"`` (an open circuit past its timeout)."""
+        with self._lock:
+            if self._state == "open" and self._retry_after(time.monotonic()) <= 0:
+                return "half_open"
+            return self._state
+
+    def _retry_after(self, now: float) -> float:
+        return self._opened_at + self.policy.reset_timeout - now
+
+    def _move(self, state: State, now: float) -> None:
+        """Change state (lock held)."""
+        self._state = state
+        self._generation += 1
+        self._failures = 0
+        self._probes = 0
+        if state == "open":
+            self._opened_at = now
+        record("circuit_state_changes", name=self.name, state=state)
+
+    def before_call(self) -> tuple[int, bool]:
+        """Admit a call or raise ``CircuitOpenError``; returns a ticket for ``after_call``."""
+        with self._lock:
+            if self._state == "closed":
+                return self._generation, False
+            now = time.monotonic()
+            if self._state == "open":
+                retry_after = self._retry_after(now)
+                if retry_after > 0:
+                    raise CircuitOpenError(self.name, retry_after)
+                self._move("half_open", now)
+            if self._probes >= self.policy.half_open_probes:
+                # Probes are in flight; if they fail the circuit stays open this long.
+                raise CircuitOpenError(self.name, self.policy.reset_timeout)
+            self._probes += 1
+            return self._generation, True
+
+    def after_call(self, ticket: tuple[int, bool], error: BaseException | None) -> None:
+        """Record how an admitted call ended: ``error`` is ``None`` for a success."""
+        generation, is_probe = ticket
+        cancelled = error is not None and not isinstance(error, Exception)
+        failed = error is not None and not cancelled and self.policy.is_failure(error)
+        with self._lock:
+            if generation != self._generation:
+                return  # admitted under an older state: what it says is out of date
+            now = time.monotonic()
+            if is_probe:
+                self._probes -= 1
+                if cancelled:
+                    return  # the probe slot is free again for the next caller
+                self._move("open" if failed else "closed", now)
+            elif failed:
+                self._failures += 1
+                if self._failures >= self.policy.failure_threshold:
+                    self._move("open", now)
+            elif not cancelled:
+                self._failures = 0
+
+    async def call(
+        self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``await operation(*args, **kwargs)`` through the breaker."""
+        ticket = self.before_call()
+        try:
+            result = await operation(*args, **kwargs)
+        except BaseException as error:
+            self.after_call(ticket, error)
+            raise
+        self.after_call(ticket, None)
+        return result
+
+    def guard(self) -> _Guard:
+        """A context manager running its block as one call: ``async with breaker.guard():``.
+
+        Entering raises ``CircuitOpenError`` while the circuit is open; leaving records
+        how the block ended. It works with plain ``with`` too (nothing in it awaits).
+        """
+        return _Guard(self)
+
+
+class _Guard:
+    """One call through a breaker, as a (sync or async) context manager."""
+
+    __slots__ = ("_breaker", "_ticket")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        self._ticket: tuple[int, bool] | None = None
+
+    def __enter__(self) -> None:
+        if self._ticket is not None:
+            raise RuntimeError("a CircuitBreaker.guard() is single-use; call guard() again")
+        self._ticket = self._breaker.before_call()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._ticket is not None
+        self._breaker.after_call(self._ticket, exc)
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+_registry: dict[str, CircuitBreaker] = {}
+_registry_lock = threading.Lock()
+
+
+def circuit_breaker(name: str, policy: BreakerPolicy | None = None) -> CircuitBreaker:
+    """The breaker called ``name``, created with ``policy`` (default ``BreakerPolicy()``).
+
+        breaker = circuit_breaker("payments", BreakerPolicy(failure_threshold=3))
+
+    Asking again with the same name returns the same breaker; asking with a different
+    policy is a mistake and raises ``ValueError``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"circuit_breaker name must be a non-empty string, got {name!r}")
+    policy = BreakerPolicy() if policy is None else policy
+    with _registry_lock:
+        breaker = _registry.get(name)
+        if breaker is None:
+            breaker = _registry[name] = CircuitBreaker(policy, name=name)
+        elif breaker.policy != policy:
+            raise ValueError(
+                f"circuit_breaker {name!r} already exists with {breaker.policy}; got {policy}"
+            )
+        return breaker
+
+
+class CircuitBreakerNode(AsyncBaseNode):
+    """A node that runs ``operation(state)`` through ``breaker``.
+
+        async def charge(state: State) -> dict[str, Any]:
+            return {"receipt": await payments.charge(state["order"])}
+
+        def degrade(state: State, error: CircuitOpenError) -> dict[str, Any]:
+            return {"receipt": None, "retry_in": error.retry_after}
+
+        builder.add_node("charge", CircuitBreakerNode(charge, circuit_breaker("payments"), when_open=degrade))
+
+    While the circuit is open the node returns ``when_open(state, error)`` if given, and
+    raises ``CircuitOpenError`` otherwise (route it with an error-handler node).
+    """
+
+    def __init__(
+        self,
+        operation: Callable[[Any], Awaitable[dict[str, Any]]],
+        breaker: CircuitBreaker,
+        *,
+        when_open: Callable[[Any, CircuitOpenError], dict[str, Any]] | None = None,
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if not callable(operation):
+            raise TypeError(f"CircuitBreakerNode operation must be callable, got {operation!r}")
+        if not isinstance(breaker, CircuitBreaker):
+            raise TypeError(f"CircuitBreakerNode breaker must be a CircuitBreaker, got {breaker!r}")
+        if when_open is not None and not callable(when_open):
+            raise TypeError(f"CircuitBreakerNode when_open must be callable, got {when_open!r}")
+        super().__init__(name=name or getattr(operation, "__name__", None), verbose=verbose)
+        self.operation = operation
+        self.breaker = breaker
+        self.when_open = when_open
+
+    async def execute(self, state: Any) -> dict[str, Any]:
+        try:
+            return await self.breaker.call(self.operation, state)
+        except CircuitOpenError as error:
+            self.log("circuit open", breaker=error.name, retry_after=error.retry_after)
+            if self.when_open is None:
+                raise
+            return self.when_open(state, error)
+
+
+if __name__ == "__main__":
+    import asyncio
+    from typing import TypedDict
+
+    from langgraph.graph import START, StateGraph
+
+    class Order(TypedDict, total=False):
+        order: int
+        receipt: str | None
+        note: str
+
+    calls = 0
+
+    async def charge(state: Order) -> dict[str, Any]:
+        global calls
+        calls += 1
+        if state["order"] < 3:  # the payment service is down for the first orders
+            raise ConnectionError("payment service unreachable")
+        return {"receipt": f"receipt-{state['order']}", "note": "charged"}
+
+    def degrade(state: Order, error: CircuitOpenError) -> dict[str, Any]:
+        return {"receipt": None, "note": f"circuit open, retry in {error.retry_after:.2f}s"}
+
+    async def main() -> None:
+        breaker = circuit_breaker(
+            "example-payments", BreakerPolicy(failure_threshold=2, reset_timeout=0.2)
+        )
+        builder = StateGraph(Order)
+        builder.add_node("charge", CircuitBreakerNode(charge, breaker, when_open=degrade))
+        builder.add_edge(START, "charge")
+        graph = builder.compile()
+        for order in range(5):
+            if order == 3:
+                await asyncio.sleep(0.25)  # past reset_timeout: the next run is a probe
+            try:
+                result = await graph.ainvoke({"order": order})
+                outcome = result["note"]
+            except ConnectionError as error:
+                outcome = f"failed: {error}"
+            print(f"order {order}: {outcome} (circuit {breaker.state})")
+        print(f"the payment service was called {calls} times for 5 orders")
+
+    asyncio.run(main())
