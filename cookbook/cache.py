@@ -1,0 +1,258 @@
+"""Async cache with single-flight: TTL, LRU size bound, one in-flight call per key.
+
+    cache = AsyncCache(CacheSettings(ttl=60, maxsize=1000))
+    profile = await cache.get_or_load(user_id, lambda: fetch_profile(user_id))
+    builder.add_node(CachedNode(lookup, cache, key=lambda state: state["user_id"]))
+
+A value is kept for ``ttl`` seconds and the least recently used values are dropped beyond
+``maxsize``. Concurrent calls for the same key share one call of the loader (the others
+join it), so a burst of identical requests costs one request downstream. A failure is not
+cached: every caller that joined the call sees the error and the next call tries again.
+Cancelling one caller does not cancel the shared call for the others, and when every
+caller has gone away the call is cancelled, so nothing keeps running unobserved.
+
+When to use LangGraph's native ``CachePolicy`` instead: it caches a whole node's result
+keyed by the node's input, in the graph's cache backend (``compile(cache=...)``), which can
+be persistent and shared between processes. Prefer it whenever the node's whole output is
+a function of its input. Use this recipe for an operation *inside* a node (one lookup among
+other work, a key you choose), for values shared across different nodes and graphs, and when
+concurrent identical calls must not all run: ``CachePolicy`` does not merge calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.metrics import record
+
+__all__ = ["AsyncCache", "CacheSettings", "CachedNode"]
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheSettings:
+    """How long values live and how many are kept.
+
+    CacheSettings(ttl=300.0, maxsize=1024)
+    CacheSettings(ttl=None, maxsize=100)   # values never expire; only LRU eviction
+    """
+
+    ttl: float | None = 300.0
+    """Seconds a value stays fresh; > 0, or ``None`` for no expiry."""
+    maxsize: int = 1024
+    """Most values kept; >= 1. Beyond it the least recently used value is dropped."""
+    name: str = "cache"
+    """The name metrics use."""
+
+    def __post_init__(self) -> None:
+        ttl = self.ttl
+        if ttl is not None:
+            if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+                raise TypeError(f"CacheSettings ttl must be a number or None, got {ttl!r}")
+            if not ttl > 0:
+                raise ValueError(f"CacheSettings ttl must be > 0 (or None), got {ttl!r}")
+        if isinstance(self.maxsize, bool) or not isinstance(self.maxsize, int):
+            raise TypeError(f"CacheSettings maxsize must be an int, got {self.maxsize!r}")
+        if self.maxsize < 1:
+            raise ValueError(f"CacheSettings maxsize must be >= 1, got {self.maxsize!r}")
+
+
+class _Entry(NamedTuple):
+    value: Any
+    expires: float  # time.monotonic(); inf when values never expire
+
+
+class _Flight:
+    """A loader call in progress and how many callers are waiting for it."""
+
+    __slots__ = ("callers", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.callers = 0
+
+
+class AsyncCache(Generic[V]):
+    """A TTL + LRU cache whose misses share one in-flight load per key.
+
+        cache: AsyncCache[Profile] = AsyncCache(CacheSettings(ttl=60))
+        profile = await cache.get_or_load(user_id, lambda: fetch_profile(user_id))
+        cache.invalidate(user_id)
+
+    Values (not in-flight loads) are plain objects, so one cache can outlive an event loop
+    and serve the next ``asyncio.run``. Use it from one event loop at a time.
+    """
+
+    __slots__ = ("_flights", "_values", "settings")
+
+    settings: CacheSettings
+    """The TTL and size bound."""
+
+    def __init__(self, settings: CacheSettings | None = None) -> None:
+        if settings is None:
+            settings = CacheSettings()
+        if not isinstance(settings, CacheSettings):
+            raise TypeError(f"AsyncCache settings must be a CacheSettings, got {settings!r}")
+        self.settings = settings
+        self._values: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._flights: dict[Hashable, _Flight] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return (
+            f"AsyncCache(name={self.settings.name!r}, size={len(self._values)},"
+            f" in_flight={len(self._flights)})"
+        )
+
+    def get(self, key: Hashable) -> V | None:
+        """The fresh value cached under ``key``, or ``None``."""
+        entry = self._values.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= time.monotonic():
+            del self._values[key]
+            return None
+        self._values.move_to_end(key)
+        return entry.value  # type: ignore[no-any-return]
+
+    def set(self, key: Hashable, value: V) -> None:
+        """Cache ``value`` under ``key``, dropping the least recently used beyond maxsize."""
+        ttl = self.settings.ttl
+        expires = float("inf") if ttl is None else time.monotonic() + ttl
+        self._values[key] = _Entry(value, expires)
+        self._values.move_to_end(key)
+        while len(self._values) > self.settings.maxsize:
+            self._values.popitem(last=False)
+
+    def invalidate(self, key: Hashable) -> None:
+        """Forget ``key``'s value (a load in flight still completes and is cached)."""
+        self._values.pop(key, None)
+
+    async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
+        """The value for ``key``: cached, joined from a load in flight, or ``await load()``."""
+        name = self.settings.name
+        entry = self._values.get(key)
+        if entry is not None:
+            if entry.expires > time.monotonic():
+                self._values.move_to_end(key)
+                record("cache_hits", name=name)
+                return entry.value  # type: ignore[no-any-return]
+            del self._values[key]
+
+        loop = asyncio.get_running_loop()
+        flight = self._flights.get(key)
+        if flight is not None and flight.task.get_loop() is loop:
+            record("singleflight_joins", name=name)
+        else:
+            # A load left over from another (finished) loop cannot be awaited here.
+            record("cache_misses", name=name)
+            flight = self._flights[key] = _Flight(loop.create_task(self._load(key, load)))
+        flight.callers += 1
+        try:
+            # shield: one caller's cancellation must not cancel the load the others wait on.
+            return await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            task = flight.task
+            if flight.callers == 1 and not task.done():
+                # The last caller is leaving: cancel the load and wait for it to end. A caller
+                # arriving meanwhile starts a fresh load rather than join a cancelled one.
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+                task.cancel()
+                await asyncio.wait([task])
+                if not task.cancelled():
+                    task.exception()  # retrieved: nobody is left to see it
+            raise
+        finally:
+            flight.callers -= 1
+
+    async def _load(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
+        try:
+            value = await load()
+            self.set(key, value)  # only successes are cached
+            return value
+        finally:
+            flight = self._flights.get(key)
+            if flight is not None and flight.task is asyncio.current_task():
+                del self._flights[key]
+
+
+class CachedNode(AsyncBaseNode):
+    """A node whose ``operation(state)`` result is cached under ``key(state)``.
+
+        async def lookup(state: State) -> dict[str, Any]:
+            return {"profile": await fetch_profile(state["user_id"])}
+
+        profiles = AsyncCache(CacheSettings(ttl=60, name="profiles"))
+        builder.add_node("lookup", CachedNode(lookup, profiles, key=lambda s: s["user_id"]))
+
+    Runs that ask for the same key at once (parallel branches, concurrent graph runs on a
+    server) share one call of ``operation``.
+    """
+
+    def __init__(
+        self,
+        operation: Callable[[Any], Awaitable[dict[str, Any]]],
+        cache: AsyncCache[dict[str, Any]],
+        *,
+        key: Callable[[Any], Hashable],
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if not callable(operation):
+            raise TypeError(f"CachedNode operation must be callable, got {operation!r}")
+        if not isinstance(cache, AsyncCache):
+            raise TypeError(f"CachedNode cache must be an AsyncCache, got {cache!r}")
+        if not callable(key):
+            raise TypeError(f"CachedNode key must be a callable taking the state, got {key!r}")
+        super().__init__(name=name or getattr(operation, "__name__", None), verbose=verbose)
+        self.operation = operation
+        self.cache = cache
+        self.key = key
+
+    async def execute(self, state: Any) -> dict[str, Any]:
+        key = self.key(state)
+        self.log("cached call", key=key)
+        return await self.cache.get_or_load(key, lambda: self.operation(state))
+
+
+if __name__ == "__main__":
+    from typing import TypedDict
+
+    from langgraph.graph import START, StateGraph
+
+    class State(TypedDict, total=False):
+        city: str
+        forecast: str
+
+    calls: list[str] = []
+
+    async def forecast(state: State) -> dict[str, Any]:
+        calls.append(state["city"])
+        await asyncio.sleep(0.05)  # a slow weather service
+        return {"forecast": f"sunny in {state['city']}"}
+
+    async def main() -> None:
+        cache: AsyncCache[dict[str, Any]] = AsyncCache(CacheSettings(ttl=60, name="forecasts"))
+        builder = StateGraph(State)
+        builder.add_node("forecast", CachedNode(forecast, cache, key=lambda s: s["city"]))
+        builder.add_edge(START, "forecast")
+        graph = builder.compile()
+        cities = ["Oslo", "Lima", "Oslo", "Oslo", "Lima", "Pune"]
+        # Six concurrent runs: one service call per distinct city, the rest join it.
+        results = await asyncio.gather(*(graph.ainvoke({"city": c}) for c in cities))
+        again = await graph.ainvoke({"city": "Oslo"})  # a cache hit
+        print([r["forecast"] for r in results])
+        print(f"{len(cities) + 1} runs, {len(calls)} service calls: {sorted(calls)}")
+        print(again["forecast"])
+
+    asyncio.run(main())
