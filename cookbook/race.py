@@ -1,0 +1,264 @@
+"""Race and hedging: take the first successful result, cancel the rest.
+
+    answer = await race(ask_primary, ask_mirror)                 # first success wins
+    answer = await hedged(ask_primary, HedgePolicy(delay=0.2))   # backup if slow
+
+    builder.add_node(RaceNode({"primary": ask_primary, "mirror": ask_mirror}))
+
+``race`` starts every alternative at once; ``hedged`` starts one attempt and another
+only when the running ones have been slower than ``delay`` (or have all failed), which
+cuts tail latency for the price of a few duplicate calls. Either way the losers are
+cancelled, and awaited, before the call returns. A failure is not a result: the race
+goes on while some alternative is still running, and only when all have failed is an
+``ExceptionGroup`` of every failure raised. Both stop at the run's deadline (see
+``deadline.py``) with ``TimeoutError``.
+
+When to use LangGraph's native features instead: several nodes fanned out with ``Send``
+run to completion and all their results are kept, which is right when you want every
+answer (then pick in a later node). Node-level ``RetryPolicy`` re-runs a node after a
+failure, sequentially; hedging overlaps attempts, for idempotent reads only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.metrics import record
+
+from .deadline import remaining
+
+__all__ = ["HedgePolicy", "HedgedNode", "RaceNode", "hedged", "race"]
+
+T = TypeVar("T")
+
+
+class _Contest:
+    """The shared bookkeeping of a race: the winner, the failures, the tasks to cancel."""
+
+    __slots__ = ("changed", "errors", "running", "tasks", "winner")
+
+    def __init__(self) -> None:
+        self.winner: list[Any] = []  # empty until someone succeeds
+        self.errors: list[Exception] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.running = 0
+        self.changed = asyncio.Event()
+
+    def start(
+        self, group: asyncio.TaskGroup, operation: Callable[[], Awaitable[Any]], label: str
+    ) -> None:
+        # Counted when created, not when first run, so a waiter sees it as running at once.
+        self.running += 1
+        self.tasks.append(group.create_task(self._attempt(operation, label)))
+
+    async def _attempt(self, operation: Callable[[], Awaitable[Any]], label: str) -> None:
+        try:
+            value = await operation()
+        except Exception as exc:
+            exc.add_note(f"raised by {label}")
+            self.errors.append(exc)
+        else:
+            if not self.winner:
+                self.winner.append(value)
+                current = asyncio.current_task()
+                for task in self.tasks:
+                    if task is not current:
+                        task.cancel()
+        finally:
+            self.running -= 1
+            self.changed.set()
+
+    def outcome(self, what: str) -> Any:
+        if self.winner:
+            return self.winner[0]
+        raise ExceptionGroup(f"all {len(self.errors)} {what} failed", self.errors)
+
+
+async def race(*alternatives: Callable[[], Awaitable[T]]) -> T:
+    """The first successful result of ``alternatives``, all started at once.
+
+    fastest = await race(lambda: fetch(mirror_a), lambda: fetch(mirror_b))
+
+    Losers are cancelled; if all fail, raises ``ExceptionGroup`` of the failures (each
+    with a note naming which alternative raised it).
+    """
+    if not alternatives:
+        raise ValueError("race needs at least one alternative, got none")
+    contest = _Contest()
+    async with asyncio.timeout(remaining()), asyncio.TaskGroup() as group:
+        for number, alternative in enumerate(alternatives):
+            contest.start(group, alternative, f"alternative {number}")
+    return contest.outcome(f"{len(alternatives)} alternatives")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HedgePolicy:
+    """When to start backup attempts of a slow operation."""
+
+    delay: float
+    """Seconds without a result before the next attempt starts."""
+    max_attempts: int = 2
+    """Most attempts in flight in total, the first included."""
+
+    def __post_init__(self) -> None:
+        if not self.delay > 0:
+            raise ValueError(f"HedgePolicy delay must be > 0 seconds, got {self.delay!r}")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise TypeError(
+                f"HedgePolicy max_attempts must be an int, got {type(self.max_attempts).__name__}"
+            )
+        if self.max_attempts < 1:
+            raise ValueError(f"HedgePolicy max_attempts must be >= 1, got {self.max_attempts}")
+
+
+async def hedged(operation: Callable[[], Awaitable[T]], policy: HedgePolicy) -> T:
+    """Run ``operation``; if no attempt succeeds within ``policy.delay``, start another.
+
+    page = await hedged(lambda: fetch(url), HedgePolicy(delay=0.15))
+
+    The next attempt also starts at once when every running attempt has failed. The
+    first success wins and the other attempts are cancelled; if all
+    ``policy.max_attempts`` fail, raises ``ExceptionGroup`` of the failures.
+    """
+    contest = _Contest()
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(remaining()), asyncio.TaskGroup() as group:
+        for number in range(policy.max_attempts):
+            if number:
+                record("hedge_started", name="hedged")
+            contest.start(group, operation, f"attempt {number}")
+            if number + 1 == policy.max_attempts:
+                break
+            # Wait for the delay to pass, unless someone wins or all running attempts fail.
+            next_start = loop.time() + policy.delay
+            while not contest.winner and contest.running and loop.time() < next_start:
+                contest.changed.clear()
+                try:
+                    async with asyncio.timeout_at(next_start):
+                        await contest.changed.wait()
+                except TimeoutError:
+                    break
+            if contest.winner:
+                break
+    return contest.outcome(f"{len(contest.tasks)} attempts")
+
+
+class RaceNode(AsyncBaseNode):
+    """A node racing named alternatives on the state; the first success is the update.
+
+        builder.add_node(RaceNode({"cache": from_cache, "db": from_db}, output_key="user"))
+        # -> {"user": <first successful value>}
+
+    Each alternative is ``async def alt(state) -> value``.
+    """
+
+    def __init__(
+        self,
+        alternatives: Mapping[str, Callable[[Any], Awaitable[Any]]],
+        *,
+        output_key: str = "result",
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(name=name, verbose=verbose)
+        if not alternatives:
+            raise ValueError("RaceNode alternatives must name at least one alternative")
+        for key, alternative in alternatives.items():
+            if not callable(alternative):
+                raise TypeError(
+                    f"RaceNode alternative {key!r} must be an async callable taking the state,"
+                    f" got {type(alternative).__name__}"
+                )
+        self.alternatives = dict(alternatives)
+        self.output_key = output_key
+
+    async def execute(self, state: Any) -> dict[str, Any]:
+        value = await race(*(lambda alt=alt: alt(state) for alt in self.alternatives.values()))
+        return {self.output_key: value}
+
+
+class HedgedNode(AsyncBaseNode):
+    """A node running ``async def operation(state)`` hedged under a ``HedgePolicy``.
+
+    builder.add_node(HedgedNode(lookup, HedgePolicy(delay=0.1), output_key="answer"))
+    """
+
+    def __init__(
+        self,
+        operation: Callable[[Any], Awaitable[Any]],
+        policy: HedgePolicy,
+        *,
+        output_key: str = "result",
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(name=name, verbose=verbose)
+        if not callable(operation):
+            raise TypeError(
+                f"HedgedNode operation must be an async callable, got {type(operation).__name__}"
+            )
+        if not isinstance(policy, HedgePolicy):
+            raise TypeError(f"HedgedNode policy must be a HedgePolicy, got {type(policy).__name__}")
+        self.operation = operation
+        self.policy = policy
+        self.output_key = output_key
+
+    async def execute(self, state: Any) -> dict[str, Any]:
+        value = await hedged(lambda: self.operation(state), self.policy)
+        return {self.output_key: value}
+
+
+if __name__ == "__main__":
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    class State(TypedDict, total=False):
+        question: str
+        answer: str
+        hedged_answer: str
+
+    async def flaky_primary(state: State) -> str:
+        raise ConnectionError("primary is down")
+
+    async def slow_mirror(state: State) -> str:
+        await asyncio.sleep(0.3)
+        return "42 (slow mirror)"
+
+    async def fast_mirror(state: State) -> str:
+        await asyncio.sleep(0.05)
+        return "42 (fast mirror)"
+
+    calls = 0
+
+    async def sometimes_stuck(state: State) -> str:
+        global calls
+        calls += 1
+        await asyncio.sleep(5 if calls == 1 else 0.02)  # the first call hangs
+        return f"42 (attempt {calls})"
+
+    builder = StateGraph(State)
+    builder.add_node(
+        RaceNode(
+            {"primary": flaky_primary, "slow": slow_mirror, "fast": fast_mirror},
+            output_key="answer",
+        )
+    )
+    builder.add_node(
+        HedgedNode(sometimes_stuck, HedgePolicy(delay=0.1), output_key="hedged_answer")
+    )
+    builder.add_edge(START, "RaceNode")
+    builder.add_edge("RaceNode", "HedgedNode")
+    builder.add_edge("HedgedNode", END)
+    graph = builder.compile()
+
+    started = time.monotonic()
+    out = asyncio.run(graph.ainvoke({"question": "meaning of life?"}))
+    print("race:", out["answer"])
+    print("hedged:", out["hedged_answer"], "(the stuck first attempt was cancelled)")
+    print(f"took {time.monotonic() - started:.2f}s")
