@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.types import Command
 
+from act_operator_lib._internal import node_classes
+
 if TYPE_CHECKING:
     from langgraph.runtime import Runtime
 
@@ -88,6 +90,8 @@ class _Node(abc.ABC):
             return  # an abstract intermediate class; its concrete subclasses are checked
         injected = _validate_execute(cls, execute)
         cls.__call__ = _build_call(cls, execute, injected)  # type: ignore[method-assign]
+        # Metrics, when enabled, swap this __call__ for an instrumented one (and back).
+        node_classes.register(cls)
 
     def log(self, message: str, **context: Any) -> None:
         """Log ``message`` with the node's name and ``context``, only when ``verbose``."""

@@ -1,18 +1,494 @@
 """Metrics for nodes and cookbook primitives: off by default, free when off.
 
-    from act_operator_lib.metrics import record
-    record("retry_attempts", 1, name="fetch")  # a no-op unless metrics are enabled
+    from act_operator_lib import metrics
+
+    with metrics.collecting():                  # or metrics.enable() / metrics.disable()
+        graph.invoke({"n": 0})
+    print(metrics.format_table(metrics.snapshot()))
+    metrics.snapshot().nodes["fetch"].calls     # plain data, for tests
+    metrics.prometheus_registry()               # a dedicated prometheus-client registry
+
+Every node built on ``BaseNode`` / ``AsyncBaseNode`` is counted by its graph node name:
+calls, errors by exception type, in-flight calls and a latency histogram (p50/p95/p99
+over the most recent calls). Cookbook primitives add their own through ``record``
+(retries, timeouts, circuit state changes, rate-limiter waits, pool sizes, cache hits...).
+
+When metrics are off nothing is measured: node classes keep the ``__call__`` that
+``base_node`` generated and ``record`` returns after one flag check. ``enable()`` swaps
+each node class's ``__call__`` for an instrumented one (so do classes defined while
+enabled) and ``disable()`` swaps the plain one back.
+
+Export goes through prometheus-client (the ``metrics`` extra), into a registry of its
+own rather than the process-wide default, so embedding applications choose whether to
+expose it (``prometheus_client.start_http_server(port, registry=prometheus_registry())``).
+LangGraph's own tracing (LangSmith callbacks) records runs one by one; use it to debug
+a run, and these aggregates to watch a service.
 """
 
 from __future__ import annotations
 
-__all__ = ["enabled", "record"]
+import bisect
+import contextlib
+import functools
+import inspect
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_core.runnables.config import var_child_runnable_config
+from langgraph.errors import GraphBubbleUp
+
+from act_operator_lib._internal import node_classes
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Latency",
+    "NodeMetrics",
+    "Series",
+    "Snapshot",
+    "collecting",
+    "disable",
+    "enable",
+    "enabled",
+    "format_table",
+    "prometheus_registry",
+    "record",
+    "reset",
+    "snapshot",
+]
 
 enabled = False
 """Whether metrics are being recorded."""
 
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the node latency histogram's buckets; +Inf is implied."""
+
+RECENT = 1024
+"""How many recent latencies / observations per series the percentiles are taken over."""
+
+_GAUGE_SUFFIXES = ("_size", "_in_use", "_in_flight", "_open")
+
 
 def record(metric: str, value: float = 1.0, **labels: str) -> None:
-    """Add ``value`` to ``metric`` (a counter, or an observation for ``*_seconds``)."""
+    """Add ``value`` to ``metric`` with ``labels``; a no-op unless metrics are enabled.
+
+        record("retry_attempts", name="fetch")                  # a counter: +1
+        record("rate_limiter_wait_seconds", 0.25, name="api")   # an observation
+        record("pool_size", -1, name="pg")                      # a gauge: a signed delta
+
+    The name decides the kind: ``*_seconds`` are observations (count, sum, percentiles),
+    ``*_size`` / ``*_in_use`` / ``*_in_flight`` / ``*_open`` are gauges that move by
+    ``value`` (negative to go down), everything else is a counter.
+    """
     if not enabled:
         return
+    _record(metric, value, labels)
+
+
+# -- per-node instrumentation -----------------------------------------------------------
+
+
+class _NodeStats:
+    """What one graph node has done since the last reset; updated under its lock
+    because sync nodes run in executor threads."""
+
+    __slots__ = ("buckets", "calls", "errors", "in_flight", "lock", "recent", "total")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.in_flight = 0
+        self.errors: dict[str, int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.recent: deque[float] = deque(maxlen=RECENT)
+        self.lock = threading.Lock()
+
+    def started(self) -> None:
+        with self.lock:
+            self.calls += 1
+            self.in_flight += 1
+
+    def finished(self, seconds: float, error: BaseException | None = None) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.total += seconds
+            self.recent.append(seconds)
+            # Interrupts and Command(graph=PARENT) travel as exceptions; they are not errors.
+            if error is not None and not isinstance(error, GraphBubbleUp):
+                kind = type(error).__name__
+                self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+_nodes: dict[str, _NodeStats] = {}
+_lock = threading.Lock()
+
+
+def _stats_for(node: Any) -> _NodeStats:
+    # The graph's name for the node (add_node("fetch", Fetch())) when called by
+    # LangGraph, which puts the task's config in this context variable; the node's
+    # own name when called directly.
+    config = var_child_runnable_config.get()
+    name = config["metadata"].get("langgraph_node") if config and "metadata" in config else None
+    if name is None:
+        name = node.name
+    stats = _nodes.get(name)
+    if stats is None:
+        with _lock:
+            stats = _nodes.setdefault(name, _NodeStats())
+    return stats
+
+
+def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a node class's generated ``__call__``, exposing the very same signature."""
+    call: Callable[..., Any]
+    if inspect.iscoroutinefunction(plain):
+
+        async def acall(self: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
+            stats = _stats_for(self)
+            stats.started()
+            start = perf_counter()
+            try:
+                result = await plain(self, state, *args, **kwargs)
+            except BaseException as error:
+                stats.finished(perf_counter() - start, error)
+                raise
+            stats.finished(perf_counter() - start)
+            return result
+
+        call = acall
+    else:
+
+        def call(self: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
+            stats = _stats_for(self)
+            stats.started()
+            start = perf_counter()
+            try:
+                result = plain(self, state, *args, **kwargs)
+            except BaseException as error:
+                stats.finished(perf_counter() - start, error)
+                raise
+            stats.finished(perf_counter() - start)
+            return result
+
+    # LangGraph decides what to inject from these: keep them identical to the plain call.
+    for attribute in ("__signature__", "__wrapped__", "__doc__", "__module__", "__qualname__"):
+        setattr(call, attribute, getattr(plain, attribute))
+    call.__annotations__ = dict(plain.__annotations__)
+    call.__dict__["_act_plain_call"] = plain  # how disable() finds the plain call
+    return call
+
+
+def _instrument(cls: type[Any]) -> None:
+    current = cls.__dict__.get("__call__")
+    if current is not None and not hasattr(current, "_act_plain_call"):
+        cls.__call__ = _instrumented(current)
+
+
+def _restore(cls: type[Any]) -> None:
+    plain = getattr(cls.__dict__.get("__call__"), "_act_plain_call", None)
+    if plain is not None:
+        cls.__call__ = plain
+
+
+def enable() -> None:
+    """Start recording: instrument every node class, present and future. Idempotent."""
+    global enabled
+    with _lock:
+        node_classes.add_listener(_instrument)
+        for cls in list(node_classes.node_classes):
+            _instrument(cls)
+        enabled = True
+
+
+def disable() -> None:
+    """Stop recording and give node classes back their plain ``__call__``. Keeps the data."""
+    global enabled
+    with _lock:
+        enabled = False
+        node_classes.remove_listener(_instrument)
+        for cls in list(node_classes.node_classes):
+            _restore(cls)
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[None]:
+    """Record metrics inside the ``with`` block; leave them as they were afterwards.
+
+    with metrics.collecting():
+        graph.invoke({"n": 0})
+    """
+    was_enabled = enabled
+    enable()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            disable()
+
+
+def reset() -> None:
+    """Forget everything recorded so far (nodes and primitives)."""
+    with _lock:
+        _nodes.clear()
+        _series.clear()
+
+
+# -- primitives' series -----------------------------------------------------------------
+
+
+Kind = Literal["counter", "gauge", "observation"]
+
+
+def _kind(metric: str) -> Kind:
+    if metric.endswith("_seconds"):
+        return "observation"
+    if metric.endswith(_GAUGE_SUFFIXES):
+        return "gauge"
+    return "counter"
+
+
+class _SeriesStats:
+    __slots__ = ("count", "kind", "recent", "value")
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.value = 0.0
+        self.count = 0
+        self.recent: deque[float] = deque(maxlen=RECENT)
+
+
+_series: dict[tuple[str, tuple[tuple[str, str], ...]], _SeriesStats] = {}
+
+
+def _record(metric: str, value: float, labels: Mapping[str, str]) -> None:
+    key = (metric, tuple(sorted(labels.items())))
+    with _lock:
+        stats = _series.get(key)
+        if stats is None:
+            stats = _series[key] = _SeriesStats(_kind(metric))
+        stats.value += value
+        stats.count += 1
+        if stats.kind == "observation":
+            stats.recent.append(value)
+
+
+# -- snapshot ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Latency:
+    """A latency distribution: totals since the last reset, percentiles of recent calls."""
+
+    count: int
+    """How many calls (or observations) finished."""
+    total: float
+    """Their summed duration, seconds."""
+    p50: float | None
+    """Median of the most recent ``RECENT``, seconds; ``None`` when there were none."""
+    p95: float | None
+    """95th percentile of the most recent ``RECENT``, seconds."""
+    p99: float | None
+    """99th percentile of the most recent ``RECENT``, seconds."""
+    buckets: tuple[int, ...] = ()
+    """Calls per ``LATENCY_BUCKETS`` bucket (not cumulative), the last one being +Inf."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeMetrics:
+    """What one graph node did."""
+
+    calls: int
+    """Calls started."""
+    errors: Mapping[str, int]
+    """Calls that raised, by exception class name (interrupts are not errors)."""
+    in_flight: int
+    """Calls started and not yet finished."""
+    latency: Latency
+    """How long finished calls took."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Series:
+    """One metric a primitive recorded, for one set of labels."""
+
+    metric: str
+    """The name given to ``record``."""
+    labels: Mapping[str, str]
+    """The labels given to ``record``."""
+    kind: Kind
+    """``counter``, ``gauge`` or ``observation`` (decided by the name, see ``record``)."""
+    value: float
+    """The total: a counter's count, a gauge's level, an observation's sum."""
+    count: int
+    """How many times it was recorded."""
+    latency: Latency | None
+    """For observations (``*_seconds``): their distribution."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything recorded, as plain values: ``snapshot().nodes["fetch"].calls``."""
+
+    nodes: Mapping[str, NodeMetrics]
+    """Per graph node name."""
+    series: tuple[Series, ...]
+    """What primitives recorded, sorted by metric then labels."""
+
+    def value(self, metric: str, **labels: str) -> float:
+        """The summed value of ``metric`` over the series whose labels include ``labels``.
+
+        snapshot().value("retry_attempts", name="fetch")  # 2.0
+        """
+        return sum(s.value for s in self._matching(metric, labels))
+
+    def count(self, metric: str, **labels: str) -> int:
+        """How many times ``metric`` was recorded with (at least) ``labels``."""
+        return sum(s.count for s in self._matching(metric, labels))
+
+    def _matching(self, metric: str, labels: Mapping[str, str]) -> Iterator[Series]:
+        for series in self.series:
+            if series.metric == metric and labels.items() <= series.labels.items():
+                yield series
+
+
+def _percentile(ordered: list[float], fraction: float) -> float | None:
+    # Nearest rank: an observed value, never an interpolation between two.
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def _latency(count: int, total: float, recent: deque[float], buckets: tuple[int, ...]) -> Latency:
+    ordered = sorted(recent)
+    return Latency(
+        count=count,
+        total=total,
+        p50=_percentile(ordered, 0.50),
+        p95=_percentile(ordered, 0.95),
+        p99=_percentile(ordered, 0.99),
+        buckets=buckets,
+    )
+
+
+def snapshot() -> Snapshot:
+    """A consistent copy of everything recorded so far (whether or not still enabled)."""
+    with _lock:
+        node_items = list(_nodes.items())
+        series_items = sorted(_series.items())
+    nodes: dict[str, NodeMetrics] = {}
+    for name, stats in sorted(node_items):
+        with stats.lock:
+            buckets = tuple(stats.buckets)
+            nodes[name] = NodeMetrics(
+                calls=stats.calls,
+                errors=dict(sorted(stats.errors.items())),
+                in_flight=stats.in_flight,
+                latency=_latency(sum(buckets), stats.total, stats.recent.copy(), buckets),
+            )
+    series = []
+    with _lock:
+        for (metric, labels), recorded in series_items:
+            latency = None
+            if recorded.kind == "observation":
+                latency = _latency(recorded.count, recorded.value, recorded.recent.copy(), ())
+            series.append(
+                Series(
+                    metric=metric,
+                    labels=dict(labels),
+                    kind=recorded.kind,
+                    value=recorded.value,
+                    count=recorded.count,
+                    latency=latency,
+                )
+            )
+    return Snapshot(nodes=nodes, series=tuple(series))
+
+
+# -- reporting --------------------------------------------------------------------------
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.3f}"
+
+
+def format_table(data: Snapshot | None = None) -> str:
+    """Render ``data`` (default: a fresh ``snapshot()``) as a small text table.
+
+    print(metrics.format_table())
+    # node    calls  errors        in_flight  p50_ms  p95_ms  p99_ms
+    # fetch      20  Timeout=1             0   12.10   40.31   41.02
+    """
+    data = snapshot() if data is None else data
+    rows: list[tuple[str, ...]] = [
+        ("node", "calls", "errors", "in_flight", "p50_ms", "p95_ms", "p99_ms")
+    ]
+    for name, node in data.nodes.items():
+        errors = ",".join(f"{kind}={n}" for kind, n in node.errors.items()) or "0"
+        rows.append(
+            (
+                name,
+                str(node.calls),
+                errors,
+                str(node.in_flight),
+                _ms(node.latency.p50),
+                _ms(node.latency.p95),
+                _ms(node.latency.p99),
+            )
+        )
+    lines = _aligned(rows, right_from=1)
+    if data.series:
+        rows = [("metric", "labels", "value", "count", "p50_ms", "p95_ms", "p99_ms")]
+        for series in data.series:
+            latency = series.latency
+            rows.append(
+                (
+                    series.metric,
+                    ",".join(f"{k}={v}" for k, v in series.labels.items()),
+                    f"{series.value:g}",
+                    str(series.count),
+                    _ms(latency.p50 if latency else None),
+                    _ms(latency.p95 if latency else None),
+                    _ms(latency.p99 if latency else None),
+                )
+            )
+        lines += ["", *_aligned(rows, right_from=2)]
+    return "\n".join(lines)
+
+
+def _aligned(rows: Sequence[tuple[str, ...]], *, right_from: int) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if i >= right_from else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+@functools.cache
+def prometheus_registry() -> CollectorRegistry:
+    """A prometheus-client registry exposing these metrics (the ``metrics`` extra).
+
+        from prometheus_client import generate_latest
+        generate_latest(metrics.prometheus_registry())  # text exposition format
+
+    Dedicated rather than ``prometheus_client.REGISTRY`` so nothing is exported unless
+    the application asks. Metric names start with ``act_``: ``act_node_calls_total``,
+    ``act_node_errors_total``, ``act_node_in_flight``, ``act_node_latency_seconds``
+    (a histogram), then one per recorded primitive metric.
+    """
+    from act_operator_lib._internal.prometheus_export import registry_for
+
+    return registry_for(snapshot)
