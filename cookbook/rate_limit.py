@@ -168,13 +168,11 @@ class RateLimiter(BaseRateLimiter):
         if bucket.timer is not None:
             bucket.timer.cancel()
             bucket.timer = None
-        waiters = bucket.waiters
-        if not waiters:
-            return
         rate, capacity = self.policy.rate, self.policy.capacity
         now = bucket.loop.time()
         level = min(bucket.level + (now - bucket.updated) * rate, capacity)
         bucket.updated = now
+        waiters = bucket.waiters
         while waiters:
             future, tokens = waiters[0]
             if future.done():  # cancelled while queued: it takes nothing
@@ -209,6 +207,11 @@ class RateLimiter(BaseRateLimiter):
         if bound_loop is not loop or bucket is None:
             bucket = self._bucket(loop)
         self._grant(bucket)  # refills the bucket and serves anyone due first
+        if not 1 <= tokens <= self.policy.capacity:
+            raise ValueError(
+                f"RateLimiter {self.name!r} tokens must be between 1 and capacity"
+                f" {self.policy.capacity}, got {tokens!r}"
+            )
         if bucket.waiters or bucket.level < tokens:
             return False
         bucket.level -= tokens

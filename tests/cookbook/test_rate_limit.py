@@ -1,0 +1,297 @@
+"""The rate-limit recipe: a FIFO token bucket shared by name, in real graphs."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import runpy
+import time
+import uuid
+from typing import Annotated, Any, TypedDict
+
+import pytest
+import uvloop
+from act_operator_lib.cookbook import rate_limit as rate_limit_module
+from act_operator_lib.cookbook.rate_limit import (
+    RateLimit,
+    RateLimitedNode,
+    RateLimiter,
+    rate_limiter,
+)
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
+
+# A timer may fire up to a clock tick early; never faster than the rate minus this.
+EARLY = 0.005
+
+
+class Calls(TypedDict, total=False):
+    items: list[int]
+    item: int
+    stamps: Annotated[list[float], operator.add]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def stamp(state: Calls) -> dict[str, Any]:
+    return {"stamps": [time.monotonic()]}
+
+
+def fanout_graph(limiter: RateLimiter) -> Any:
+    """One Send per item, each through the rate-limited node."""
+    builder = StateGraph(Calls)
+    builder.add_node("call", RateLimitedNode(stamp, limiter))
+    builder.add_conditional_edges(START, lambda s: [Send("call", {"item": i}) for i in s["items"]])
+    builder.add_edge("call", END)
+    return builder.compile()
+
+
+def assert_paced(stamps: list[float], rate: float, capacity: int) -> None:
+    """Call k (0-based, sorted) starts no earlier than (k - capacity + 1) / rate after the first."""
+    stamps = sorted(stamps)
+    for k, at in enumerate(stamps):
+        floor = max(0, k - capacity + 1) / rate
+        assert at - stamps[0] >= floor - EARLY, (k, at - stamps[0], floor)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"rate": 0}, ValueError, "RateLimit rate must be > 0 and finite, got 0"),
+        ({"rate": -1.5}, ValueError, "RateLimit rate must be > 0"),
+        ({"rate": float("inf")}, ValueError, "RateLimit rate must be > 0 and finite"),
+        ({"rate": "10"}, TypeError, "RateLimit rate must be a number"),
+        ({"rate": 1, "capacity": 0}, ValueError, "RateLimit capacity must be >= 1, got 0"),
+        ({"rate": 1, "capacity": 2.5}, TypeError, "RateLimit capacity must be an int"),
+    ],
+)
+def test_invalid_rate_limit_is_refused_at_construction(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message.replace("(", r"\(")):
+        RateLimit(**kwargs)
+
+
+async def test_misuse_names_what_was_wrong() -> None:
+    with pytest.raises(TypeError, match="RateLimiter policy must be a RateLimit"):
+        RateLimiter(10)  # type: ignore[arg-type]
+    limiter = RateLimiter(RateLimit(rate=10, capacity=2), name="api")
+    with pytest.raises(ValueError, match="'api' tokens must be between 1 and capacity 2, got 3"):
+        await limiter.aacquire(tokens=3)
+    with pytest.raises(ValueError, match="tokens must be between 1 and the limiter's capacity"):
+        RateLimitedNode(stamp, limiter, tokens=5)
+    name = unique("conflict")
+    rate_limiter(name, RateLimit(rate=1))
+    with pytest.raises(ValueError, match="already exists with RateLimit"):
+        rate_limiter(name, RateLimit(rate=2))
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        rate_limiter("", RateLimit(rate=2))
+
+
+async def test_graph_calls_never_exceed_the_rate() -> None:
+    limiter = RateLimiter(RateLimit(rate=50, capacity=3))
+    started = time.monotonic()
+    result = await fanout_graph(limiter).ainvoke({"items": list(range(15))})
+    elapsed = time.monotonic() - started
+
+    assert len(result["stamps"]) == 15
+    assert_paced(result["stamps"], rate=50, capacity=3)
+    # 3 at once, then 12 more at 50/s: 0.24 s; generous above for a busy machine.
+    assert 0.24 - EARLY <= elapsed < 0.24 + 0.5
+
+
+async def test_waiters_are_served_in_arrival_order_even_when_a_big_one_waits() -> None:
+    limiter = RateLimiter(RateLimit(rate=100, capacity=3))
+    assert await limiter.aacquire(tokens=3)  # empty the bucket
+    served: list[int] = []
+
+    async def waiter(index: int, tokens: int) -> None:
+        await limiter.aacquire(tokens=tokens)
+        served.append(index)
+
+    # Waiter 1 needs three tokens; the single-token waiters behind it must not overtake it.
+    costs = [1, 3, 1, 1, 2, 1]
+    tasks = []
+    for index, tokens in enumerate(costs):
+        tasks.append(asyncio.create_task(waiter(index, tokens)))
+        await asyncio.sleep(0)  # arrive in this order
+    await asyncio.gather(*tasks)
+    assert served == list(range(len(costs)))
+
+
+async def test_non_blocking_acquire_does_not_jump_the_queue() -> None:
+    limiter = RateLimiter(RateLimit(rate=20, capacity=1))
+    assert await limiter.aacquire(blocking=False)
+    assert not await limiter.aacquire(blocking=False)  # empty
+    queued = asyncio.create_task(limiter.aacquire())
+    await asyncio.sleep(0.08)  # a token is due by now, and it belongs to the queued waiter
+    assert not limiter.try_acquire()
+    assert await queued
+
+
+async def test_a_cancelled_waiter_takes_no_token() -> None:
+    limiter = RateLimiter(RateLimit(rate=10, capacity=1))
+    before = len(asyncio.all_tasks())
+    assert await limiter.aacquire()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.create_task(limiter.aacquire())
+    second = asyncio.create_task(limiter.aacquire())
+    await asyncio.sleep(0.03)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    # The token due at 0.1 s goes to the second waiter, not 0.2 s as if the first took one.
+    assert await second
+    assert loop.time() - started < 0.18
+    assert len(asyncio.all_tasks()) == before
+
+
+async def test_a_waiter_cancelled_after_being_granted_gives_the_token_back() -> None:
+    limiter = RateLimiter(RateLimit(rate=10, capacity=1))
+    assert await limiter.aacquire()
+    waiter = asyncio.create_task(limiter.aacquire())
+    await asyncio.sleep(0)  # queued
+    # Block the loop past the token's due time so no timer runs: try_acquire then grants
+    # the queued waiter its token, and the waiter is cancelled before it can resume.
+    time.sleep(0.12)  # noqa: ASYNC251
+    assert not limiter.try_acquire()  # the token went to the waiter, first in line
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.try_acquire()  # so the token is still there
+
+
+async def test_cancelling_many_waiters_mid_flight_leaks_nothing() -> None:
+    limiter = RateLimiter(RateLimit(rate=200, capacity=1))
+    before = len(asyncio.all_tasks())
+    tasks = [asyncio.create_task(limiter.aacquire()) for _ in range(60)]
+    await asyncio.sleep(0.05)  # about ten served
+    for task in tasks[::2]:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    cancelled = sum(isinstance(r, asyncio.CancelledError) for r in results)
+    assert cancelled >= 20
+    assert sum(r is True for r in results) == 60 - cancelled
+    assert len(asyncio.all_tasks()) == before
+    await asyncio.sleep(0.01)
+    assert limiter.try_acquire()  # nobody left queued; the bucket refills as usual
+
+
+async def test_nodes_and_concurrent_runs_share_a_named_limiter() -> None:
+    name = unique("shared")
+    policy = RateLimit(rate=40, capacity=1)
+
+    class Pair(TypedDict, total=False):
+        stamps: Annotated[list[float], operator.add]
+
+    builder = StateGraph(Pair)
+    # Two node instances built from separate rate_limiter() calls: one budget.
+    builder.add_node("a", RateLimitedNode(stamp, rate_limiter(name, policy), name="a"))
+    builder.add_node("b", RateLimitedNode(stamp, rate_limiter(name, policy), name="b"))
+    builder.add_edge(START, "a")
+    builder.add_edge(START, "b")
+    graph = builder.compile()
+
+    results = await asyncio.gather(*(graph.ainvoke({"stamps": []}) for _ in range(4)))
+    stamps = [at for result in results for at in result["stamps"]]
+    assert len(stamps) == 8
+    assert rate_limiter(name, policy) is rate_limiter(name, RateLimit(rate=40, capacity=1))
+    assert_paced(stamps, rate=40, capacity=1)
+
+
+def run_twice(runner_factory: Any) -> list[list[float]]:
+    """The same compiled graph and named limiter, run from two separate event loops."""
+    graph = fanout_graph(rate_limiter(unique("loops"), RateLimit(rate=50, capacity=2)))
+    stamps = []
+    for _ in range(2):
+        with runner_factory() as runner:
+            stamps.append(runner.run(graph.ainvoke({"items": list(range(6))}))["stamps"])
+    return stamps
+
+
+def test_the_same_graph_runs_from_two_asyncio_run_calls() -> None:
+    for stamps in run_twice(asyncio.Runner):
+        assert len(stamps) == 6
+        assert_paced(stamps, rate=50, capacity=2)
+
+
+def test_it_works_on_uvloop() -> None:
+    for stamps in run_twice(lambda: asyncio.Runner(loop_factory=uvloop.new_event_loop)):
+        assert len(stamps) == 6
+        assert_paced(stamps, rate=50, capacity=2)
+
+
+async def test_waiting_is_reported_on_the_custom_stream() -> None:
+    limiter = RateLimiter(RateLimit(rate=30, capacity=1), name="slow-api")
+    chunks = [
+        chunk
+        async for chunk in fanout_graph(limiter).astream({"items": [1, 2, 3]}, stream_mode="custom")
+    ]
+    assert len(chunks) == 2  # the first call found a token waiting
+    assert all(chunk["rate_limited"] == "slow-api" for chunk in chunks)
+    assert all(chunk["waited"] > 0.001 for chunk in chunks)
+
+
+class Chat(TypedDict):
+    messages: Annotated[list[Any], operator.add]
+
+
+def chat_graph(model: GenericFakeChatModel, *, is_async: bool) -> Any:
+    builder = StateGraph(Chat)
+    if is_async:
+
+        async def respond(state: Chat) -> dict[str, Any]:
+            return {"messages": [await model.ainvoke(state["messages"])]}
+
+        builder.add_node("respond", respond)
+    else:
+
+        def respond_sync(state: Chat) -> dict[str, Any]:
+            return {"messages": [model.invoke(state["messages"])]}
+
+        builder.add_node("respond", respond_sync)
+    builder.add_edge(START, "respond")
+    return builder.compile()
+
+
+async def test_a_chat_model_is_rate_limited_through_rate_limiter() -> None:
+    limiter = rate_limiter(unique("llm"), RateLimit(rate=25, capacity=1))
+    replies = iter([AIMessage(content=f"reply {i}") for i in range(4)])
+    model = GenericFakeChatModel(messages=replies, rate_limiter=limiter)
+    graph = chat_graph(model, is_async=True)
+
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(graph.ainvoke({"messages": [HumanMessage(content=f"q{i}")]}) for i in range(4))
+    )
+    elapsed = time.monotonic() - started
+    assert sorted(r["messages"][-1].content for r in results) == [f"reply {i}" for i in range(4)]
+    assert elapsed >= 3 / 25 - EARLY  # four calls at 25/s: the last starts at 0.12 s
+
+
+def test_a_sync_chat_model_is_rate_limited_too() -> None:
+    limiter = rate_limiter(unique("llm-sync"), RateLimit(rate=25, capacity=2))
+    model = GenericFakeChatModel(
+        messages=iter([AIMessage(content=f"reply {i}") for i in range(5)]), rate_limiter=limiter
+    )
+    graph = chat_graph(model, is_async=False)
+    started = time.monotonic()
+    contents = [graph.invoke({"messages": [HumanMessage(content="hi")]}) for _ in range(5)]
+    elapsed = time.monotonic() - started
+    assert [c["messages"][-1].content for c in contents] == [f"reply {i}" for i in range(5)]
+    assert elapsed >= 3 / 25 - EARLY  # two at once, then three at 25/s
+    assert not limiter.acquire(blocking=False)  # the sync bucket is empty right now
+
+
+def test_the_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    # run_path executes the file as __main__, as `python -m` does, without a new interpreter.
+    runpy.run_path(rate_limit_module.__file__, run_name="__main__")
+    out = capsys.readouterr().out
+    assert "12 rate-limited calls in" in out
+    seconds = float(out.split(" in ")[1].split("s")[0])
+    assert seconds >= 0.35 - EARLY
