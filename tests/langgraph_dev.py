@@ -5,12 +5,14 @@
 
 The server runs in its own process group, bound to 127.0.0.1 on a free port, with version
 checks, analytics, tracing and license calls switched off so nothing waits on the network.
-Leaving the block stops it (SIGTERM to the group, then SIGKILL) and removes its log.
+It runs in a temporary copy of the project; leaving the block stops it (SIGTERM to the
+group, then SIGKILL) and removes the copy and its log.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +40,7 @@ _QUIET = {
     "LANGCHAIN_TRACING": "false",
     "PYTHONUNBUFFERED": "1",
 }
+_SKIPPED = shutil.ignore_patterns(".langgraph_api", "__pycache__")
 _DROPPED = ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGGRAPH_CLOUD_LICENSE_KEY")
 
 
@@ -65,7 +68,10 @@ def serve(project_dir: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     cli = Path(sys.executable).with_name("langgraph")
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED} | _QUIET
-    with tempfile.TemporaryFile("w+") as log:
+    # A copy, because the in-memory runtime saves its state in .langgraph_api/ beside the
+    # project: the test tree stays clean and every server starts empty.
+    with tempfile.TemporaryDirectory() as workdir, tempfile.TemporaryFile("w+") as log:
+        shutil.copytree(project_dir, workdir, dirs_exist_ok=True, ignore=_SKIPPED)
         process = subprocess.Popen(
             [
                 str(cli),
@@ -79,7 +85,7 @@ def serve(project_dir: Path) -> Iterator[str]:
                 "--server-log-level",
                 "warning",
             ],
-            cwd=project_dir,
+            cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
