@@ -1,15 +1,191 @@
-"""The ``act-operator`` command."""
+"""The ``act-operator`` command: scaffold LangGraph projects, add nodes and cookbook recipes.
+
+    act-operator new my-agent                 # ./my-agent, whose tests pass right away
+    act-operator add node Summarise --async   # a node class and its test, in the project
+    act-operator cookbook list                # recipes, one line each, with their extras
+    act-operator cookbook add fanout          # the recipe (and what it imports) into the project
+    act-operator update                       # merge a newer template into the project
+    act-operator demo                         # scaffold a demo project and stream its graph
+
+Every command runs without prompts, exits non-zero with a one-line reason on bad input,
+and writes nothing when it fails.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="act-operator",
+    help="Scaffold LangGraph projects built from act-operator-lib class nodes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+add_app = typer.Typer(help="Add parts to a generated project.", no_args_is_help=True)
+cookbook_app = typer.Typer(
+    help="Prebuilt async nodes to copy into a project.", no_args_is_help=True
+)
+app.add_typer(add_app, name="add")
+app.add_typer(cookbook_app, name="cookbook")
+
+ProjectPath = Annotated[
+    Path,
+    typer.Option(
+        "--path",
+        help="The generated project (or a directory inside it).",
+        file_okay=False,
+    ),
+]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite files that differ.")]
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Report a ScaffoldError as ``error: ...`` on stderr and exit with status 1."""
+    from act_operator_lib._internal.scaffold import ScaffoldError
+
+    try:
+        yield
+    except ScaffoldError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="Project name, e.g. my-agent (package my_agent).")],
+    path: Annotated[
+        Path, typer.Option("--path", help="Directory to create the project in.", file_okay=False)
+    ] = Path("."),
+    git: Annotated[
+        bool, typer.Option(help="Make the project a git repository (`update` needs one).")
+    ] = True,
+) -> None:
+    """Generate a LangGraph project: nodes, graph, tests, langgraph.json."""
+    from act_operator_lib._internal.scaffold import create_project
+
+    with _refusals():
+        project = create_project(name, path, git=git)
+    typer.echo(f"Created {project.root} (package {project.package})")
+    typer.echo(
+        f"Next:\n  cd {project.root}\n  pip install -e '.[dev]'\n  python -m pytest\n"
+        "  langgraph dev"
+    )
+
+
+@add_app.command("node")
+def add_node(
+    name: Annotated[str, typer.Argument(help="Node name, e.g. Summarise or summarise-text.")],
+    is_async: Annotated[
+        bool, typer.Option("--async", help="An AsyncBaseNode (default: a BaseNode).")
+    ] = False,
+    path: ProjectPath = Path("."),
+    force: Force = False,
+) -> None:
+    """Add a node class and its unit test to the project."""
+    from act_operator_lib._internal import scaffold
+
+    with _refusals():
+        written = scaffold.add_node(path, name, is_async=is_async, force=force)
+        class_name, _ = scaffold.node_names(name)
+    for file in written:
+        typer.echo(f"wrote {file}")
+    typer.echo(f"Add it to the graph in graph.py: builder.add_node({class_name}())")
+
+
+@app.command()
+def update(path: ProjectPath = Path(".")) -> None:
+    """Merge this act-operator-lib's project template into the project (commit first)."""
+    from act_operator_lib._internal.scaffold import update_project
+
+    with _refusals():
+        version = update_project(path)
+    typer.echo(
+        f"Updated to the act-operator-lib {version} template; review with `git diff`"
+        " (conflicts are marked inline)"
+    )
+
+
+@cookbook_app.command("list")
+def cookbook_list() -> None:
+    """List the recipes, each with its one-line description and the extras it needs."""
+    from act_operator_lib._internal.cookbook_index import find_recipes, needed_extras
+
+    with _refusals():
+        recipes = find_recipes()
+        width = max((len(name) for name in recipes), default=0)
+        for name, recipe in recipes.items():
+            extras = needed_extras(recipes, [name])
+            needs = f"  [extras: {', '.join(extras)}]" if extras else ""
+            typer.echo(f"{name:<{width}}  {recipe.summary}{needs}")
+
+
+@cookbook_app.command("show")
+def cookbook_show(recipe: Annotated[str, typer.Argument(help="A recipe name.")]) -> None:
+    """Print a recipe's source."""
+    from act_operator_lib._internal.cookbook_index import dependency_closure, find_recipes
+
+    with _refusals():
+        recipes = find_recipes()
+        dependency_closure(recipes, [recipe])  # rejects unknown names with the list
+        typer.echo(recipes[recipe].path.read_text(encoding="utf-8"), nl=False)
+
+
+@cookbook_app.command("add")
+def cookbook_add(
+    recipes: Annotated[list[str], typer.Argument(help="Recipe names.")],
+    path: ProjectPath = Path("."),
+    force: Force = False,
+) -> None:
+    """Copy recipes, and the recipes they import, into <package>/cookbook/."""
+    from act_operator_lib._internal.cookbook_index import copy_recipes, needed_extras
+    from act_operator_lib._internal.cookbook_index import find_recipes as index
+    from act_operator_lib._internal.scaffold import find_project
+
+    with _refusals():
+        project = find_project(path)
+        copied, written = copy_recipes(project, recipes, force=force)
+        extras = needed_extras(index(), copied)
+    for file in written:
+        typer.echo(f"wrote {file}")
+    modules = ", ".join(f"{project.package}.cookbook.{name}" for name in copied)
+    typer.echo(f"Recipes in the project: {modules}")
+    if extras:
+        typer.echo(
+            f"Install the extras they need: pip install 'act-operator-lib[{','.join(extras)}]'"
+        )
+    else:
+        typer.echo("They need no extra beyond act-operator-lib.")
+
+
+@app.command()
+def demo(
+    path: Annotated[
+        Path | None,
+        typer.Option(
+            "--path", help="Where to generate the demo project (default: a temporary directory)."
+        ),
+    ] = None,
+) -> None:
+    """Scaffold a demo project and stream its graph: no API key, no network."""
+    from act_operator_lib.demo import run_demo
+
+    with _refusals():
+        run_demo(path)
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["demo"]:
-        from act_operator_lib.demo import main as demo
+    """The console script's entry point."""
+    app()
 
-        asyncio.run(demo())
-        return
-    sys.exit("usage: act-operator demo")
+
+if __name__ == "__main__":
+    main()

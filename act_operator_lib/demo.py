@@ -1,80 +1,84 @@
-"""The example graph the README's first command runs: class nodes, streamed output.
+"""The README's first command: scaffold a demo project, then stream its graph end to end.
 
+    act-operator demo                    # into a temporary directory, removed afterwards
+    act-operator demo --path ./demo      # keep the project to read and change
     python -m act_operator_lib.demo
+
+The project is exactly what ``act-operator new demo-agent`` generates; its answer node
+streams from langchain-core's fake chat model, so this needs no API key and no network.
 """
 
 from __future__ import annotations
 
 import asyncio
-import operator
-from typing import Annotated, Any, TypedDict
+import importlib
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
-from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
-from langgraph.runtime import Runtime
+from act_operator_lib._internal.scaffold import create_project
 
-from act_operator_lib.base_node import AsyncBaseNode, BaseNode
+__all__ = ["run_demo"]
 
-
-class DemoState(TypedDict, total=False):
-    topic: str
-    outline: list[str]
-    draft: Annotated[list[str], operator.add]
+DEMO_NAME = "demo-agent"
 
 
-class DemoContext(TypedDict):
-    audience: str
+def run_demo(path: Path | None = None) -> None:
+    """Generate the demo project at ``path`` (or a temporary directory) and stream its graph."""
+    if path is not None:
+        _generate_and_stream(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="act-operator-demo-") as parent:
+        _generate_and_stream(Path(parent) / DEMO_NAME)
 
 
-class Outline(BaseNode):
-    """Plans the sections to write (sync node using config)."""
-
-    def execute(self, state: DemoState, config: RunnableConfig) -> dict[str, Any]:
-        self.log("planning", thread=self.get_thread_id(config))
-        return {"outline": [f"why {state['topic']}", f"how {state['topic']}"]}
-
-
-class Write(AsyncBaseNode):
-    """Streams each section from a chat model (async node using the runtime)."""
-
-    async def execute(self, state: DemoState, runtime: Runtime[DemoContext]) -> dict[str, Any]:
-        sections = []
-        for heading in state["outline"]:
-            text = f"{heading.capitalize()}, explained for {runtime.context['audience']}."
-            model = GenericFakeChatModel(messages=iter([AIMessage(content=text)]))
-            chunks = []
-            async for chunk in model.astream(heading):
-                runtime.stream_writer({"section": heading, "token": chunk.content})
-                chunks.append(str(chunk.content))
-            sections.append("".join(chunks))
-        return {"draft": sections}
+def _generate_and_stream(target: Path) -> None:
+    project = create_project(DEMO_NAME, target.parent, target=target, git=False)
+    print(f"$ act-operator new {DEMO_NAME}  ->  {project.root}", flush=True)
+    for file in sorted(project.package_dir.glob("*.py")):
+        print(f"    {file.relative_to(project.root)}", flush=True)
+    with _importable(project.root / "src", project.package):
+        graph = importlib.import_module(f"{project.package}.graph").graph
+        context = importlib.import_module(f"{project.package}.state").Context
+        print(f"\n$ streaming {project.package}.graph (stream_mode=['updates', 'custom'])")
+        asyncio.run(_stream(graph, context(audience="act-operator-lib users")))
 
 
-def build_graph() -> CompiledStateGraph[Any, Any, Any, Any]:
-    builder = StateGraph(DemoState, context_schema=DemoContext)
-    builder.add_node(Outline())
-    builder.add_node(Write())
-    builder.add_edge(START, "Outline")
-    builder.add_edge("Outline", "Write")
-    builder.add_edge("Write", END)
-    return builder.compile(checkpointer=InMemorySaver())
-
-
-async def main() -> None:
-    graph = build_graph()
-    config: RunnableConfig = {"configurable": {"thread_id": "demo"}}
+async def _stream(graph: Any, context: Any) -> None:
+    tokens_open = False
     async for mode, chunk in graph.astream(
-        {"topic": "class nodes"},
-        config,
-        context={"audience": "LangGraph users"},
+        {"question": "Why build LangGraph nodes as classes?"},
+        {"configurable": {"thread_id": "demo"}},
+        context=context,
         stream_mode=["updates", "custom"],
     ):
-        print(f"{mode:>7}: {chunk}", flush=True)
+        if mode == "custom":
+            if not tokens_open:
+                print("[custom]  ", end="", flush=True)
+                tokens_open = True
+            print(chunk["token"], end="", flush=True)
+            continue
+        if tokens_open:
+            print(flush=True)
+            tokens_open = False
+        for node, update in chunk.items():
+            print(f"[updates] {node}: {update}", flush=True)
+
+
+@contextmanager
+def _importable(source_root: Path, package: str) -> Iterator[None]:
+    """Make ``package`` importable from ``source_root`` for the block, then forget it."""
+    sys.path.insert(0, str(source_root))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(source_root))
+        for module in [m for m in sys.modules if m == package or m.startswith(f"{package}.")]:
+            del sys.modules[module]
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_demo(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
