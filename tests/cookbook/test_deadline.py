@@ -1,0 +1,236 @@
+"""Run-wide deadlines flowing across the nodes of real compiled graphs."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import pytest
+import uvloop
+from act_operator_lib.cookbook.deadline import (
+    GatherByDeadline,
+    clamp_timeout,
+    current_deadline,
+    deadline_after,
+    deadline_scope,
+    gather_by_deadline,
+    remaining,
+    with_deadline,
+)
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+
+class State(TypedDict, total=False):
+    seen: list[float | None]
+    gathered: dict[str, Any]
+
+
+@dataclass
+class Ctx:
+    deadline: float | None = None
+    deadline_seconds: float | None = None
+
+
+def two_step_graph() -> CompiledStateGraph[Any]:
+    """Two nodes that each write down the deadline they see."""
+
+    async def first(state: State) -> dict[str, Any]:
+        await asyncio.sleep(0.01)
+        return {"seen": [current_deadline()]}
+
+    async def second(state: State) -> dict[str, Any]:
+        return {"seen": [*state["seen"], current_deadline()]}
+
+    builder = StateGraph(State, context_schema=Ctx)
+    builder.add_node("first", first)
+    builder.add_node("second", second)
+    builder.add_edge(START, "first")
+    builder.add_edge("first", "second")
+    builder.add_edge("second", END)
+    return builder.compile()
+
+
+async def test_a_configurable_deadline_reaches_every_node() -> None:
+    config = with_deadline(5.0, {"configurable": {"thread_id": "t"}})
+    out = await two_step_graph().ainvoke({"seen": []}, config)
+    assert out["seen"] == [config["configurable"]["deadline"]] * 2
+    assert config["configurable"]["thread_id"] == "t"
+
+
+async def test_a_context_deadline_reaches_every_node() -> None:
+    deadline = deadline_after(5.0)
+    out = await two_step_graph().ainvoke({"seen": []}, context=Ctx(deadline=deadline))
+    assert out["seen"] == [deadline, deadline]
+
+
+async def test_a_budget_is_anchored_once_per_run() -> None:
+    graph = two_step_graph()
+    before = time.monotonic()
+    first_run = await graph.ainvoke({"seen": []}, {"configurable": {"deadline_seconds": 5}})
+    second_run = await graph.ainvoke({"seen": []}, context=Ctx(deadline_seconds=5))
+    after = time.monotonic()
+    # The second node sees the deadline the first one anchored, though time passed.
+    a1, a2 = first_run["seen"]
+    b1, b2 = second_run["seen"]
+    assert a1 == a2
+    assert b1 == b2
+    assert before + 5 <= a1 < b1 <= after + 5  # each run gets a fresh budget
+
+
+async def test_no_deadline_means_no_limit() -> None:
+    out = await two_step_graph().ainvoke({"seen": []})
+    assert out["seen"] == [None, None]
+    assert remaining() is None
+    assert clamp_timeout(3.0) == 3.0
+    assert clamp_timeout(None) is None
+
+
+async def test_inner_timeouts_are_clamped_to_the_time_left() -> None:
+    clamped: list[float | None] = []
+
+    async def call_slow_service(state: State) -> dict[str, Any]:
+        timeout = clamp_timeout(30.0)
+        clamped.append(timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.Event().wait()
+        return {}
+
+    builder = StateGraph(State)
+    builder.add_node("call", call_slow_service)
+    builder.add_edge(START, "call")
+    graph = builder.compile()
+    with pytest.raises(TimeoutError):
+        await graph.ainvoke({}, with_deadline(0.05))
+    assert clamped[0] is not None
+    assert 0 < clamped[0] <= 0.05
+
+
+def slow_and_fast_graph(events: dict[str, asyncio.Event], budget: float | None = None) -> Any:
+    async def fast(state: State) -> str:
+        return "fast answer"
+
+    async def broken(state: State) -> str:
+        raise ConnectionError("source down")
+
+    async def slow(state: State) -> str:
+        events["slow_started"].set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            events["slow_cancelled"].set()
+            raise
+        return "never"
+
+    builder = StateGraph(State)
+    builder.add_node(
+        GatherByDeadline({"fast": fast, "broken": broken, "slow": slow}, budget=budget)
+    )
+    builder.add_edge(START, "GatherByDeadline")
+    builder.add_edge("GatherByDeadline", END)
+    return builder.compile()
+
+
+async def test_gather_returns_what_finished_and_cancels_the_rest() -> None:
+    events = {"slow_started": asyncio.Event(), "slow_cancelled": asyncio.Event()}
+    graph = slow_and_fast_graph(events)
+    before = asyncio.all_tasks()
+    out = await graph.ainvoke({}, with_deadline(0.1))
+    assert out["gathered"] == {
+        "results": {"fast": "fast answer"},
+        "errors": {"broken": "ConnectionError: source down"},
+        "cancelled": ["slow"],
+        "partial": True,
+    }
+    assert events["slow_cancelled"].is_set()
+    assert asyncio.all_tasks() == before
+
+
+async def test_the_node_budget_shortens_a_longer_run_deadline() -> None:
+    events = {"slow_started": asyncio.Event(), "slow_cancelled": asyncio.Event()}
+    graph = slow_and_fast_graph(events, budget=0.05)
+    out = await graph.ainvoke({}, with_deadline(60))
+    assert out["gathered"]["cancelled"] == ["slow"]
+    assert events["slow_cancelled"].is_set()
+
+
+async def test_gather_is_complete_when_everything_finishes() -> None:
+    async def value(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    found = await gather_by_deadline({"a": lambda: value(1), "b": lambda: value(2)})
+    assert found.results == {"a": 1, "b": 2}
+    assert not found.partial
+    assert found.cancelled == ()
+
+
+async def test_cancelling_a_gathering_run_leaks_nothing() -> None:
+    events = {"slow_started": asyncio.Event(), "slow_cancelled": asyncio.Event()}
+    graph = slow_and_fast_graph(events)
+    before = asyncio.all_tasks()
+    run = asyncio.create_task(graph.ainvoke({}))  # no deadline: would wait forever
+    await events["slow_started"].wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert events["slow_cancelled"].is_set()
+    assert asyncio.all_tasks() == before
+
+
+async def test_a_scope_narrows_but_never_widens_the_deadline() -> None:
+    outer = deadline_after(1.0)
+    with deadline_scope(outer):
+        assert current_deadline() == outer
+        with deadline_scope(outer + 10) as effective:
+            assert effective == outer
+        inner = deadline_after(0.5)
+        with deadline_scope(inner):
+            assert current_deadline() == inner
+            left = remaining()
+            assert left is not None
+            assert 0 < left <= 0.5
+    assert current_deadline() is None
+
+
+def test_several_asyncio_runs_and_uvloop_each_get_their_own_budget() -> None:
+    graph = two_step_graph()
+    config = {"configurable": {"deadline_seconds": 5}}
+    seen = [asyncio.run(graph.ainvoke({"seen": []}, config))["seen"] for _ in range(3)]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        seen.append(runner.run(graph.ainvoke({"seen": []}, config))["seen"])
+    assert all(first == second for first, second in seen)
+    assert len({first for first, _ in seen}) == 4
+
+
+async def test_invalid_deadlines_are_rejected_naming_the_parameter() -> None:
+    with pytest.raises(ValueError, match="deadline seconds must be > 0, got 0"):
+        deadline_after(0)
+    with pytest.raises(ValueError, match="deadline seconds must be > 0, got -1"):
+        with_deadline(-1)
+    with pytest.raises(ValueError, match="timeout must be > 0 seconds or None, got 0"):
+        clamp_timeout(0)
+    with pytest.raises(ValueError, match="GatherByDeadline budget must be > 0 seconds"):
+        GatherByDeadline({"a": asyncio.sleep}, budget=0)
+    with pytest.raises(ValueError, match="GatherByDeadline operations must name at least one"):
+        GatherByDeadline({})
+    with pytest.raises(TypeError, match="GatherByDeadline operation 'a' must be an async callable"):
+        GatherByDeadline({"a": 3})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="deadline_seconds must be > 0 seconds, got -2"):
+        await two_step_graph().ainvoke({"seen": []}, {"configurable": {"deadline_seconds": -2}})
+
+
+def test_the_recipe_example_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "act_operator_lib.cookbook.deadline"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "'cancelled': ['slow'], 'partial': True" in out
+    assert "'quick': 'quick answer about deadlines'" in out
