@@ -1,0 +1,298 @@
+"""The circuit-breaker recipe: closed, open, half-open, shared by name, in real graphs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+import runpy
+import uuid
+from typing import Any, TypedDict
+
+import pytest
+import uvloop
+from act_operator_lib.cookbook import circuit_breaker as circuit_breaker_module
+from act_operator_lib.cookbook.circuit_breaker import (
+    BreakerPolicy,
+    CircuitBreaker,
+    CircuitBreakerNode,
+    CircuitOpenError,
+    circuit_breaker,
+)
+from act_operator_lib.cookbook.retry import retry_call
+from langgraph.graph import START, StateGraph
+from langgraph.types import RetryPolicy
+
+
+class Call(TypedDict, total=False):
+    fail_with: str  # "" for success, else the exception class name to raise
+    result: str
+    note: str
+
+
+class Service:
+    """A dependency whose next answers the test decides; counts the calls it gets."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.delay = delay
+
+    async def __call__(self, state: Call) -> dict[str, Any]:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        errors = {"ConnectionError": ConnectionError, "ValueError": ValueError}
+        if state.get("fail_with"):
+            raise errors[state["fail_with"]]("service says no")
+        return {"result": f"ok {self.calls}"}
+
+
+def graph_for(service: Service, breaker: CircuitBreaker, **node_kwargs: Any) -> Any:
+    builder = StateGraph(Call)
+    builder.add_node("call", CircuitBreakerNode(service, breaker, name="call", **node_kwargs))
+    builder.add_edge(START, "call")
+    return builder.compile()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"failure_threshold": 0},
+            ValueError,
+            "BreakerPolicy failure_threshold must be >= 1, got 0",
+        ),
+        ({"failure_threshold": 1.5}, TypeError, "BreakerPolicy failure_threshold must be an int"),
+        ({"reset_timeout": 0}, ValueError, "BreakerPolicy reset_timeout must be > 0"),
+        ({"reset_timeout": -2.0}, ValueError, "BreakerPolicy reset_timeout must be > 0"),
+        ({"reset_timeout": float("inf")}, ValueError, "reset_timeout must be > 0 and finite"),
+        ({"reset_timeout": "5"}, TypeError, "BreakerPolicy reset_timeout must be a number"),
+        ({"half_open_probes": 0}, ValueError, "BreakerPolicy half_open_probes must be >= 1"),
+        ({"failure_on": "ConnectionError"}, TypeError, "BreakerPolicy failure_on must be"),
+        ({"failure_on": (ConnectionError, int)}, TypeError, "BreakerPolicy failure_on must be"),
+    ],
+)
+def test_invalid_policy_is_refused_at_construction(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        BreakerPolicy(**kwargs)
+
+
+def test_misuse_names_what_was_wrong() -> None:
+    with pytest.raises(TypeError, match="CircuitBreaker policy must be a BreakerPolicy"):
+        CircuitBreaker({"failure_threshold": 3})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="CircuitBreakerNode breaker must be a CircuitBreaker"):
+        CircuitBreakerNode(Service(), "breaker")  # type: ignore[arg-type]
+    name = unique("conflict")
+    circuit_breaker(name, BreakerPolicy(failure_threshold=2))
+    with pytest.raises(ValueError, match="already exists with BreakerPolicy"):
+        circuit_breaker(name, BreakerPolicy(failure_threshold=3))
+
+
+async def test_closed_open_half_open_and_back_in_a_graph() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=2, reset_timeout=0.1), name="svc")
+    service = Service()
+    graph = graph_for(service, breaker)
+
+    # A success between failures resets the count: failures must be consecutive.
+    for fail_with in ("ConnectionError", "", "ConnectionError"):
+        with pytest.raises(ConnectionError) if fail_with else contextlib.nullcontext():
+            await graph.ainvoke({"fail_with": fail_with})
+    assert breaker.state == "closed"
+    with pytest.raises(ConnectionError):
+        await graph.ainvoke({"fail_with": "ConnectionError"})
+    assert breaker.state == "open"
+
+    # Open: fail fast, without calling the service, saying when to come back.
+    calls = service.calls
+    with pytest.raises(CircuitOpenError) as refused:
+        await graph.ainvoke({"fail_with": ""})
+    assert service.calls == calls
+    assert 0 < refused.value.retry_after <= 0.1
+    assert refused.value.name == "svc"
+    assert "circuit 'svc' is open; next probe in" in str(refused.value)
+
+    # Half-open after the timeout: a failed probe re-opens for a full timeout...
+    await asyncio.sleep(refused.value.retry_after + 0.01)
+    assert breaker.state == "half_open"
+    with pytest.raises(ConnectionError):
+        await graph.ainvoke({"fail_with": "ConnectionError"})
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpenError) as again:
+        await graph.ainvoke({"fail_with": ""})
+    assert again.value.retry_after > 0.05
+
+    # ...and a successful probe closes it.
+    await asyncio.sleep(again.value.retry_after + 0.01)
+    result = await graph.ainvoke({"fail_with": ""})
+    assert result["result"].startswith("ok")
+    assert breaker.state == "closed"
+
+
+async def test_open_circuit_returns_the_fallback_update() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, reset_timeout=5))
+    graph = graph_for(
+        Service(),
+        breaker,
+        when_open=lambda state, error: {"note": f"degraded, retry in {error.retry_after:.0f}s"},
+    )
+    with pytest.raises(ConnectionError):
+        await graph.ainvoke({"fail_with": "ConnectionError"})
+    result = await graph.ainvoke({"fail_with": ""})
+    assert result == {"fail_with": "", "note": "degraded, retry in 5s"}
+
+
+async def test_half_open_lets_one_probe_through_at_a_time() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, reset_timeout=0.02))
+    service = Service(delay=0.1)
+    graph = graph_for(service, breaker)
+    with pytest.raises(ConnectionError):
+        await graph.ainvoke({"fail_with": "ConnectionError"})
+    await asyncio.sleep(0.03)
+
+    probe = asyncio.create_task(graph.ainvoke({"fail_with": ""}))
+    await asyncio.sleep(0.03)  # the probe is in flight
+    with pytest.raises(CircuitOpenError):
+        await graph.ainvoke({"fail_with": ""})
+    assert (await probe)["result"].startswith("ok")
+    assert service.calls == 2
+    assert breaker.state == "closed"
+
+
+async def test_cancellation_is_not_a_failure_and_frees_the_probe_slot() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, reset_timeout=0.02))
+    graph = graph_for(Service(delay=1.0), breaker)
+    before = len(asyncio.all_tasks())
+
+    run = asyncio.create_task(graph.ainvoke({"fail_with": ""}))
+    await asyncio.sleep(0.05)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert breaker.state == "closed"  # a threshold of 1 would have opened on a failure
+
+    # Open it with a failed call in a guarded block, then let the timeout pass.
+    with pytest.raises(ConnectionError):
+        async with breaker.guard():
+            raise ConnectionError("down")
+    assert breaker.state == "open"
+    await asyncio.sleep(0.03)
+    probe = asyncio.create_task(graph.ainvoke({"fail_with": ""}))
+    await asyncio.sleep(0.05)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    # The cancelled probe told nothing: still half-open, and the next caller may probe.
+    assert breaker.state == "half_open"
+    with breaker.guard():
+        pass
+    assert breaker.state == "closed"
+    assert len(asyncio.all_tasks()) == before
+
+
+async def test_failure_on_decides_what_counts() -> None:
+    by_class = CircuitBreaker(BreakerPolicy(failure_threshold=1, failure_on=ConnectionError))
+    graph = graph_for(Service(), by_class)
+    for _ in range(3):  # a ValueError means the service answered: not its fault
+        with pytest.raises(ValueError, match="service says no"):
+            await graph.ainvoke({"fail_with": "ValueError"})
+    assert by_class.state == "closed"
+
+    by_predicate = CircuitBreaker(
+        BreakerPolicy(failure_threshold=1, failure_on=lambda e: "timeout" in str(e))
+    )
+    with pytest.raises(RuntimeError):
+        await by_predicate.call(_raise, RuntimeError("bad request"))
+    assert by_predicate.state == "closed"
+    with pytest.raises(RuntimeError):
+        await by_predicate.call(_raise, RuntimeError("upstream timeout"))
+    assert by_predicate.state == "open"
+
+
+async def _raise(error: Exception) -> None:
+    raise error
+
+
+async def test_an_open_circuit_is_not_retried() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=2, reset_timeout=10))
+    service = Service()
+    policy = RetryPolicy(
+        max_attempts=6, initial_interval=0.001, jitter=False, retry_on=ConnectionError
+    )
+
+    class Retrying(TypedDict, total=False):
+        result: str
+
+    async def call_with_retries(state: Retrying) -> dict[str, Any]:
+        retried = await retry_call(
+            lambda: breaker.call(service, {"fail_with": "ConnectionError"}), policy
+        )
+        return retried.value
+
+    builder = StateGraph(Retrying)
+    builder.add_node("call", call_with_retries)
+    builder.add_edge(START, "call")
+    with pytest.raises(CircuitOpenError) as refused:
+        await builder.compile().ainvoke({})
+    # Two real failures opened the circuit; the third attempt was refused and not retried.
+    assert service.calls == 2
+    assert refused.value.retry_after > 9
+    assert "not retryable" in "\n".join(refused.value.__notes__)
+
+
+def run_in_two_loops(runner_factory: Any) -> tuple[CircuitBreaker, list[str]]:
+    """One named breaker, used by two node instances, from two separate event loops."""
+    name = unique("shared")
+    policy = BreakerPolicy(failure_threshold=2, reset_timeout=30)
+    service = Service()
+    first = graph_for(service, circuit_breaker(name, policy))
+    second = graph_for(
+        service, circuit_breaker(name, policy), when_open=lambda s, e: {"note": "open"}
+    )
+    outcomes = []
+
+    async def fail_twice() -> None:
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                await first.ainvoke({"fail_with": "ConnectionError"})
+
+    async def then_call() -> None:
+        outcomes.append((await second.ainvoke({"fail_with": ""}))["note"])
+
+    with runner_factory() as runner:
+        runner.run(fail_twice())
+    with runner_factory() as runner:
+        runner.run(then_call())
+    assert service.calls == 2
+    return circuit_breaker(name, policy), outcomes
+
+
+def test_a_named_breaker_is_shared_across_nodes_and_asyncio_run_calls() -> None:
+    breaker, outcomes = run_in_two_loops(asyncio.Runner)
+    assert outcomes == ["open"]
+    assert breaker.state == "open"
+
+
+def test_it_works_on_uvloop() -> None:
+    breaker, outcomes = run_in_two_loops(lambda: asyncio.Runner(loop_factory=uvloop.new_event_loop))
+    assert outcomes == ["open"]
+    assert breaker.state == "open"
+
+
+def test_circuit_open_error_survives_pickling() -> None:
+    error = pickle.loads(pickle.dumps(CircuitOpenError("svc", 1.25)))
+    assert (error.name, error.retry_after) == ("svc", 1.25)
+    assert isinstance(error, RuntimeError)
+
+
+def test_the_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(circuit_breaker_module.__file__, run_name="__main__")
+    out = capsys.readouterr().out
+    assert "order 2: circuit open, retry in" in out
+    assert "order 3: charged (circuit closed)" in out
+    assert "called 4 times for 5 orders" in out
