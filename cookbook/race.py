@@ -93,7 +93,7 @@ async def race(*alternatives: Callable[[], Awaitable[T]]) -> T:
     async with asyncio.timeout(remaining()), asyncio.TaskGroup() as group:
         for number, alternative in enumerate(alternatives):
             contest.start(group, alternative, f"alternative {number}")
-    return contest.outcome(f"{len(alternatives)} alternatives")
+    return contest.outcome("alternatives")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,7 +145,7 @@ async def hedged(operation: Callable[[], Awaitable[T]], policy: HedgePolicy) -> 
                     break
             if contest.winner:
                 break
-    return contest.outcome(f"{len(contest.tasks)} attempts")
+    return contest.outcome("attempts")
 
 
 class RaceNode(AsyncBaseNode):
