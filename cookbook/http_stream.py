@@ -1,0 +1,286 @@
+"""Stream a chunked or Server-Sent-Events HTTP response into the graph's custom stream.
+
+    http = HttpClient(HttpSettings(base_url="http://127.0.0.1:8080"))      # the pooled session
+    node = HttpStreamNode(http, HttpStreamPolicy(format="sse", idle_timeout=10))
+    builder.add_node(node, timeout=TimeoutPolicy(idle_timeout=15, refresh_on="heartbeat"))
+    async for event in graph.astream({"url": "/events"}, stream_mode="custom"):
+        ...  # {"event": "tick", "id": "0", "data": '{"i": 0}'} as each event arrives
+
+The response is read incrementally from the shared ``HttpClient`` session: each
+Server-Sent Event (``format="sse"``: a dict of ``event``, ``data``, ``id``) or each line of
+a chunked body (``format="lines"``: a ``str``) goes to ``runtime.stream_writer`` as soon as
+it is complete, so memory holds one event, never the body. The node's state update is a
+summary: ``{output_key: {"items": n, "last_event_id": id}}`` (the id to resume from).
+
+Two idle timeouts, because they catch different things. In the node, aiohttp's
+``sock_read`` timeout bounds the silence between two reads of the socket and raises
+``StreamIdleTimeout`` naming the URL. On the node, LangGraph's
+``TimeoutPolicy(idle_timeout=..., refresh_on="heartbeat")`` bounds the silence between two
+forwarded items: the node calls ``runtime.heartbeat()`` for each one, so a server that keeps
+the socket busy (comments, keep-alives) without sending anything useful still times out,
+raising LangGraph's ``NodeTimeoutError``. The session's total request timeout does not apply:
+a stream has no natural end, so cap the whole node with ``TimeoutPolicy(run_timeout=...)``.
+A connection closed mid-stream raises ``StreamInterruptedError`` (a ``ConnectionError``, so
+LangGraph's default ``RetryPolicy`` retries it) with how far the stream got.
+
+When to use LangGraph's native tools instead: if the whole body is small and only the
+result matters, ``HttpClient.get_json`` in a plain node with ``RetryPolicy`` and
+``TimeoutPolicy(run_timeout=...)`` is simpler; stream only when the caller wants items live
+or the body is too big to hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+from langgraph.runtime import Runtime
+
+from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.metrics import record
+
+from .http_client import HttpClient, HttpSettings, HTTPStatusError, safe_url
+
+__all__ = [
+    "HttpStreamNode",
+    "HttpStreamPolicy",
+    "StreamIdleTimeout",
+    "StreamInterruptedError",
+    "stream_http",
+]
+
+_FORMATS = ("sse", "lines")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpStreamPolicy:
+    """How to split the body, how long it may stay silent, where the URL and summary live."""
+
+    format: Literal["sse", "lines"] = "sse"
+    """``"sse"``: Server-Sent Events as dicts; ``"lines"``: each line of the body as a str."""
+    idle_timeout: float | None = 30.0
+    """Most seconds between two reads of the socket (aiohttp ``sock_read``); None: no limit."""
+    url_key: str = "url"
+    """State key holding the URL (absolute, or relative to the client's ``base_url``)."""
+    output_key: str | None = "stream"
+    """State key for ``{"items": n, "last_event_id": id}``; None: return no update."""
+
+    def __post_init__(self) -> None:
+        if self.format not in _FORMATS:
+            raise ValueError(
+                f"HttpStreamPolicy format must be 'sse' or 'lines', got {self.format!r}"
+            )
+        idle = self.idle_timeout
+        if idle is not None and (
+            not isinstance(idle, int | float) or isinstance(idle, bool) or idle <= 0
+        ):
+            raise ValueError(f"HttpStreamPolicy idle_timeout must be > 0 or None, got {idle!r}")
+        if not isinstance(self.url_key, str) or not self.url_key:
+            raise ValueError(
+                f"HttpStreamPolicy url_key must be a non-empty str, got {self.url_key!r}"
+            )
+        if self.output_key is not None and (
+            not isinstance(self.output_key, str) or not self.output_key
+        ):
+            raise ValueError(
+                f"HttpStreamPolicy output_key must be a non-empty str or None, got {self.output_key!r}"
+            )
+
+
+class StreamIdleTimeout(TimeoutError):
+    """The server sent nothing for ``idle_timeout`` seconds in the middle of a stream."""
+
+    def __init__(self, url: str, idle_timeout: float, items: int) -> None:
+        self.url = safe_url(url)
+        self.idle_timeout = idle_timeout
+        self.items = items
+        super().__init__(
+            f"GET {self.url} sent nothing for {idle_timeout:g}s (idle_timeout) after {items} items"
+        )
+
+
+class StreamInterruptedError(ConnectionError):
+    """The connection closed before the stream ended; ``last_event_id`` is where to resume."""
+
+    def __init__(self, url: str, items: int, last_event_id: str | None, reason: str) -> None:
+        self.url = safe_url(url)
+        self.items = items
+        self.last_event_id = last_event_id
+        super().__init__(
+            f"GET {self.url} closed mid-stream after {items} items"
+            f" (last event id {last_event_id!r}): {reason}"
+        )
+
+
+async def stream_http(
+    client: HttpClient,
+    url: str,
+    *,
+    format: Literal["sse", "lines"] = "sse",
+    idle_timeout: float | None = 30.0,
+    headers: Mapping[str, str] | None = None,
+) -> AsyncIterator[dict[str, str] | str]:
+    """Yield the Server-Sent Events (dicts) or lines (strs) of ``GET url`` as they arrive.
+
+        async with aclosing(stream_http(http, "/events")) as events:
+            async for event in events:
+                print(event["event"], event["data"])
+
+    Usable as the producer of ``stream_pipeline.StreamPipelineNode`` too. Close it (aclosing)
+    to release the connection early.
+    """
+    session = client.session()
+    # No total: a stream lasts as long as it lasts. sock_read is the idle timeout.
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=client.settings.connect_timeout, sock_read=idle_timeout
+    )
+    accept = {"Accept": "text/event-stream"} if format == "sse" else {}
+    items = 0
+    last_id: str | None = None
+    async with session.get(url, timeout=timeout, headers={**accept, **(headers or {})}) as response:
+        if response.status >= 300:
+            snippet = (await response.content.read(200)).decode("utf-8", "replace")
+            raise HTTPStatusError(response.status, "GET", str(response.url), snippet)
+        record("http_streams", 1.0, name=client.name)
+        event: dict[str, str] = {}
+        data: list[str] = []
+        try:
+            async for raw in response.content:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if format == "lines":
+                    items += 1
+                    yield line
+                    continue
+                if not line:  # a blank line dispatches the event (the SSE spec)
+                    if data or event:
+                        items += 1
+                        yield {"event": "message", **event, "data": "\n".join(data)}
+                        event, data = {}, []
+                    continue
+                field, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if field == "data":
+                    data.append(value)
+                elif field == "event":
+                    event["event"] = value
+                elif field == "id":
+                    event["id"] = last_id = value
+                # ":comment" lines and "retry:" are ignored: there is no reconnection here.
+        except aiohttp.ServerTimeoutError:
+            raise StreamIdleTimeout(url, idle_timeout or 0.0, items) from None
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise StreamInterruptedError(
+                url, items, last_id, str(exc) or type(exc).__name__
+            ) from exc
+
+
+class HttpStreamNode(AsyncBaseNode):
+    """GET ``state[url_key]`` and forward each event or line to the custom stream as it arrives.
+
+    builder.add_node(HttpStreamNode(http), timeout=TimeoutPolicy(idle_timeout=15))
+    """
+
+    def __init__(
+        self,
+        client: HttpClient,
+        policy: HttpStreamPolicy | None = None,
+        *,
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(name=name, verbose=verbose)
+        if not isinstance(client, HttpClient):
+            raise TypeError(
+                f"{type(self).__name__} client must be an HttpClient, got {type(client).__name__}"
+            )
+        if policy is not None and not isinstance(policy, HttpStreamPolicy):
+            raise TypeError(
+                f"{type(self).__name__} policy must be an HttpStreamPolicy,"
+                f" got {type(policy).__name__}"
+            )
+        self.client = client
+        self.policy = policy or HttpStreamPolicy()
+
+    async def execute(
+        self, state: Mapping[str, Any], runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        policy = self.policy
+        url = state[policy.url_key]
+        write = runtime.stream_writer if runtime is not None else None
+        heartbeat = runtime.heartbeat if runtime is not None else None
+        items = 0
+        last_id: str | None = None
+        self.log("streaming", url=safe_url(url))
+        events = stream_http(
+            self.client, url, format=policy.format, idle_timeout=policy.idle_timeout
+        )
+        async with aclosing(events):
+            async for item in events:
+                items += 1
+                if isinstance(item, dict):
+                    last_id = item.get("id", last_id)
+                if heartbeat is not None:
+                    heartbeat()  # progress for TimeoutPolicy(refresh_on="heartbeat")
+                if write is not None:
+                    write(item)
+        self.log("stream ended", items=items)
+        if policy.output_key is None:
+            return None
+        return {policy.output_key: {"items": items, "last_event_id": last_id}}
+
+
+if __name__ == "__main__":
+    import asyncio
+    import json
+    from typing import TypedDict
+
+    from aiohttp import web
+    from langgraph.graph import START, StateGraph
+    from langgraph.types import TimeoutPolicy
+
+    from .resources import Resources
+
+    class State(TypedDict, total=False):
+        url: str
+        stream: dict[str, Any]
+
+    async def ticks(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        for i in range(5):
+            await response.write(f"id: {i}\nevent: tick\ndata: {json.dumps({'i': i})}\n\n".encode())
+            await asyncio.sleep(0.05)
+        await response.write_eof()
+        return response
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/ticks", ticks)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        try:
+            async with Resources() as resources:
+                http = HttpClient(
+                    HttpSettings(base_url=f"http://127.0.0.1:{port}"), resources=resources
+                )
+                builder = StateGraph(State)
+                builder.add_node(
+                    HttpStreamNode(http, HttpStreamPolicy(idle_timeout=2)),
+                    timeout=TimeoutPolicy(idle_timeout=5, refresh_on="heartbeat"),
+                )
+                builder.add_edge(START, "HttpStreamNode")
+                graph = builder.compile()
+                async for mode, chunk in graph.astream(
+                    {"url": "/ticks"}, stream_mode=["custom", "values"]
+                ):
+                    print(mode, chunk)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())

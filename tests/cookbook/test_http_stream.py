@@ -1,0 +1,227 @@
+"""HttpStreamNode against the suite's real aiohttp server: SSE, chunked, drops, stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, TypedDict
+
+import pytest
+from act_operator_lib.cookbook.http_client import HttpClient, HttpSettings, HTTPStatusError
+from act_operator_lib.cookbook.http_stream import (
+    HttpStreamNode,
+    HttpStreamPolicy,
+    StreamIdleTimeout,
+    StreamInterruptedError,
+    stream_http,
+)
+from act_operator_lib.cookbook.stream_pipeline import StreamPipelineNode
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.errors import NodeTimeoutError
+from langgraph.graph import START, StateGraph
+from langgraph.types import TimeoutPolicy
+
+from tests.http_server import HttpTestServer
+
+
+class State(TypedDict, total=False):
+    url: str
+    stream: dict[str, Any]
+    processed: int
+
+
+@pytest.fixture
+async def http(http_server: HttpTestServer) -> AsyncIterator[HttpClient]:
+    client = HttpClient(HttpSettings(base_url=http_server.url, timeout=5), name="stream-test")
+    yield client
+    await client.aclose()
+
+
+def build(node: Any, *, timeout: Any = None, checkpointer: Any = None) -> Any:
+    builder = StateGraph(State)
+    builder.add_node(node, timeout=timeout)
+    builder.add_edge(START, node.name)
+    return builder.compile(checkpointer=checkpointer)
+
+
+async def other_tasks_after(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """Tasks still alive that were not there before, after letting cancellations settle."""
+    for _ in range(50):
+        if not asyncio.all_tasks() - before:
+            break
+        await asyncio.sleep(0.01)
+    return asyncio.all_tasks() - before
+
+
+async def test_sse_events_reach_the_custom_stream_as_they_arrive(http: HttpClient) -> None:
+    graph = build(HttpStreamNode(http))
+    arrivals: list[tuple[float, Any]] = []
+    final: dict[str, Any] = {}
+    start = time.monotonic()
+    async for mode, chunk in graph.astream(
+        {"url": "/sse?n=4&delay=0.1"}, stream_mode=["custom", "values"]
+    ):
+        if mode == "custom":
+            arrivals.append((time.monotonic() - start, chunk))
+        else:
+            final = chunk
+    assert [event for _, event in arrivals] == [
+        {"event": "tick", "id": str(i), "data": f'{{"i": {i}}}'} for i in range(4)
+    ]
+    # Live, not buffered: the first event arrived well before the last was sent.
+    assert arrivals[-1][0] - arrivals[0][0] >= 0.25
+    assert final["stream"] == {"items": 4, "last_event_id": "3"}
+
+
+async def test_chunked_body_is_forwarded_line_by_line(http: HttpClient) -> None:
+    graph = build(HttpStreamNode(http, HttpStreamPolicy(format="lines", output_key="stream")))
+    chunks = [c async for c in graph.astream({"url": "/chunked?n=3"}, stream_mode="custom")]
+    assert chunks == ["chunk 0", "chunk 1", "chunk 2"]
+    state = await graph.ainvoke({"url": "/chunked?n=3"})
+    assert state["stream"] == {"items": 3, "last_event_id": None}
+
+
+async def test_server_closing_mid_stream_raises_with_where_it_stopped(
+    http: HttpClient,
+) -> None:
+    graph = build(HttpStreamNode(http), checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "drop"}}
+    received: list[Any] = []
+    before = asyncio.all_tasks()
+
+    async def run() -> None:
+        async for chunk in graph.astream({"url": "/sse-drop?n=2"}, config, stream_mode="custom"):
+            received.append(chunk)
+
+    with pytest.raises(StreamInterruptedError) as caught:
+        await run()
+    assert [event["id"] for event in received] == ["0", "1"]
+    assert caught.value.last_event_id == "1"
+    assert caught.value.items == 2
+    assert "closed mid-stream after 2 items (last event id '1')" in str(caught.value)
+    assert isinstance(caught.value, ConnectionError)  # LangGraph's default RetryPolicy retries it
+    assert await other_tasks_after(before) == set()
+    state = await graph.aget_state(config)
+    assert state.values == {"url": "/sse-drop?n=2"}
+    assert state.next == ("HttpStreamNode",)
+
+
+async def test_stalled_stream_hits_the_in_node_idle_timeout(
+    http: HttpClient, http_server: HttpTestServer
+) -> None:
+    graph = build(HttpStreamNode(http, HttpStreamPolicy(idle_timeout=0.3)))
+    received: list[Any] = []
+    before = asyncio.all_tasks()
+    start = time.monotonic()
+
+    async def run() -> None:
+        async for chunk in graph.astream({"url": "/stall?seconds=30"}, stream_mode="custom"):
+            received.append(chunk)
+
+    with pytest.raises(
+        StreamIdleTimeout, match=r"sent nothing for 0.3s \(idle_timeout\) after 1 items"
+    ):
+        await run()
+    assert time.monotonic() - start < 5
+    assert received == [{"event": "tick", "id": "0", "data": '{"i": 0}'}]
+    assert await other_tasks_after(before) == set()
+
+
+async def test_stalled_stream_hits_langgraphs_idle_timeout_via_heartbeats(
+    http: HttpClient,
+) -> None:
+    policy = TimeoutPolicy(idle_timeout=0.3, refresh_on="heartbeat")
+    no_socket_limit = HttpStreamPolicy(idle_timeout=None)
+    before = asyncio.all_tasks()
+    with pytest.raises(NodeTimeoutError) as caught:
+        await build(HttpStreamNode(http, no_socket_limit), timeout=policy).ainvoke(
+            {"url": "/stall?seconds=30"}
+        )
+    assert caught.value.kind == "idle"
+    assert await other_tasks_after(before) == set()
+
+    # A stream slower in total than the idle timeout, but never idle that long, completes.
+    state = await build(HttpStreamNode(http, no_socket_limit), timeout=policy).ainvoke(
+        {"url": "/sse?n=6&delay=0.1"}
+    )
+    assert state["stream"] == {"items": 6, "last_event_id": "5"}
+
+
+async def test_cancelling_the_run_mid_stream_releases_the_connection(
+    http: HttpClient,
+) -> None:
+    graph = build(HttpStreamNode(http))
+    first = asyncio.Event()
+    before = asyncio.all_tasks()
+
+    async def consume() -> None:
+        async for _ in graph.astream({"url": "/sse?n=100&delay=0.05"}, stream_mode="custom"):
+            first.set()
+
+    run = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 5)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert await other_tasks_after(before) == set()
+    connector = http.session().connector
+    assert connector is not None
+    # The half-read response was closed, not left checked out of the pool.
+    assert not connector._acquired  # aiohttp keeps no public count of in-use connections
+    # The session still works for the next run.
+    state = await graph.ainvoke({"url": "/sse?n=1"})
+    assert state["stream"]["items"] == 1
+
+
+async def test_error_status_raises_before_streaming(http: HttpClient) -> None:
+    with pytest.raises(HTTPStatusError, match=r"GET http://127.0.0.1:\d+/status/503 returned 503"):
+        await build(HttpStreamNode(http)).ainvoke({"url": "/status/503"})
+
+
+async def test_stream_http_feeds_the_backpressured_pipeline(http: HttpClient) -> None:
+    async def events(state: State) -> AsyncIterator[Any]:
+        async with aclosing(stream_http(http, state["url"])) as stream:
+            async for event in stream:
+                yield event
+
+    async def tick_number(event: dict[str, str]) -> int:
+        return int(event["id"])
+
+    graph = build(StreamPipelineNode(events, tick_number))
+    chunks = [c async for c in graph.astream({"url": "/sse?n=5"}, stream_mode="custom")]
+    assert chunks == [0, 1, 2, 3, 4, {"node": "StreamPipelineNode", "processed": 5}]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"format": "json"}, "format must be 'sse' or 'lines', got 'json'"),
+        ({"idle_timeout": 0}, "idle_timeout must be > 0 or None, got 0"),
+        ({"url_key": ""}, "url_key must be a non-empty str, got ''"),
+        ({"output_key": ""}, "output_key must be a non-empty str or None, got ''"),
+    ],
+)
+def test_policy_rejects_bad_values(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HttpStreamPolicy(**kwargs)
+
+
+def test_node_rejects_a_client_that_is_not_an_http_client() -> None:
+    with pytest.raises(TypeError, match="client must be an HttpClient, got str"):
+        HttpStreamNode("http://127.0.0.1")  # type: ignore[arg-type]
+
+
+def test_example_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "act_operator_lib.cookbook.http_stream"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "custom {'event': 'tick', 'id': '4', 'data': '{\"i\": 4}'}" in done.stdout
+    assert "'stream': {'items': 5, 'last_event_id': '4'}" in done.stdout
