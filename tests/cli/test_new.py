@@ -1,0 +1,162 @@
+"""`act-operator new`: the generated project installs, passes its own tests and lints clean."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from act_operator_lib.cli import app
+from tests.cli.conftest import ACT_OPERATOR, BIN, REPO, run, snapshot
+
+
+def test_generated_project_has_the_canonical_layout(generated_project: Path) -> None:
+    files = set(snapshot(generated_project))
+
+    assert {
+        "pyproject.toml",
+        "langgraph.json",
+        "README.md",
+        ".gitignore",
+        "Makefile",
+        ".copier-answers.yml",
+        "src/my_agent/state.py",
+        "src/my_agent/nodes.py",
+        "src/my_agent/graph.py",
+        "tests/unit_tests/test_nodes.py",
+        "tests/integration_tests/test_graph.py",
+    } <= files
+    config = json.loads((generated_project / "langgraph.json").read_text())
+    assert config["graphs"] == {"my_agent": "./src/my_agent/graph.py:graph"}
+    pyproject = (generated_project / "pyproject.toml").read_text()
+    assert '"act-operator-lib>=' in pyproject
+    assert '"ASYNC"' in pyproject
+    nodes = (generated_project / "src/my_agent/nodes.py").read_text()
+    assert "class DraftPrompt(BaseNode)" in nodes
+    assert "class StreamAnswer(AsyncBaseNode)" in nodes
+    # A git repository with everything committed: what `act-operator update` needs.
+    status = run("git", "status", "--porcelain", cwd=generated_project)
+    assert status == ""
+
+
+def test_installed_project_passes_its_own_tests(
+    generated_project: Path, project_python: Path, tmp_path: Path
+) -> None:
+    # Imported from a neutral directory, the package comes from the pip install and its
+    # act-operator-lib from this checkout.
+    where = run(
+        project_python,
+        "-c",
+        "import act_operator_lib, my_agent.graph;"
+        " print(my_agent.graph.__file__); print(act_operator_lib.__file__)",
+        cwd=tmp_path,
+    ).split()
+    assert Path(where[0]).is_relative_to(generated_project)
+    assert Path(where[1]).is_relative_to(REPO)
+
+    output = run(
+        project_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=generated_project
+    )
+
+    assert "5 passed" in output
+
+
+def test_generated_project_is_ruff_clean_with_its_own_config(generated_project: Path) -> None:
+    run(BIN / "ruff", "check", "--no-cache", ".", cwd=generated_project)
+    run(BIN / "ruff", "format", "--check", "--no-cache", ".", cwd=generated_project)
+
+
+def test_new_normalises_the_package_name(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["new", "Support.Bot-2", "--path", str(tmp_path), "--no-git"])
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "Support.Bot-2" / "src" / "support_bot_2" / "graph.py").is_file()
+    assert not (tmp_path / "Support.Bot-2" / ".git").exists()
+
+
+def test_new_fills_an_existing_empty_directory(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "agent").mkdir()
+
+    result = runner.invoke(app, ["new", "agent", "--path", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "agent" / "src" / "agent" / "nodes.py").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["agent"]  # no staging directory left
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ("a/b", "path separator"),
+        ("..", "path separator or '..'"),
+        ("../escape", "path separator"),
+        ("a\\b", "path separator"),
+        ("class", "Python keyword"),
+        ("match", "Python keyword"),
+        ("1agent", "not a Python identifier"),
+        ("my agent", "is not allowed"),
+        ("agent-", "is not allowed"),
+        ("agent!", "is not allowed"),
+        ("json", "would shadow"),
+        ("langgraph", "would shadow"),
+    ],
+)
+def test_new_rejects_bad_names_and_writes_nothing(
+    runner: CliRunner, tmp_path: Path, name: str, message: str
+) -> None:
+    result = runner.invoke(app, ["new", name, "--path", str(tmp_path)])
+
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_refuses_a_non_empty_target(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "notes.txt").write_text("mine")
+
+    result = runner.invoke(app, ["new", "agent", "--path", str(tmp_path)])
+
+    assert result.exit_code == 1
+    assert "already exists and is not empty" in result.stderr
+    assert snapshot(tmp_path) == {"agent/notes.txt": b"mine"}
+
+
+def test_new_refuses_a_missing_parent(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["new", "agent", "--path", str(tmp_path / "missing")])
+
+    assert result.exit_code == 1
+    assert "does not exist" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_script_reports_errors_with_exit_status(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(ACT_OPERATOR), "new", "for", "--path", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "error: project name 'for' gives package 'for', a Python keyword" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_module_entry_point_shows_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "act_operator_lib.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0
+    for command in ("new", "add", "cookbook", "update", "demo"):
+        assert command in result.stdout
