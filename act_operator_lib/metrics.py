@@ -27,12 +27,12 @@ a run, and these aggregates to watch a service.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import functools
 import inspect
 import math
 import threading
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -113,15 +113,10 @@ class _NodeStats:
         self.recent: deque[float] = deque(maxlen=RECENT)
         self.lock = threading.Lock()
 
-    def started(self) -> None:
-        with self.lock:
-            self.calls += 1
-            self.in_flight += 1
-
     def finished(self, seconds: float, error: BaseException | None = None) -> None:
         with self.lock:
             self.in_flight -= 1
-            self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self.total += seconds
             self.recent.append(seconds)
             # Interrupts and Command(graph=PARENT) travel as exceptions; they are not errors.
@@ -156,14 +151,21 @@ def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
 
         async def acall(self: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
             stats = _stats_for(self)
-            stats.started()
+            with stats.lock:
+                stats.calls += 1
+                stats.in_flight += 1
             start = perf_counter()
             try:
                 result = await plain(self, state, *args, **kwargs)
             except BaseException as error:
                 stats.finished(perf_counter() - start, error)
                 raise
-            stats.finished(perf_counter() - start)
+            seconds = perf_counter() - start
+            with stats.lock:  # finished(seconds), inlined: this is the hot path
+                stats.in_flight -= 1
+                stats.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                stats.total += seconds
+                stats.recent.append(seconds)
             return result
 
         call = acall
@@ -171,14 +173,21 @@ def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
 
         def call(self: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
             stats = _stats_for(self)
-            stats.started()
+            with stats.lock:
+                stats.calls += 1
+                stats.in_flight += 1
             start = perf_counter()
             try:
                 result = plain(self, state, *args, **kwargs)
             except BaseException as error:
                 stats.finished(perf_counter() - start, error)
                 raise
-            stats.finished(perf_counter() - start)
+            seconds = perf_counter() - start
+            with stats.lock:  # finished(seconds), inlined: this is the hot path
+                stats.in_flight -= 1
+                stats.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                stats.total += seconds
+                stats.recent.append(seconds)
             return result
 
     # LangGraph decides what to inject from these: keep them identical to the plain call.
