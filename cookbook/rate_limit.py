@@ -74,7 +74,8 @@ class _Bucket:
         self.loop = loop
         self.level = float(capacity)
         self.updated = loop.time()
-        self.waiters: deque[tuple[asyncio.Future[None], int]] = deque()
+        # (future, tokens wanted, loop.time() it arrived), first come first served.
+        self.waiters: deque[tuple[asyncio.Future[None], int, float]] = deque()
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -136,18 +137,19 @@ class RateLimiter(BaseRateLimiter):
                 f" {self.policy.capacity}, got {tokens!r}"
             )
         now = loop.time()
-        level = bucket.level + (now - bucket.updated) * self.policy.rate
-        bucket.level = level if level < self.policy.capacity else self.policy.capacity
-        bucket.updated = now
-        if not bucket.waiters and bucket.level >= tokens:
-            bucket.level -= tokens
-            record("rate_limiter_wait_seconds", 0.0, name=self.name)
-            return True
+        if not bucket.waiters:
+            level = bucket.level + (now - bucket.updated) * self.policy.rate
+            bucket.level = level if level < self.policy.capacity else self.policy.capacity
+            bucket.updated = now
+            if bucket.level >= tokens:
+                bucket.level -= tokens
+                record("rate_limiter_wait_seconds", 0.0, name=self.name)
+                return True
         if not blocking:
             return False
 
         future: asyncio.Future[None] = loop.create_future()
-        bucket.waiters.append((future, tokens))
+        bucket.waiters.append((future, tokens, now))
         if len(bucket.waiters) == 1:
             self._grant(bucket)
         try:
@@ -170,24 +172,29 @@ class RateLimiter(BaseRateLimiter):
             bucket.timer = None
         rate, capacity = self.policy.rate, self.policy.capacity
         now = bucket.loop.time()
-        level = min(bucket.level + (now - bucket.updated) * rate, capacity)
-        bucket.updated = now
+        level, updated = bucket.level, bucket.updated  # the level at time `updated`
         waiters = bucket.waiters
         while waiters:
-            future, tokens = waiters[0]
+            future, tokens, arrived = waiters[0]
             if future.done():  # cancelled while queued: it takes nothing
                 waiters.popleft()
                 continue
-            # A timer may fire a hair early (clock resolution): accept a rounding error.
-            if level + 1e-9 < tokens:
-                bucket.timer = bucket.loop.call_at(
-                    now + (tokens - level) / rate, self._grant, bucket
-                )
+            # Serve the head at the moment a punctual limiter would have (enough tokens, and
+            # not before it arrived), not when this callback happens to run: a late timer
+            # then loses no tokens to the capacity cap, and the long-run rate stays exact.
+            if arrived > updated:
+                level = min(level + (arrived - updated) * rate, capacity)
+                updated = arrived
+            ready = updated + (tokens - level) / rate if level < tokens else updated
+            if ready > now:
+                bucket.timer = bucket.loop.call_at(ready, self._grant, bucket)
                 break
+            level = max(level + (ready - updated) * rate - tokens, 0.0)
+            updated = ready
             waiters.popleft()
-            level = max(level - tokens, 0.0)
             future.set_result(None)
-        bucket.level = level
+        bucket.level = min(level + (now - updated) * rate, capacity)
+        bucket.updated = now
 
     async def __aenter__(self) -> None:
         await self.aacquire()
