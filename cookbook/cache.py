@@ -40,8 +40,10 @@ V = TypeVar("V")
 class CacheSettings:
     """How long values live and how many are kept.
 
-    CacheSettings(ttl=300.0, maxsize=1024)
-    CacheSettings(ttl=None, maxsize=100)   # values never expire; only LRU eviction
+        CacheSettings(ttl=300.0, maxsize=1024)
+        CacheSettings(ttl=None, maxsize=100)  # values never expire; only LRU eviction
+
+    Validated once, here: a bad value fails where the cache is configured.
     """
 
     ttl: float | None = 300.0

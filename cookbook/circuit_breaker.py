@@ -71,9 +71,11 @@ class CircuitOpenError(RuntimeError):
 class BreakerPolicy:
     """When a circuit opens, how long it stays open, and what counts as a failure.
 
-    BreakerPolicy(failure_threshold=5, reset_timeout=30.0)
-    BreakerPolicy(failure_on=(ConnectionError, TimeoutError))
-    BreakerPolicy(failure_on=lambda e: getattr(e, "status", 500) >= 500)
+        BreakerPolicy(failure_threshold=5, reset_timeout=30.0)
+        BreakerPolicy(failure_on=(ConnectionError, TimeoutError))
+        BreakerPolicy(failure_on=lambda e: getattr(e, "status", 500) >= 500)
+
+    Validated once, here: a bad value fails where the breaker is configured.
     """
 
     failure_threshold: int = 5

@@ -45,8 +45,10 @@ __all__ = ["RateLimit", "RateLimitedNode", "RateLimiter", "rate_limiter"]
 class RateLimit:
     """How fast a limiter hands out tokens: ``rate`` per second, bursts up to ``capacity``.
 
-    RateLimit(rate=200)              # 200 calls/s, evenly spaced
-    RateLimit(rate=1, capacity=60)   # 60 per minute on average, all 60 at once allowed
+        RateLimit(rate=200)              # 200 calls/s, evenly spaced
+        RateLimit(rate=1, capacity=60)   # 60 per minute on average, all 60 at once allowed
+
+    Validated once, here: a bad value fails where the limiter is configured.
     """
 
     rate: float
@@ -82,11 +84,15 @@ class _Bucket:
 class RateLimiter(BaseRateLimiter):
     """A FIFO-fair token bucket; ``async with limiter`` or ``await limiter.aacquire()``.
 
-    limiter = RateLimiter(RateLimit(rate=10))     # private; rate_limiter(name, ...) shares
-    async with limiter:
-        await call_api()
-    await limiter.aacquire(tokens=3)              # a call that costs three tokens
-    limiter.try_acquire()                          # take a token only if one is free now
+        limiter = RateLimiter(RateLimit(rate=10))  # private; rate_limiter(name, ...) shares
+        async with limiter:
+            await call_api()
+        await limiter.aacquire(tokens=3)  # a call that costs three tokens
+        limiter.try_acquire()  # take a token only if one is free now
+
+    The design follows aiolimiter: ``loop.time()`` for the clock, a future per waiter, one
+    timer for the head of the queue. Tokens pass straight from the timer to the waiter, so
+    a newcomer can never take a token a queued waiter was promised.
     """
 
     __slots__ = ("_bound", "_buckets", "_lock", "_sync_due", "name", "policy")
@@ -155,12 +161,14 @@ class RateLimiter(BaseRateLimiter):
         try:
             await future
         except asyncio.CancelledError:
-            if not future.cancelled():
+            if future.done() and not future.cancelled():
                 # Granted just before the cancel landed: hand the tokens back.
                 bucket.level = min(bucket.level + tokens, self.policy.capacity)
                 self._grant(bucket)
-            elif bucket.waiters and bucket.waiters[0][0] is future:
-                self._grant(bucket)  # drops it and serves (or times) the new head
+            else:
+                future.cancel()  # marks it skipped, if the cancel did not come through it
+                if bucket.waiters[0][0] is future:
+                    self._grant(bucket)  # drops it and serves (or times) the new head
             raise
         record("rate_limiter_wait_seconds", loop.time() - now, name=self.name)
         return True
