@@ -320,8 +320,17 @@ class HttpClient:
             except TimeoutError as exc:
                 if isinstance(exc, HTTPTimeoutError):
                     raise
-                raise HTTPTimeoutError(method, str(url), total) from exc
+                raise HTTPTimeoutError(method, self._full_url(url, params), total) from exc
         raise AssertionError("unreachable")
+
+    def _full_url(self, url: str, params: Mapping[str, Any] | None) -> str:
+        """The URL a request went to, for error messages."""
+        full = URL(url)
+        if not full.absolute and self.settings.base_url:
+            full = URL(self.settings.base_url).join(full)
+        if params:
+            full = full.update_query({k: str(v) for k, v in params.items()})
+        return str(full)
 
     async def _send(
         self,
@@ -471,21 +480,24 @@ if __name__ == "__main__":
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        async with Resources() as resources:
-            http = HttpClient(
-                HttpSettings(base_url=f"http://127.0.0.1:{port}", timeout=5), resources=resources
-            )
-            builder = StateGraph(State)
-            builder.add_node(FetchJSON(http))
-            builder.add_edge("__start__", "FetchJSON")
-            graph = builder.compile()
-            for _ in range(3):  # three runs, one session, warm connections
-                result = await graph.ainvoke({"url": "/hello"})
-            print(f"response: {result['response']}")
-            try:
-                await http.get_json("/missing")
-            except HTTPStatusError as exc:
-                print(f"error: {exc}")
-        await runner.cleanup()
+        try:
+            async with Resources() as resources:
+                http = HttpClient(
+                    HttpSettings(base_url=f"http://127.0.0.1:{port}", timeout=5),
+                    resources=resources,
+                )
+                builder = StateGraph(State)
+                builder.add_node(FetchJSON(http))
+                builder.add_edge("__start__", "FetchJSON")
+                graph = builder.compile()
+                for _ in range(3):  # three runs, one session, warm connections
+                    result = await graph.ainvoke({"url": "/hello"})
+                print(f"response: {result['response']}")
+                try:
+                    await http.get_json("/missing")
+                except HTTPStatusError as exc:
+                    print(f"error: {exc}")
+        finally:
+            await runner.cleanup()
 
     asyncio.run(main())

@@ -197,11 +197,13 @@ def close_at_loop_shutdown(close: Callable[[], Awaitable[object]]) -> Callable[[
     armed = True
 
     async def guard() -> Any:
+        nonlocal armed
         try:
             yield
         finally:
             _parked.discard(agen)
             if armed:
+                armed = False  # close() may call disarm(): make it a no-op
                 await close()
 
     def disarm() -> None:

@@ -1,0 +1,268 @@
+"""The pooled HTTP recipe against the suite's real aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from typing import Any, TypedDict
+
+import aiohttp
+import pytest
+import uvloop
+from act_operator_lib.cookbook.http_client import (
+    FetchJSON,
+    FetchSettings,
+    HttpClient,
+    HTTPContentError,
+    HttpSettings,
+    HTTPStatusError,
+    HTTPTimeoutError,
+    is_retryable,
+    safe_url,
+)
+from act_operator_lib.cookbook.resources import Resources
+from langgraph.graph import StateGraph
+from langgraph.types import RetryPolicy
+
+from tests.http_server import HttpTestServer
+
+
+class State(TypedDict, total=False):
+    url: str
+    response: Any
+
+
+def fetch_graph(client: HttpClient, retry: RetryPolicy | None = None) -> Any:
+    builder = StateGraph(State)
+    builder.add_node(FetchJSON(client), retry_policy=retry)
+    builder.add_edge("__start__", "FetchJSON")
+    return builder.compile()
+
+
+def sessions_on_this_loop() -> list[aiohttp.ClientSession]:
+    loop = asyncio.get_running_loop()
+    return [s for (lp, _), s in HttpClient._sessions.items() if lp is loop]
+
+
+async def test_graph_runs_share_one_session(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    graph = fetch_graph(client)
+    results = [await graph.ainvoke({"url": "/json"}) for _ in range(3)]
+    assert all(r["response"]["ok"] for r in results)
+    assert len(sessions_on_this_loop()) == 1
+    session = client.session()
+    await graph.ainvoke({"url": "/json"})
+    assert client.session() is session
+    assert http_server.hits["/json"] == 4
+    await client.aclose()
+    assert session.closed
+    assert sessions_on_this_loop() == []
+
+
+async def test_concurrent_first_calls_create_one_session(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(timeout=7.0))
+    replies = await asyncio.gather(*(client.get_json(http_server.url + "/json") for _ in range(30)))
+    assert len(replies) == 30
+    assert len([s for s in sessions_on_this_loop() if not s.closed]) == 1
+    # Equal settings share the session; different settings get their own.
+    assert HttpClient(HttpSettings(timeout=7.0)).session() is client.session()
+    assert HttpClient(HttpSettings(timeout=8.0)).session() is not client.session()
+    await HttpClient(HttpSettings(timeout=8.0)).aclose()
+    await client.aclose()
+
+
+def test_several_asyncio_runs_and_uvloop(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    graph = fetch_graph(client)
+    seen: list[aiohttp.ClientSession] = []
+
+    async def one_run() -> Any:
+        result = await graph.ainvoke({"url": "/json"})
+        seen.append(client.session())
+        return result["response"]
+
+    for _ in range(2):
+        assert asyncio.run(one_run())["ok"] is True
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(one_run())["ok"] is True
+        assert "uvloop" in type(runner.get_loop()).__module__
+    assert len({id(s) for s in seen}) == 3  # a new session on each loop
+    assert all(s.closed for s in seen)  # each closed when its loop shut down
+    assert not any(lp.is_closed() for lp, _ in HttpClient._sessions)
+
+
+async def test_text_bytes_and_echo(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    assert await client.text("GET", "/text") == "hello from the test server"
+    assert await client.bytes("GET", "/bytes") == bytes(range(256))
+    echoed = await client.json("POST", "/echo", json={"a": 1})
+    assert echoed == {
+        "method": "POST",
+        "body": '{"a": 1}',
+        "query": {},
+        "content_type": "application/json",
+    }
+    await client.aclose()
+
+
+async def test_slow_response_times_out_with_the_url(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    started = time.monotonic()
+    with pytest.raises(HTTPTimeoutError, match=r"GET .*/slow\?delay=2 timed out after 0.2s"):
+        await client.get_json("/slow", params={"delay": 2}, request_timeout=0.2)
+    assert time.monotonic() - started < 1.5
+    await client.aclose()
+
+
+async def test_500_raises_typed_error_without_credentials(http_server: HttpTestServer) -> None:
+    client = HttpClient()
+    secret_url = http_server.url.replace("http://", "http://alice:s3cr3t@") + "/status/500"
+    with pytest.raises(HTTPStatusError) as caught:
+        await client.get_json(secret_url, params={"api_key": "k-123", "page": "2"})
+    error = caught.value
+    assert (error.status, error.method) == (500, "GET")
+    assert error.snippet == "status 500 from the test server"
+    for text in (str(error), repr(error), error.url):
+        assert "s3cr3t" not in text
+        assert "alice" not in text
+        assert "k-123" not in text
+    assert "page=2" in error.url
+    assert http_server.hits["/status/500"] == 1  # 500 is not retried by the client
+    assert is_retryable(error)
+    await client.aclose()
+
+
+async def test_429_retry_after_is_honoured_for_idempotent_requests(
+    http_server: HttpTestServer,
+) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    started = time.monotonic()
+    reply = await client.get_json("/retry-after", params={"fails": 2, "after": "0.1", "key": "get"})
+    assert reply == {"ok": True, "calls": 3}
+    assert time.monotonic() - started >= 0.2
+
+    # POST is not idempotent: one try, the error carries the server's delay.
+    with pytest.raises(HTTPStatusError) as caught:
+        await client.json(
+            "POST", "/retry-after", params={"fails": 1, "after": "0.1", "key": "post"}
+        )
+    assert (caught.value.status, caught.value.retry_after) == (429, 0.1)
+    # ...unless the caller says retrying it is safe.
+    reply = await client.json("POST", "/retry-after", params={"fails": 1, "key": "p2"}, retry=True)
+    assert reply["calls"] == 2
+
+    # 503 too; a Retry-After longer than max_retry_after fails at once.
+    reply = await client.get_json("/retry-after", params={"fails": 1, "status": 503, "key": "s"})
+    assert reply["calls"] == 2
+    patient = HttpClient(HttpSettings(base_url=http_server.url, max_retry_after=1.0))
+    with pytest.raises(HTTPStatusError, match="429"):
+        await patient.get_json("/retry-after", params={"fails": 1, "after": "60", "key": "long"})
+    await client.aclose()
+
+
+async def test_reset_mid_body_is_retried_by_langgraph_retry_policy(
+    http_server: HttpTestServer,
+) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    graph = fetch_graph(
+        client, RetryPolicy(max_attempts=3, initial_interval=0.01, retry_on=is_retryable)
+    )
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await graph.ainvoke({"url": "/reset"})
+    assert http_server.hits["/reset"] == 3
+    assert (await graph.ainvoke({"url": "/json"}))["response"]["ok"]  # the pool still works
+    await client.aclose()
+
+
+async def test_malformed_json_and_large_body(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url, max_body=1024 * 1024))
+    with pytest.raises(HTTPContentError, match=r"GET .*/malformed: invalid JSON"):
+        await client.get_json("/malformed")
+    with pytest.raises(HTTPContentError, match="exceeds max_body=1048576"):
+        await client.bytes("GET", "/large", params={"size": 50 * 1024 * 1024})
+    assert len(await client.bytes("GET", "/large", params={"size": 1000})) == 1000
+    await client.aclose()
+
+
+async def test_cancelled_mid_flight_leaks_nothing(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url, limit=2))
+    graph = fetch_graph(client)
+    await graph.ainvoke({"url": "/json"})
+    before = len(asyncio.all_tasks())
+    runs = [asyncio.create_task(graph.ainvoke({"url": "/slow?delay=5"})) for _ in range(2)]
+    await asyncio.sleep(0.2)
+    for run in runs:
+        run.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == before
+    # Both connection slots (limit=2) came back: two more requests go through at once.
+    replies = await asyncio.wait_for(
+        asyncio.gather(client.get_json("/json"), client.get_json("/json")), 2
+    )
+    assert all(r["ok"] for r in replies)
+    await client.aclose()
+
+
+async def test_resources_close_the_session(http_server: HttpTestServer) -> None:
+    async with Resources() as resources:
+        client = HttpClient(HttpSettings(base_url=http_server.url), resources=resources)
+        graph = fetch_graph(client)
+        assert (await resources.run(graph, {"url": "/json"}))["response"]["ok"]
+        session = client.session()
+    assert session.closed
+
+
+async def test_fetch_settings_choose_keys(http_server: HttpTestServer) -> None:
+    class Other(TypedDict, total=False):
+        link: str
+        body: Any
+
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    builder = StateGraph(Other)
+    builder.add_node(
+        FetchJSON(client, FetchSettings(url_key="link", output_key="body", params=(("q", "x"),)))
+    )
+    builder.add_edge("__start__", "FetchJSON")
+    result = await builder.compile().ainvoke({"link": "/json"})
+    assert result["body"]["query"] == {"q": "x"}
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": 0}, "HttpSettings timeout must be a number > 0, got 0"),
+        ({"limit": -1}, "HttpSettings limit must be an int >= 0, got -1"),
+        ({"max_attempts": 0}, "HttpSettings max_attempts must be an int >= 1, got 0"),
+        ({"connect_timeout": -2}, "connect_timeout must be > 0 or None"),
+        ({"base_url": "/relative"}, "base_url must be an absolute URL"),
+    ],
+)
+def test_invalid_settings_fail_at_construction(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HttpSettings(**kwargs)
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(TypeError, match="HttpClient settings must be HttpSettings, got dict"):
+        HttpClient({"timeout": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="FetchJSON client must be an HttpClient"):
+        FetchJSON("http://x")  # type: ignore[arg-type]
+    assert HttpSettings(headers={"b": "2", "a": "1"}).headers == (("a", "1"), ("b", "2"))
+    assert hash(HttpSettings(headers={"a": "1"})) == hash(HttpSettings(headers={"a": "1"}))
+    assert safe_url("http://u:p@h/x?token=abc&n=1") == "http://h/x?token=***&n=1"
+
+
+def test_example_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "act_operator_lib.cookbook.http_client"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "response: {'hello': 'world', 'path': '/hello'}" in out
+    assert "returned 404" in out
