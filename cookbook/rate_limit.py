@@ -95,7 +95,7 @@ class RateLimiter(BaseRateLimiter):
     a newcomer can never take a token a queued waiter was promised.
     """
 
-    __slots__ = ("_bound", "_buckets", "_lock", "_sync_due", "name", "policy")
+    __slots__ = ("_buckets", "_last", "_lock", "_sync_due", "name", "policy")
 
     policy: RateLimit
     """The rate and burst capacity."""
@@ -111,8 +111,8 @@ class RateLimiter(BaseRateLimiter):
         self._buckets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Bucket] = (
             weakref.WeakKeyDictionary()
         )
-        # The last loop's bucket, read and written as one tuple so threads never mix them up.
-        self._bound: tuple[asyncio.AbstractEventLoop | None, _Bucket | None] = (None, None)
+        # The bucket last used: the common case (one loop) skips the weak-dict lookup.
+        self._last: _Bucket | None = None
         # Synchronous callers: the theoretical time (time.monotonic) the next token is due.
         self._sync_due = 0.0
 
@@ -124,7 +124,7 @@ class RateLimiter(BaseRateLimiter):
             bucket = self._buckets.get(loop)
             if bucket is None:
                 bucket = self._buckets[loop] = _Bucket(loop, self.policy.capacity)
-            self._bound = (loop, bucket)
+            self._last = bucket
             return bucket
 
     async def aacquire(self, *, blocking: bool = True, tokens: int = 1) -> bool:
@@ -134,8 +134,8 @@ class RateLimiter(BaseRateLimiter):
         returning ``False`` otherwise.
         """
         loop = asyncio.get_running_loop()
-        bound_loop, bucket = self._bound
-        if bound_loop is not loop or bucket is None:
+        bucket = self._last
+        if bucket is None or bucket.loop is not loop:
             bucket = self._bucket(loop)
         if tokens != 1 and not 1 <= tokens <= self.policy.capacity:
             raise ValueError(
@@ -218,8 +218,8 @@ class RateLimiter(BaseRateLimiter):
     def try_acquire(self, tokens: int = 1) -> bool:
         """Take ``tokens`` only if they are free now on this loop and nobody is waiting."""
         loop = asyncio.get_running_loop()
-        bound_loop, bucket = self._bound
-        if bound_loop is not loop or bucket is None:
+        bucket = self._last
+        if bucket is None or bucket.loop is not loop:
             bucket = self._bucket(loop)
         self._grant(bucket)  # refills the bucket and serves anyone due first
         if not 1 <= tokens <= self.policy.capacity:

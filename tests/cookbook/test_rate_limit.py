@@ -166,6 +166,16 @@ async def test_a_waiter_cancelled_after_being_granted_gives_the_token_back() -> 
     assert limiter.try_acquire()  # so the token is still there
 
 
+async def test_a_waiter_timed_out_by_asyncio_timeout_takes_no_token() -> None:
+    limiter = RateLimiter(RateLimit(rate=10, capacity=1))
+    assert await limiter.aacquire()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.03):
+            await limiter.aacquire()
+    await asyncio.sleep(0.1)
+    assert limiter.try_acquire()  # the token that came due is still in the bucket
+
+
 async def test_cancelling_many_waiters_mid_flight_leaks_nothing() -> None:
     limiter = RateLimiter(RateLimit(rate=200, capacity=1))
     before = len(asyncio.all_tasks())
