@@ -1,0 +1,178 @@
+"""The blocking detector names the node that stalled the loop and shows where."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import threading
+import time
+from typing import Annotated, Any, TypedDict
+
+import pytest
+from langgraph.graph import START, StateGraph
+
+from act_operator_lib import AsyncBaseNode, metrics
+from act_operator_lib.blocking import BlockingDetector, Stall
+
+WATCHDOG = "act-operator-blocking-detector"
+
+
+class State(TypedDict, total=False):
+    seen: Annotated[list[str], operator.add]
+
+
+class SleepsInsideAsync(AsyncBaseNode):
+    """The classic bug: a blocking sleep inside async def execute."""
+
+    async def execute(self, state: State) -> dict[str, Any]:
+        time.sleep(0.2)  # noqa: ASYNC251 - the bug under test
+        return {"seen": [self.name]}
+
+
+class Polite(AsyncBaseNode):
+    """Runs alongside, awaiting in small steps: never blocks the loop."""
+
+    async def execute(self, state: State) -> dict[str, Any]:
+        for _ in range(30):
+            await asyncio.sleep(0.01)
+        return {"seen": [self.name]}
+
+
+def _parallel_graph() -> Any:
+    builder = StateGraph(State)
+    builder.add_node("slow", SleepsInsideAsync())
+    builder.add_node("polite", Polite())
+    builder.add_edge(START, "slow")
+    builder.add_edge(START, "polite")
+    return builder.compile()
+
+
+def _heartbeats(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+    # The loop's pending timers (a private list: asyncio has no public view of them).
+    scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
+    return [
+        handle
+        for handle in scheduled
+        if not handle.cancelled()
+        and isinstance(getattr(handle._callback, "__self__", None), BlockingDetector)  # type: ignore[attr-defined]
+    ]
+
+
+async def test_blocking_node_is_reported_by_name_with_its_stack() -> None:
+    graph = _parallel_graph()
+    async with BlockingDetector(threshold=0.1) as detector:
+        result = await graph.ainvoke({})
+    assert sorted(result["seen"]) == ["Polite", "SleepsInsideAsync"]
+
+    assert detector.stalls, "the 0.2 s time.sleep was not reported"
+    assert {stall.node for stall in detector.stalls} == {"slow"}  # never "polite"
+    stall = max(detector.stalls, key=lambda s: s.duration)
+    assert stall.duration >= 0.2
+    innermost = stall.stack[-1]
+    assert innermost.name == "execute"
+    assert innermost.filename == __file__
+    assert innermost.line is not None
+    assert innermost.line.startswith("time.sleep(0.2)")
+    report = stall.format()
+    assert "Event loop blocked" in report
+    assert "in node 'slow'" in report
+    assert "time.sleep(0.2)" in report
+
+
+async def test_cpu_bound_function_node_is_attributed_by_graph_name() -> None:
+    def crunch(state: State) -> dict[str, Any]:
+        raise AssertionError("only the async version runs under ainvoke")
+
+    async def acrunch(state: State) -> dict[str, Any]:
+        end = time.perf_counter() + 0.15
+        total = 0
+        while time.perf_counter() < end:  # heavy CPU, no I/O call to intercept
+            total += 1
+        return {"seen": [f"crunched {total > 0}"]}
+
+    builder = StateGraph(State)
+    builder.add_node("crunch", acrunch)
+    builder.add_edge(START, "crunch")
+    graph = builder.compile()
+    reported: list[Stall] = []
+    async with BlockingDetector(threshold=0.05, on_stall=reported.append) as detector:
+        assert (await graph.ainvoke({}))["seen"] == ["crunched True"]
+    assert reported == detector.stalls
+    assert reported
+    assert {stall.node for stall in reported} == {"crunch"}
+    assert any(frame.name == "acrunch" for frame in reported[0].stack)
+
+
+async def test_well_behaved_graph_reports_nothing() -> None:
+    builder = StateGraph(State)
+    builder.add_node("polite", Polite())
+    builder.add_edge(START, "polite")
+    async with BlockingDetector(threshold=0.1) as detector:
+        await builder.compile().ainvoke({})
+    assert detector.stalls == []
+
+
+async def test_off_means_no_thread_and_no_callbacks() -> None:
+    loop = asyncio.get_running_loop()
+    detector = BlockingDetector(threshold=0.1)
+    assert not detector.running
+    assert WATCHDOG not in {thread.name for thread in threading.enumerate()}
+    assert _heartbeats(loop) == []
+
+    async with detector:
+        assert detector.running
+        assert WATCHDOG in {thread.name for thread in threading.enumerate()}
+        assert len(_heartbeats(loop)) == 1
+
+    assert not detector.running
+    assert WATCHDOG not in {thread.name for thread in threading.enumerate()}
+    assert _heartbeats(loop) == []
+    # A stall after stop() is not measured.
+    time.sleep(0.15)  # noqa: ASYNC251 - a deliberate stall
+    await asyncio.sleep(0.02)
+    assert detector.stalls == []
+
+
+async def test_stalls_are_logged_and_recorded_as_a_metric(caplog: pytest.LogCaptureFixture) -> None:
+    builder = StateGraph(State)
+    builder.add_node("slow", SleepsInsideAsync())
+    builder.add_edge(START, "slow")
+    metrics.reset()
+    with metrics.collecting(), caplog.at_level("WARNING", logger="act_operator_lib.blocking"):
+        async with BlockingDetector(threshold=0.1):
+            await builder.compile().ainvoke({})
+    assert any("in node 'slow'" in message for message in caplog.messages)
+    assert metrics.snapshot().value("event_loop_stall_seconds", node="slow") >= 0.2
+    metrics.reset()
+
+
+async def test_start_twice_is_refused_and_restart_works() -> None:
+    detector = BlockingDetector(threshold=0.1)
+    async with detector:
+        with pytest.raises(RuntimeError, match="already running"):
+            detector.start()
+    async with detector:
+        time.sleep(0.15)  # noqa: ASYNC251 - a deliberate stall
+        await asyncio.sleep(0.03)
+    assert len(detector.stalls) == 1
+    assert detector.stalls[0].duration >= 0.15
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threshold": 0}, r"threshold must be a number of seconds > 0, got 0"),
+        ({"threshold": float("nan")}, r"threshold must be a number of seconds > 0, got nan"),
+        ({"threshold": "1"}, r"threshold must be a number of seconds > 0, got '1'"),
+        ({"threshold": 0.1, "interval": 0.5}, r"interval must be > 0 and <= threshold \(0.1\)"),
+        ({"threshold": 0.1, "interval": 0}, r"interval must be > 0"),
+    ],
+)
+def test_invalid_parameters_fail_at_construction(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BlockingDetector(**kwargs)
+
+
+def test_on_stall_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="on_stall must be a callable taking a Stall, got int"):
+        BlockingDetector(on_stall=3)  # type: ignore[arg-type]
