@@ -12,6 +12,8 @@ from act_operator_lib.cookbook import cache as cache_module
 from act_operator_lib.cookbook.cache import AsyncCache, CachedNode, CacheSettings
 from langgraph.graph import START, StateGraph
 
+from act_operator_lib import metrics
+
 
 class Lookup(TypedDict, total=False):
     city: str
@@ -202,3 +204,16 @@ def test_the_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     runpy.run_path(cache_module.__file__, run_name="__main__")
     out = capsys.readouterr().out
     assert "7 runs, 3 service calls: ['Lima', 'Oslo', 'Pune']" in out
+
+
+async def test_hits_misses_and_joins_are_recorded_as_metrics() -> None:
+    cache: AsyncCache[dict[str, Any]] = AsyncCache(CacheSettings(name="metered-forecasts"))
+    graph = graph_for(Weather(delay=0.02), cache)
+    with metrics.collecting():
+        await asyncio.gather(*(graph.ainvoke({"city": "Oslo"}) for _ in range(4)))
+        await graph.ainvoke({"city": "Oslo"})
+        recorded = metrics.snapshot()
+    labels = {"name": "metered-forecasts"}
+    assert recorded.value("cache_misses", **labels) == 1
+    assert recorded.value("singleflight_joins", **labels) == 3
+    assert recorded.value("cache_hits", **labels) == 1

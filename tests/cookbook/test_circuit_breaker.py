@@ -23,6 +23,8 @@ from act_operator_lib.cookbook.retry import retry_call
 from langgraph.graph import START, StateGraph
 from langgraph.types import RetryPolicy
 
+from act_operator_lib import metrics
+
 
 class Call(TypedDict, total=False):
     fail_with: str  # "" for success, else the exception class name to raise
@@ -296,3 +298,22 @@ def test_the_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "order 2: circuit open, retry in" in out
     assert "order 3: charged (circuit closed)" in out
     assert "called 4 times for 5 orders" in out
+
+
+async def test_state_changes_are_recorded_as_metrics() -> None:
+    name = unique("metered")
+    breaker = circuit_breaker(name, BreakerPolicy(failure_threshold=1, reset_timeout=0.02))
+    with metrics.collecting():
+        with pytest.raises(ConnectionError):
+            await breaker.call(_raise, ConnectionError("down"))
+        await asyncio.sleep(0.03)
+        await breaker.call(asyncio.sleep, 0)
+        recorded = metrics.snapshot()
+    assert [
+        recorded.count("circuit_state_changes", name=name, state=state)
+        for state in (
+            "open",
+            "half_open",
+            "closed",
+        )
+    ] == [1, 1, 1]

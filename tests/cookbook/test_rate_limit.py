@@ -23,6 +23,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
+from act_operator_lib import metrics
+
 # A timer may fire up to a clock tick early; never faster than the rate minus this.
 EARLY = 0.005
 
@@ -305,3 +307,14 @@ def test_the_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "12 rate-limited calls in" in out
     seconds = float(out.split(" in ")[1].split("s")[0])
     assert seconds >= 0.35 - EARLY
+
+
+async def test_waits_are_recorded_as_metrics() -> None:
+    name = unique("metered")
+    limiter = rate_limiter(name, RateLimit(rate=50, capacity=1))
+    with metrics.collecting():
+        await fanout_graph(limiter).ainvoke({"items": [1, 2, 3]})
+        recorded = metrics.snapshot()
+    assert recorded.count("rate_limiter_wait_seconds", name=name) == 3
+    # Three calls at 50/s: the second waits about 0.02 s and the third about 0.04 s.
+    assert recorded.value("rate_limiter_wait_seconds", name=name) >= 0.06 - 2 * EARLY
