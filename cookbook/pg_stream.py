@@ -1,0 +1,261 @@
+"""Stream a large PostgreSQL result set in batches through an asyncpg cursor, as progress.
+
+    node = PgCursorStreamNode(
+        pool,                                         # asyncpg.Pool, or anything with acquire()
+        "SELECT id, body FROM documents WHERE tenant = $1 ORDER BY id",
+        args=lambda state: (state["tenant"],),
+        policy=CursorStreamPolicy(batch_size=500, statement_timeout=30),
+    )
+    async for event in graph.astream({"tenant": "acme"}, stream_mode="custom"):
+        ...  # {"node", "batch": 1, "rows_so_far": 500, "rows": [{...}, ...]} per batch
+
+A cursor only exists inside a transaction, so the node opens one (read-only, repeatable
+read: every batch sees the same snapshot), fetches ``batch_size`` rows per round trip and
+emits each batch on the custom stream before fetching the next: memory holds one batch,
+however large the result. ``handle_batch`` (optional, awaited per batch) does the real work
+with the rows, e.g. indexing them; with ``emit_rows=False`` the events carry counts only.
+The node returns ``{output_key: rows_read}``.
+
+``statement_timeout`` is set with ``SET LOCAL`` so it lasts for this transaction only; a
+fetch that exceeds it raises asyncpg's ``QueryCanceledError`` with a note saying how many
+rows were read. Any error or cancellation rolls the transaction back and returns the
+connection to the pool (asyncpg cancels the running fetch on the server).
+
+When to use LangGraph's native tools instead: for a result that fits in memory, a plain
+node doing ``await conn.fetch(query)`` with ``RetryPolicy`` and ``TimeoutPolicy`` is simpler.
+Keep a whole-node deadline in ``TimeoutPolicy(run_timeout=...)``; this node calls
+``runtime.heartbeat()`` per batch, so ``TimeoutPolicy(idle_timeout=..., refresh_on=
+"heartbeat")`` bounds the time between batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, aclosing
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg
+from langgraph.runtime import Runtime
+
+from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.metrics import record
+
+__all__ = ["ConnectionSource", "CursorStreamPolicy", "PgCursorStreamNode", "stream_batches"]
+
+
+class ConnectionSource(Protocol):
+    """Where connections come from: ``asyncpg.Pool`` (``async with pool.acquire() as conn``)."""
+
+    def acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CursorStreamPolicy:
+    """Batch size, time limit and what each progress event carries."""
+
+    batch_size: int = 1000
+    """Rows per fetch and per event; memory holds one batch."""
+    statement_timeout: float | None = None
+    """Seconds any one fetch may run (``SET LOCAL statement_timeout``); None: the server's."""
+    emit_rows: bool = True
+    """Put the batch's rows (as dicts) in each event; False: counts only."""
+    output_key: str | None = "rows_read"
+    """State key for the number of rows read; None: return no update."""
+
+    def __post_init__(self) -> None:
+        if type(self.batch_size) is not int or self.batch_size < 1:
+            raise ValueError(
+                f"CursorStreamPolicy batch_size must be an int >= 1, got {self.batch_size!r}"
+            )
+        timeout = self.statement_timeout
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+        ):
+            raise ValueError(
+                f"CursorStreamPolicy statement_timeout must be > 0 seconds or None, got {timeout!r}"
+            )
+        if self.output_key is not None and (
+            not isinstance(self.output_key, str) or not self.output_key
+        ):
+            raise ValueError(
+                f"CursorStreamPolicy output_key must be a non-empty str or None, got {self.output_key!r}"
+            )
+
+
+async def stream_batches(
+    connection: asyncpg.Connection,
+    query: str,
+    *args: Any,
+    batch_size: int = 1000,
+    statement_timeout: float | None = None,
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """Yield ``query``'s rows in lists of up to ``batch_size``, from one read-only snapshot.
+
+        async with pool.acquire() as conn:
+            async for rows in stream_batches(conn, "SELECT * FROM big", batch_size=500):
+                ...
+
+    Runs its own transaction on ``connection``; close the generator (``aclosing``) to stop
+    early and roll it back.
+    """
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        if statement_timeout is not None:
+            # SET cannot take a bind parameter; the value is a validated number of ms.
+            await connection.execute(
+                f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)}"
+            )
+        cursor = await connection.cursor(query, *args)
+        while rows := await cursor.fetch(batch_size):
+            yield rows
+
+
+class PgCursorStreamNode(AsyncBaseNode):
+    """Read ``query`` through a cursor in batches, emitting each batch as progress.
+
+    builder.add_node(PgCursorStreamNode(pool, "SELECT * FROM events ORDER BY id"))
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionSource,
+        query: str,
+        *,
+        args: Callable[[Any], Sequence[Any]] | None = None,
+        handle_batch: Callable[[list[asyncpg.Record]], Awaitable[Any]] | None = None,
+        policy: CursorStreamPolicy | None = None,
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(name=name, verbose=verbose)
+        kind = type(self).__name__
+        if not callable(getattr(pool, "acquire", None)):
+            raise TypeError(
+                f"{kind} pool must have acquire() (an asyncpg.Pool), got {type(pool).__name__}"
+            )
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"{kind} query must be a non-empty SQL string, got {query!r}")
+        for label, value in (("args", args), ("handle_batch", handle_batch)):
+            if value is not None and not callable(value):
+                raise TypeError(
+                    f"{kind} {label} must be callable or None, got {type(value).__name__}"
+                )
+        if policy is not None and not isinstance(policy, CursorStreamPolicy):
+            raise TypeError(
+                f"{kind} policy must be a CursorStreamPolicy, got {type(policy).__name__}"
+            )
+        self.pool = pool
+        self.query = query
+        self.args = args
+        self.handle_batch = handle_batch
+        self.policy = policy or CursorStreamPolicy()
+
+    async def execute(self, state: Any, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        policy = self.policy
+        args = tuple(self.args(state)) if self.args is not None else ()
+        write = runtime.stream_writer if runtime is not None else None
+        heartbeat = runtime.heartbeat if runtime is not None else None
+        rows_read = batches = 0
+        try:
+            async with self.pool.acquire() as connection:
+                batches_of_rows = stream_batches(
+                    connection,
+                    self.query,
+                    *args,
+                    batch_size=policy.batch_size,
+                    statement_timeout=policy.statement_timeout,
+                )
+                async with aclosing(batches_of_rows):
+                    async for rows in batches_of_rows:
+                        batches += 1
+                        rows_read += len(rows)
+                        if self.handle_batch is not None:
+                            await self.handle_batch(rows)
+                        if heartbeat is not None:
+                            heartbeat()
+                        if write is not None:
+                            event: dict[str, Any] = {
+                                "node": self.name,
+                                "batch": batches,
+                                "rows_so_far": rows_read,
+                            }
+                            if policy.emit_rows:
+                                event["rows"] = [dict(row) for row in rows]
+                            write(event)
+        except asyncpg.PostgresError as exc:
+            exc.add_note(f"{self.name}: stopped after {rows_read} rows in {batches} batches")
+            raise
+        record("pg_stream_rows", float(rows_read), name=self.name)
+        self.log("read", rows=rows_read, batches=batches)
+        return None if policy.output_key is None else {policy.output_key: rows_read}
+
+
+if __name__ == "__main__":
+    import asyncio
+    import glob
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    from contextlib import contextmanager
+    from typing import TypedDict
+
+    from langgraph.graph import START, StateGraph
+
+    @contextmanager
+    def local_postgres() -> Any:
+        """$PG_DSN if set; otherwise a throwaway PostgreSQL cluster on 127.0.0.1 (trust auth)."""
+        if dsn := os.environ.get("PG_DSN"):
+            yield dsn
+            return
+        found = shutil.which("initdb") or next(
+            iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None
+        )
+        if found is None:
+            raise SystemExit("set PG_DSN or install PostgreSQL (initdb, pg_ctl) to run the example")
+        bin_dir = os.path.dirname(found)
+        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        root = tempfile.mkdtemp(prefix="pg-stream-example-")
+        if as_user:
+            shutil.chown(root, "postgres", "postgres")
+        data, run = os.path.join(root, "data"), subprocess.run
+        run([*as_user, f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"],
+            check=True, capture_output=True)  # fmt: skip
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-o", options, "-l", f"{root}/log", "-w", "start"],
+            check=True, capture_output=True)  # fmt: skip
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
+                capture_output=True)  # fmt: skip
+            shutil.rmtree(root, ignore_errors=True)
+
+    class State(TypedDict, total=False):
+        upto: int
+        rows_read: int
+
+    async def main(dsn: str) -> None:
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
+            builder = StateGraph(State)
+            builder.add_node(
+                PgCursorStreamNode(
+                    pool,
+                    "SELECT i, md5(i::text) AS digest FROM generate_series(1, $1::int) AS i",
+                    args=lambda state: (state["upto"],),
+                    policy=CursorStreamPolicy(batch_size=25_000, emit_rows=False),
+                )
+            )
+            builder.add_edge(START, "PgCursorStreamNode")
+            graph = builder.compile()
+            async for mode, chunk in graph.astream(
+                {"upto": 100_000}, stream_mode=["custom", "values"]
+            ):
+                print(mode, chunk)
+
+    with local_postgres() as dsn:
+        asyncio.run(main(dsn))

@@ -1,0 +1,250 @@
+"""PgCursorStreamNode against a real PostgreSQL: batches as progress, bounded memory, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import AsyncIterator
+from typing import Any, TypedDict
+
+import asyncpg
+import pytest
+from act_operator_lib.cookbook.pg_stream import (
+    CursorStreamPolicy,
+    PgCursorStreamNode,
+    stream_batches,
+)
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, StateGraph
+
+
+class State(TypedDict, total=False):
+    upto: int
+    rows_read: int
+
+
+@pytest.fixture
+async def pool(pg_database: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(pg_database, min_size=1, max_size=2) as pool:
+        yield pool
+
+
+def build(node: PgCursorStreamNode, *, checkpointer: Any = None) -> Any:
+    builder = StateGraph(State)
+    builder.add_node(node)
+    builder.add_edge(START, node.name)
+    return builder.compile(checkpointer=checkpointer)
+
+
+async def other_tasks_after(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """Tasks still alive that were not there before, after letting cancellations settle."""
+    for _ in range(100):
+        if not asyncio.all_tasks() - before:
+            break
+        await asyncio.sleep(0.01)
+    return asyncio.all_tasks() - before
+
+
+async def all_connections_idle(pool: asyncpg.Pool) -> bool:
+    for _ in range(100):
+        if pool.get_idle_size() == pool.get_size():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+SERIES = "SELECT i, 'row ' || i AS label FROM generate_series(1, $1::int) AS i ORDER BY i"
+
+
+async def test_batches_arrive_as_progress_and_the_count_lands_in_state(
+    pool: asyncpg.Pool,
+) -> None:
+    node = PgCursorStreamNode(
+        pool,
+        SERIES,
+        args=lambda state: (state["upto"],),
+        policy=CursorStreamPolicy(batch_size=4),
+    )
+    events: list[dict[str, Any]] = []
+    final: dict[str, Any] = {}
+    async for mode, chunk in build(node).astream({"upto": 10}, stream_mode=["custom", "values"]):
+        if mode == "custom":
+            events.append(chunk)
+        else:
+            final = chunk
+    assert [(e["batch"], e["rows_so_far"], len(e["rows"])) for e in events] == [
+        (1, 4, 4),
+        (2, 8, 4),
+        (3, 10, 2),
+    ]
+    assert events[0]["node"] == "PgCursorStreamNode"
+    assert events[2]["rows"] == [{"i": 9, "label": "row 9"}, {"i": 10, "label": "row 10"}]
+    assert final == {"upto": 10, "rows_read": 10}
+    assert await all_connections_idle(pool)
+
+
+async def test_handle_batch_sees_every_row_and_counts_only_events(pool: asyncpg.Pool) -> None:
+    seen: list[int] = []
+
+    async def index(rows: list[asyncpg.Record]) -> None:
+        seen.extend(row["i"] for row in rows)
+
+    node = PgCursorStreamNode(
+        pool,
+        SERIES,
+        args=lambda state: (state["upto"],),
+        handle_batch=index,
+        policy=CursorStreamPolicy(batch_size=100, emit_rows=False, output_key="count"),
+    )
+    builder = StateGraph(dict)
+    builder.add_node(node)
+    builder.add_edge(START, node.name)
+    events = [c async for c in builder.compile().astream({"upto": 250}, stream_mode="custom")]
+    assert seen == list(range(1, 251))
+    assert [("rows" in e, e["rows_so_far"]) for e in events] == [
+        (False, 100),
+        (False, 200),
+        (False, 250),
+    ]
+
+
+async def test_memory_stays_bounded_over_a_large_result(pool: asyncpg.Pool) -> None:
+    node = PgCursorStreamNode(
+        pool,
+        "SELECT i, repeat('x', 100) AS pad FROM generate_series(1, $1::int) AS i",
+        args=lambda state: (state["upto"],),
+        policy=CursorStreamPolicy(batch_size=500),
+    )
+    graph = build(node)
+    await graph.ainvoke({"upto": 1000})  # warm-up: statement cache, imports
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        batches = 0
+        async for event in graph.astream({"upto": 100_000}, stream_mode="custom"):
+            batches += 1
+            assert len(event["rows"]) == 500
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+    assert batches == 200
+    # 100 000 rows of ~100 bytes fetched at once would be > 20 MB of Python objects.
+    assert peak < 3 * 1024 * 1024, f"peak grew by {peak / 1e6:.1f} MB"
+
+
+async def test_statement_timeout_mid_cursor_fails_clearly_and_returns_the_connection(
+    pool: asyncpg.Pool,
+) -> None:
+    # The first 30 rows are instant; row 31 sleeps past the 0.3 s statement timeout.
+    slow_tail = (
+        "SELECT i, CASE WHEN i > 30 THEN pg_sleep(2) END AS nap"
+        " FROM generate_series(1, 100) AS i ORDER BY i"
+    )
+    node = PgCursorStreamNode(
+        pool, slow_tail, policy=CursorStreamPolicy(batch_size=10, statement_timeout=0.3)
+    )
+    graph = build(node, checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "timeout"}}
+    events: list[dict[str, Any]] = []
+    before = asyncio.all_tasks()
+
+    async def run() -> None:
+        async for chunk in graph.astream({"upto": 0}, config, stream_mode="custom"):
+            events.append(chunk)
+
+    with pytest.raises(asyncpg.QueryCanceledError, match="statement timeout") as caught:
+        await run()
+    assert [e["rows_so_far"] for e in events] == [10, 20, 30]
+    assert "PgCursorStreamNode: stopped after 30 rows in 3 batches" in caught.value.__notes__
+    assert await other_tasks_after(before) == set()
+    assert await all_connections_idle(pool)
+    state = await graph.aget_state(config)
+    assert state.values == {"upto": 0}
+    assert state.next == ("PgCursorStreamNode",)
+    # SET LOCAL ended with the transaction: the pooled connection has no timeout left.
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SHOW statement_timeout") == "0"
+
+
+async def test_cancelling_the_run_mid_fetch_returns_the_connection(pool: asyncpg.Pool) -> None:
+    slow = "SELECT i, pg_sleep(0.05) FROM generate_series(1, 1000) AS i"
+    graph = build(PgCursorStreamNode(pool, slow, policy=CursorStreamPolicy(batch_size=2)))
+    first = asyncio.Event()
+    before = asyncio.all_tasks()
+
+    async def consume() -> None:
+        async for _ in graph.astream({"upto": 0}, stream_mode="custom"):
+            first.set()
+
+    run = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 10)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert await other_tasks_after(before) == set()
+    assert await all_connections_idle(pool)
+    async with pool.acquire() as conn:  # the connection is usable, not stuck in the transaction
+        assert await conn.fetchval("SELECT 1") == 1
+        assert not conn.is_in_transaction()
+
+
+async def test_stream_batches_alone(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        sizes = [len(rows) async for rows in stream_batches(conn, SERIES, 7, batch_size=3)]
+        assert not conn.is_in_transaction()
+    assert sizes == [3, 3, 1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+        ({"statement_timeout": -1}, "statement_timeout must be > 0 seconds or None, got -1"),
+        ({"output_key": ""}, "output_key must be a non-empty str or None, got ''"),
+    ],
+)
+def test_policy_rejects_bad_values(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CursorStreamPolicy(**kwargs)
+
+
+def test_node_rejects_bad_arguments() -> None:
+    with pytest.raises(TypeError, match=r"pool must have acquire\(\) \(an asyncpg.Pool\), got str"):
+        PgCursorStreamNode("postgresql://", "SELECT 1")  # type: ignore[arg-type]
+
+    class Pool:
+        def acquire(self) -> Any: ...
+
+    with pytest.raises(ValueError, match="query must be a non-empty SQL string, got ' '"):
+        PgCursorStreamNode(Pool(), " ")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="args must be callable or None, got tuple"):
+        PgCursorStreamNode(Pool(), "SELECT $1", args=(1,))  # type: ignore[arg-type]
+
+
+def test_example_runs_on_its_own_throwaway_cluster() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "PG_DSN"}
+    done = subprocess.run(
+        [sys.executable, "-m", "act_operator_lib.cookbook.pg_stream"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=env,
+    )
+    assert "'batch': 4, 'rows_so_far': 100000}" in done.stdout
+    assert "values {'upto': 100000, 'rows_read': 100000}" in done.stdout
+
+
+def test_example_runs_against_pg_dsn(pg_database: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "act_operator_lib.cookbook.pg_stream"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "PG_DSN": pg_database},
+    )
+    assert "values {'upto': 100000, 'rows_read': 100000}" in done.stdout
