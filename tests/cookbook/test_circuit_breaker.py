@@ -317,3 +317,14 @@ async def test_state_changes_are_recorded_as_metrics() -> None:
             "closed",
         )
     ] == [1, 1, 1]
+
+
+async def test_a_call_admitted_before_the_circuit_opened_does_not_close_it() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, reset_timeout=10))
+    slow = asyncio.create_task(breaker.call(asyncio.sleep, 0.05, "late answer"))
+    await asyncio.sleep(0)
+    with pytest.raises(ConnectionError):
+        await breaker.call(_raise, ConnectionError("down"))
+    assert breaker.state == "open"
+    assert await slow == "late answer"  # admitted while closed, so it ran...
+    assert breaker.state == "open"  # ...but says nothing about the circuit opened since
