@@ -22,10 +22,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import copier
 import yaml  # type: ignore[import-untyped]
@@ -319,16 +320,23 @@ def update_project(project_root: Path) -> str:
     answers = _read_answers(project.root / ANSWERS_FILE)
     old_ref = answers.get("_commit")
     history = _history_repo()
-    if not isinstance(old_ref, str) or not _has_tag(history, old_ref):
+    if not isinstance(old_ref, str):
+        raise ScaffoldError(
+            f"{ANSWERS_FILE} records no template version (_commit): the project was generated"
+            " without git (--no-git), so there is no version to merge from"
+        )
+    if answers.get("_src_path") != str(history) or not _has_tag(history, old_ref):
         raise ScaffoldError(
             f"the template version {old_ref!r} this project was generated from is not in the"
             f" local template history {history}; update needs the act-operator-lib that made"
             " the project to have run on this machine (re-generate with `act-operator new`"
             " and copy your code across instead)"
         )
-    with _template_source(True) as (src_path, ref):
-        with copier.Worker(
-            src_path=src_path,
+    # copier reads the template's location from the answers (the history repository)
+    # and renders both the recorded version and `ref`, the one committed just now.
+    with _template_source(True) as (_, ref):
+        _copier(
+            copier.run_update,
             dst_path=project.root,
             vcs_ref=ref,
             data={"act_operator_lib_version": act_operator_lib.__version__},
@@ -336,14 +344,12 @@ def update_project(project_root: Path) -> str:
             overwrite=True,
             quiet=True,
             skip_answered=True,
-        ) as worker:
-            _copier(worker.run_update)
+        )
         return ref or act_operator_lib.__version__
 
 
-def _copier(run: object, /, **kwargs: object) -> None:
+def _copier(run: Callable[..., object], /, **kwargs: Any) -> None:
     """Run a copier call, turning its errors into ScaffoldError with copier's message."""
-    assert callable(run)
     try:
         run(**kwargs)
     except CopierError as error:
