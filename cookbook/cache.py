@@ -198,7 +198,8 @@ class CachedNode(AsyncBaseNode):
         builder.add_node("lookup", CachedNode(lookup, profiles, key=lambda s: s["user_id"]))
 
     Runs that ask for the same key at once (parallel branches, concurrent graph runs on a
-    server) share one call of ``operation``.
+    server) share one call of ``operation``. That call runs in a task started by the first
+    caller, with its context (its run's config and callbacks, e.g. the custom stream).
     """
 
     def __init__(
