@@ -98,16 +98,27 @@ async def run_pipeline(
     Each non-None result of ``consume`` goes to ``emit``; ``on_progress(n)`` is called every
     ``progress_every`` items and once at the end. The first error of either stage is raised.
     """
+    if type(queue_size) is not int or queue_size < 1:
+        # asyncio.Queue(0) is unbounded: that would silently remove the backpressure.
+        raise ValueError(f"run_pipeline queue_size must be an int >= 1, got {queue_size!r}")
+    if type(progress_every) is not int or progress_every < 0:
+        raise ValueError(f"run_pipeline progress_every must be an int >= 0, got {progress_every!r}")
     queue: asyncio.Queue[Item] = asyncio.Queue(queue_size)
+    produced = 0
 
     async def produce() -> None:
+        nonlocal produced
         iterator = aiter(source)
         try:
             async for item in iterator:
+                produced += 1
                 try:
                     queue.put_nowait(item)  # the common case, without a coroutine per item
                 except asyncio.QueueFull:
                     await queue.put(item)  # backpressure: wait for the consumer
+        except asyncio.CancelledError:
+            _raise_if_cancelled_from_inside("producer", produced)
+            raise
         finally:
             # A cancelled producer closes its generator (and what it reads from) now.
             if (aclose := getattr(iterator, "aclose", None)) is not None:
@@ -124,7 +135,11 @@ async def run_pipeline(
                 item = await get()
             if item is _DONE:
                 break
-            result = await consume(item)
+            try:
+                result = await consume(item)
+            except asyncio.CancelledError:
+                _raise_if_cancelled_from_inside("consumer", processed + 1)
+                raise
             processed += 1
             if result is not None and emit is not None:
                 emit(result)
@@ -144,6 +159,21 @@ async def run_pipeline(
             raise errors.exceptions[0] from None
         raise
     return consumer.result()
+
+
+def _raise_if_cancelled_from_inside(stage: str, item_number: int) -> None:
+    """Turn a CancelledError nobody asked for into an error the TaskGroup reports.
+
+    A stage awaiting a future that someone else cancelled gets CancelledError although its
+    task is not being cancelled; a TaskGroup ignores cancelled children, so the other stage
+    would wait forever. ``cancelling()`` tells a real cancellation (let it through) apart.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() == 0:
+        raise RuntimeError(
+            f"the pipeline's {stage} got CancelledError at item {item_number} without being"
+            " cancelled (an awaited future or task was cancelled by someone else)"
+        )
 
 
 class StreamPipelineNode(AsyncBaseNode, Generic[Item, Result]):

@@ -224,6 +224,35 @@ async def test_a_consumer_cancelled_by_its_own_timeout_surfaces_as_timeout() -> 
     assert await other_tasks_after(before) == set()
 
 
+async def test_a_consumer_whose_awaited_future_is_cancelled_fails_instead_of_hanging() -> None:
+    shared: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def waits_on_shared(n: int) -> int:
+        if n == 3:
+            asyncio.get_running_loop().call_later(0.01, shared.cancel)  # someone else cancels it
+            return await shared
+        return n
+
+    before = asyncio.all_tasks()
+    with pytest.raises(RuntimeError, match="consumer got CancelledError at item 4 without being"):
+        await asyncio.wait_for(
+            build(StreamPipelineNode(numbers, waits_on_shared)).ainvoke({"upto": 1000}), 5
+        )
+    assert await other_tasks_after(before) == set()
+
+
+async def test_a_producer_whose_awaited_future_is_cancelled_fails_instead_of_hanging() -> None:
+    async def source(state: State) -> AsyncIterator[int]:
+        yield 1
+        doomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        doomed.cancel()
+        await doomed
+
+    with pytest.raises(RuntimeError, match="producer got CancelledError at item 1 without being"):
+        await asyncio.wait_for(build(StreamPipelineNode(source, double)).ainvoke({"upto": 0}), 5)
+
+
+@pytest.mark.slow
 async def test_memory_stays_flat_over_a_million_items() -> None:
     async def every_100k(n: int) -> int | None:
         return n if n % 100_000 == 0 else None
@@ -285,6 +314,11 @@ async def test_produce_must_return_an_async_iterable() -> None:
 def test_policy_rejects_bad_values(kwargs: dict[str, Any], error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         PipelinePolicy(**kwargs)
+
+
+async def test_run_pipeline_refuses_an_unbounded_queue() -> None:
+    with pytest.raises(ValueError, match="queue_size must be an int >= 1, got 0"):
+        await run_pipeline(numbers({"upto": 1}), double, queue_size=0)
 
 
 def test_node_rejects_stages_that_are_not_callable() -> None:
