@@ -70,6 +70,9 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.ConnectionFailureError,
     asyncpg.InterfaceError,
+    # A server shutting down can leave a pooled connection mid-protocol just before
+    # its socket closes; asyncpg then reports an internal state error.
+    asyncpg.InternalClientError,
     ConnectionError,
     OSError,
 )
@@ -288,6 +291,9 @@ class PostgresPool:
             ) from None
         try:
             yield conn
+        except _CONNECTION_ERRORS:
+            conn.terminate()  # never hand a broken connection to the next caller
+            raise
         finally:
             await pool.release(conn)
 
