@@ -1,7 +1,8 @@
 """Stream a large PostgreSQL result set in batches through an asyncpg cursor, as progress.
 
+    db = PostgresPool(PostgresSettings(dsn=DSN))      # the pooled recipe: one pool per loop
     node = PgCursorStreamNode(
-        pool,                                         # asyncpg.Pool, or anything with acquire()
+        db,
         "SELECT id, body FROM documents WHERE tenant = $1 ORDER BY id",
         args=lambda state: (state["tenant"],),
         policy=CursorStreamPolicy(batch_size=500, statement_timeout=30),
@@ -16,10 +17,13 @@ however large the result. ``handle_batch`` (optional, awaited per batch) does th
 with the rows, e.g. indexing them; with ``emit_rows=False`` the events carry counts only.
 The node returns ``{output_key: rows_read}``.
 
-``statement_timeout`` is set with ``SET LOCAL`` so it lasts for this transaction only; a
-fetch that exceeds it raises asyncpg's ``QueryCanceledError`` with a note saying how many
-rows were read. Any error or cancellation rolls the transaction back and returns the
-connection to the pool (asyncpg cancels the running fetch on the server).
+The connection comes from the shared ``PostgresPool`` (its DSN: the run's
+``configurable.database_url`` or context, else the pool's settings, see ``dsn_from``).
+``statement_timeout`` is set with ``SET LOCAL``, so it lasts for this transaction only and
+overrides the pool's per-connection default; a fetch that exceeds it raises asyncpg's
+``QueryCanceledError`` with a note saying how many rows were read. Any error or
+cancellation rolls the transaction back and returns the connection to the pool (asyncpg
+cancels the running fetch on the server).
 
 When to use LangGraph's native tools instead: for a result that fits in memory, a plain
 node doing ``await conn.fetch(query)`` with ``RetryPolicy`` and ``TimeoutPolicy`` is simpler.
@@ -31,23 +35,20 @@ Keep a whole-node deadline in ``TimeoutPolicy(run_timeout=...)``; this node call
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, aclosing
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
+from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 
-__all__ = ["ConnectionSource", "CursorStreamPolicy", "PgCursorStreamNode", "stream_batches"]
+from .postgres import PostgresPool, PostgresSettings, SQLQuery, dsn_from
 
-
-class ConnectionSource(Protocol):
-    """Where connections come from: ``asyncpg.Pool`` (``async with pool.acquire() as conn``)."""
-
-    def acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]: ...
+__all__ = ["CursorStreamPolicy", "PgCursorStreamNode", "stream_batches"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,13 +114,13 @@ async def stream_batches(
 class PgCursorStreamNode(AsyncBaseNode):
     """Read ``query`` through a cursor in batches, emitting each batch as progress.
 
-    builder.add_node(PgCursorStreamNode(pool, "SELECT * FROM events ORDER BY id"))
+    builder.add_node(PgCursorStreamNode(db, "SELECT * FROM events ORDER BY id"))
     """
 
     def __init__(
         self,
-        pool: ConnectionSource,
-        query: str,
+        db: PostgresPool,
+        query: SQLQuery,
         *,
         args: Callable[[Any], Sequence[Any]] | None = None,
         handle_batch: Callable[[list[asyncpg.Record]], Awaitable[Any]] | None = None,
@@ -129,10 +130,8 @@ class PgCursorStreamNode(AsyncBaseNode):
     ) -> None:
         super().__init__(name=name, verbose=verbose)
         kind = type(self).__name__
-        if not callable(getattr(pool, "acquire", None)):
-            raise TypeError(
-                f"{kind} pool must have acquire() (an asyncpg.Pool), got {type(pool).__name__}"
-            )
+        if not isinstance(db, PostgresPool):
+            raise TypeError(f"{kind} db must be a PostgresPool, got {type(db).__name__}")
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"{kind} query must be a non-empty SQL string, got {query!r}")
         for label, value in (("args", args), ("handle_batch", handle_batch)):
@@ -144,20 +143,23 @@ class PgCursorStreamNode(AsyncBaseNode):
             raise TypeError(
                 f"{kind} policy must be a CursorStreamPolicy, got {type(policy).__name__}"
             )
-        self.pool = pool
+        self.db = db
         self.query = query
         self.args = args
         self.handle_batch = handle_batch
         self.policy = policy or CursorStreamPolicy()
 
-    async def execute(self, state: Any, runtime: Runtime[Any]) -> dict[str, Any] | None:
+    async def execute(
+        self, state: Any, config: RunnableConfig, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
         policy = self.policy
         args = tuple(self.args(state)) if self.args is not None else ()
         write = runtime.stream_writer if runtime is not None else None
         heartbeat = runtime.heartbeat if runtime is not None else None
         rows_read = batches = 0
         try:
-            async with self.pool.acquire() as connection:
+            dsn = dsn_from(config, runtime, self.db.settings.dsn)
+            async with self.db.connection(dsn) as connection:
                 batches_of_rows = stream_batches(
                     connection,
                     self.query,
@@ -203,17 +205,21 @@ if __name__ == "__main__":
 
     from langgraph.graph import START, StateGraph
 
+    from .resources import Resources
+
     @contextmanager
     def local_postgres() -> Any:
-        """$PG_DSN if set; otherwise a throwaway PostgreSQL cluster on 127.0.0.1 (trust auth)."""
-        if dsn := os.environ.get("PG_DSN"):
+        """$DATABASE_URL if set; otherwise a throwaway PostgreSQL cluster on 127.0.0.1 (trust auth)."""
+        if dsn := os.environ.get("DATABASE_URL"):
             yield dsn
             return
         found = shutil.which("initdb") or next(
             iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None
         )
         if found is None:
-            raise SystemExit("set PG_DSN or install PostgreSQL (initdb, pg_ctl) to run the example")
+            raise SystemExit(
+                "set DATABASE_URL or install PostgreSQL (initdb, pg_ctl) to run the example"
+            )
         bin_dir = os.path.dirname(found)
         as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         with socket.socket() as sock:
@@ -240,11 +246,12 @@ if __name__ == "__main__":
         rows_read: int
 
     async def main(dsn: str) -> None:
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
+        async with Resources() as resources:
+            db = PostgresPool(PostgresSettings(dsn=dsn, max_size=2), resources=resources)
             builder = StateGraph(State)
             builder.add_node(
                 PgCursorStreamNode(
-                    pool,
+                    db,
                     "SELECT i, md5(i::text) AS digest FROM generate_series(1, $1::int) AS i",
                     args=lambda state: (state["upto"],),
                     policy=CursorStreamPolicy(batch_size=25_000, emit_rows=False),

@@ -17,6 +17,7 @@ from act_operator_lib.cookbook.pg_stream import (
     PgCursorStreamNode,
     stream_batches,
 )
+from act_operator_lib.cookbook.postgres import PostgresPool, PostgresSettings
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 
@@ -27,9 +28,10 @@ class State(TypedDict, total=False):
 
 
 @pytest.fixture
-async def pool(pg_database: str) -> AsyncIterator[asyncpg.Pool]:
-    async with asyncpg.create_pool(pg_database, min_size=1, max_size=2) as pool:
-        yield pool
+async def db(pg_database: str) -> AsyncIterator[PostgresPool]:
+    db = PostgresPool(PostgresSettings(dsn=pg_database, max_size=2), name="stream-test")
+    yield db
+    await db.aclose()
 
 
 def build(node: PgCursorStreamNode, *, checkpointer: Any = None) -> Any:
@@ -48,7 +50,8 @@ async def other_tasks_after(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[
     return asyncio.all_tasks() - before
 
 
-async def all_connections_idle(pool: asyncpg.Pool) -> bool:
+async def all_connections_idle(db: PostgresPool) -> bool:
+    pool = await db.pool()
     for _ in range(100):
         if pool.get_idle_size() == pool.get_size():
             return True
@@ -60,10 +63,10 @@ SERIES = "SELECT i, 'row ' || i AS label FROM generate_series(1, $1::int) AS i O
 
 
 async def test_batches_arrive_as_progress_and_the_count_lands_in_state(
-    pool: asyncpg.Pool,
+    db: PostgresPool,
 ) -> None:
     node = PgCursorStreamNode(
-        pool,
+        db,
         SERIES,
         args=lambda state: (state["upto"],),
         policy=CursorStreamPolicy(batch_size=4),
@@ -83,17 +86,17 @@ async def test_batches_arrive_as_progress_and_the_count_lands_in_state(
     assert events[0]["node"] == "PgCursorStreamNode"
     assert events[2]["rows"] == [{"i": 9, "label": "row 9"}, {"i": 10, "label": "row 10"}]
     assert final == {"upto": 10, "rows_read": 10}
-    assert await all_connections_idle(pool)
+    assert await all_connections_idle(db)
 
 
-async def test_handle_batch_sees_every_row_and_counts_only_events(pool: asyncpg.Pool) -> None:
+async def test_handle_batch_sees_every_row_and_counts_only_events(db: PostgresPool) -> None:
     seen: list[int] = []
 
     async def index(rows: list[asyncpg.Record]) -> None:
         seen.extend(row["i"] for row in rows)
 
     node = PgCursorStreamNode(
-        pool,
+        db,
         SERIES,
         args=lambda state: (state["upto"],),
         handle_batch=index,
@@ -111,9 +114,9 @@ async def test_handle_batch_sees_every_row_and_counts_only_events(pool: asyncpg.
     ]
 
 
-async def test_memory_stays_bounded_over_a_large_result(pool: asyncpg.Pool) -> None:
+async def test_memory_stays_bounded_over_a_large_result(db: PostgresPool) -> None:
     node = PgCursorStreamNode(
-        pool,
+        db,
         "SELECT i, repeat('x', 100) AS pad FROM generate_series(1, $1::int) AS i",
         args=lambda state: (state["upto"],),
         policy=CursorStreamPolicy(batch_size=500),
@@ -136,7 +139,7 @@ async def test_memory_stays_bounded_over_a_large_result(pool: asyncpg.Pool) -> N
 
 
 async def test_statement_timeout_mid_cursor_fails_clearly_and_returns_the_connection(
-    pool: asyncpg.Pool,
+    db: PostgresPool,
 ) -> None:
     # The first 30 rows are instant; row 31 sleeps past the 0.3 s statement timeout.
     slow_tail = (
@@ -144,7 +147,7 @@ async def test_statement_timeout_mid_cursor_fails_clearly_and_returns_the_connec
         " FROM generate_series(1, 100) AS i ORDER BY i"
     )
     node = PgCursorStreamNode(
-        pool, slow_tail, policy=CursorStreamPolicy(batch_size=10, statement_timeout=0.3)
+        db, slow_tail, policy=CursorStreamPolicy(batch_size=10, statement_timeout=0.3)
     )
     graph = build(node, checkpointer=InMemorySaver())
     config = {"configurable": {"thread_id": "timeout"}}
@@ -160,18 +163,18 @@ async def test_statement_timeout_mid_cursor_fails_clearly_and_returns_the_connec
     assert [e["rows_so_far"] for e in events] == [10, 20, 30]
     assert "PgCursorStreamNode: stopped after 30 rows in 3 batches" in caught.value.__notes__
     assert await other_tasks_after(before) == set()
-    assert await all_connections_idle(pool)
+    assert await all_connections_idle(db)
     state = await graph.aget_state(config)
     assert state.values == {"upto": 0}
     assert state.next == ("PgCursorStreamNode",)
-    # SET LOCAL ended with the transaction: the pooled connection has no timeout left.
-    async with pool.acquire() as conn:
-        assert await conn.fetchval("SHOW statement_timeout") == "0"
+    # SET LOCAL ended with the transaction: the pool's own default is back.
+    async with db.connection() as conn:
+        assert await conn.fetchval("SHOW statement_timeout") == "30s"
 
 
-async def test_cancelling_the_run_mid_fetch_returns_the_connection(pool: asyncpg.Pool) -> None:
+async def test_cancelling_the_run_mid_fetch_returns_the_connection(db: PostgresPool) -> None:
     slow = "SELECT i, pg_sleep(0.05) FROM generate_series(1, 1000) AS i"
-    graph = build(PgCursorStreamNode(pool, slow, policy=CursorStreamPolicy(batch_size=2)))
+    graph = build(PgCursorStreamNode(db, slow, policy=CursorStreamPolicy(batch_size=2)))
     first = asyncio.Event()
     before = asyncio.all_tasks()
 
@@ -185,14 +188,24 @@ async def test_cancelling_the_run_mid_fetch_returns_the_connection(pool: asyncpg
     with pytest.raises(asyncio.CancelledError):
         await run
     assert await other_tasks_after(before) == set()
-    assert await all_connections_idle(pool)
-    async with pool.acquire() as conn:  # the connection is usable, not stuck in the transaction
+    assert await all_connections_idle(db)
+    async with db.connection() as conn:  # the connection is usable, not stuck in the transaction
         assert await conn.fetchval("SELECT 1") == 1
         assert not conn.is_in_transaction()
 
 
-async def test_stream_batches_alone(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
+async def test_the_dsn_can_come_from_the_runs_config(pg_database: str) -> None:
+    db = PostgresPool(PostgresSettings(max_size=1), name="dsn-from-config")
+    try:
+        node = PgCursorStreamNode(db, SERIES, args=lambda state: (state["upto"],))
+        config = {"configurable": {"database_url": pg_database}}
+        assert await build(node).ainvoke({"upto": 5}, config) == {"upto": 5, "rows_read": 5}
+    finally:
+        await db.aclose()
+
+
+async def test_stream_batches_alone(db: PostgresPool) -> None:
+    async with db.connection() as conn:
         sizes = [len(rows) async for rows in stream_batches(conn, SERIES, 7, batch_size=3)]
         assert not conn.is_in_transaction()
     assert sizes == [3, 3, 1]
@@ -212,20 +225,16 @@ def test_policy_rejects_bad_values(kwargs: dict[str, Any], message: str) -> None
 
 
 def test_node_rejects_bad_arguments() -> None:
-    with pytest.raises(TypeError, match=r"pool must have acquire\(\) \(an asyncpg.Pool\), got str"):
+    with pytest.raises(TypeError, match="db must be a PostgresPool, got str"):
         PgCursorStreamNode("postgresql://", "SELECT 1")  # type: ignore[arg-type]
-
-    class Pool:
-        def acquire(self) -> Any: ...
-
     with pytest.raises(ValueError, match="query must be a non-empty SQL string, got ' '"):
-        PgCursorStreamNode(Pool(), " ")  # type: ignore[arg-type]
+        PgCursorStreamNode(PostgresPool(), " ")
     with pytest.raises(TypeError, match="args must be callable or None, got tuple"):
-        PgCursorStreamNode(Pool(), "SELECT $1", args=(1,))  # type: ignore[arg-type]
+        PgCursorStreamNode(PostgresPool(), "SELECT $1", args=(1,))  # type: ignore[arg-type]
 
 
 def test_example_runs_on_its_own_throwaway_cluster() -> None:
-    env = {key: value for key, value in os.environ.items() if key != "PG_DSN"}
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
     done = subprocess.run(
         [sys.executable, "-m", "act_operator_lib.cookbook.pg_stream"],
         capture_output=True,
@@ -238,13 +247,13 @@ def test_example_runs_on_its_own_throwaway_cluster() -> None:
     assert "values {'upto': 100000, 'rows_read': 100000}" in done.stdout
 
 
-def test_example_runs_against_pg_dsn(pg_database: str) -> None:
+def test_example_runs_against_database_url(pg_database: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "act_operator_lib.cookbook.pg_stream"],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
-        env={**os.environ, "PG_DSN": pg_database},
+        env={**os.environ, "DATABASE_URL": pg_database},
     )
     assert "values {'upto': 100000, 'rows_read': 100000}" in done.stdout
