@@ -1,4 +1,4 @@
-"""Run the ``__main__`` example of recipes copied into a generated project, each in its own fork.
+"""Run the ``__main__`` examples of recipes copied into a generated project, each in its own fork.
 
     python tests/cli/recipe_examples.py PROJECT_SRC PACKAGE LOG_DIR RECIPE...
 
@@ -19,9 +19,11 @@ import runpy
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 EXAMPLE_TIMEOUT = 90
+PARALLEL = 3
 
 
 class _NoInstalledCookbook(importlib.abc.MetaPathFinder):
@@ -65,14 +67,26 @@ def main() -> None:
     sys.path.insert(0, source)
     sys.meta_path.insert(0, _NoInstalledCookbook())
     _warm_up()
-    for recipe in recipes:
-        log_path = Path(log_dir) / f"{recipe}.log"
-        sys.stdout.flush()
-        pid = os.fork()
-        if pid == 0:
-            _run_child(f"{package}.cookbook.{recipe}", log_path)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"recipe": recipe, "status": status, "log": str(log_path)}), flush=True)
+    # A few at a time: most examples wait on servers and sleeps, not on the CPU.
+    running: dict[int, tuple[str, float]] = {}
+    pending = list(reversed(recipes))
+    while pending or running:
+        while pending and len(running) < PARALLEL:
+            recipe = pending.pop()
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                _run_child(f"{package}.cookbook.{recipe}", Path(log_dir) / f"{recipe}.log")
+            running[pid] = (recipe, time.monotonic())
+        pid, status = os.wait()
+        recipe, started = running.pop(pid)
+        line = {
+            "recipe": recipe,
+            "status": status,
+            "seconds": round(time.monotonic() - started, 2),
+            "log": str(Path(log_dir) / f"{recipe}.log"),
+        }
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
