@@ -35,6 +35,7 @@ instead of failing when time runs out.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -43,7 +44,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_config
-from langgraph.runtime import Runtime
+from langgraph.runtime import Runtime, get_runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
@@ -72,10 +73,12 @@ BUDGET_KEY = "deadline_seconds"
 
 _scope: ContextVar[float | None] = ContextVar("act_operator_lib_deadline", default=None)
 # Budgets anchored per run, keyed by id(RunControl). RunControl has no __weakref__, so
-# the entry keeps the control itself (to detect a reused id) and is dropped once its
-# deadline is long past; only a run still going _FORGET_AFTER past its deadline re-anchors.
+# an entry keeps the control itself (to tell a reused id apart) and is dropped, oldest
+# first, once its deadline is _FORGET_AFTER past: only a run still asking that long after
+# its deadline would re-anchor. The lock is for sync nodes, which run in threads.
 _anchored: dict[int, tuple[object, float]] = {}
-_FORGET_AFTER = 600.0
+_anchored_lock = threading.Lock()
+_FORGET_AFTER = 60.0
 
 
 def deadline_after(seconds: float) -> float:
@@ -134,14 +137,17 @@ def _anchor_budget(budget: float, runtime: Runtime[Any] | None) -> float:
     control = runtime.control if runtime is not None else None
     if control is None:  # called outside a run: the budget starts now
         return now + budget
-    entry = _anchored.get(id(control))
-    if entry is not None and entry[0] is control:
-        return entry[1]
-    for key, (_, deadline) in list(_anchored.items()):
-        if deadline + _FORGET_AFTER < now:
-            del _anchored[key]
-    _anchored[id(control)] = (control, now + budget)
-    return now + budget
+    with _anchored_lock:
+        entry = _anchored.get(id(control))
+        if entry is not None and entry[0] is control:
+            return entry[1]
+        while _anchored:  # insertion order is roughly deadline order: prune from the front
+            oldest, (_, deadline) = next(iter(_anchored.items()))
+            if deadline + _FORGET_AFTER >= now:
+                break
+            del _anchored[oldest]
+        _anchored[id(control)] = (control, now + budget)
+        return now + budget
 
 
 def current_deadline() -> float | None:
@@ -157,8 +163,7 @@ def current_deadline() -> float | None:
         config = get_config()
     except RuntimeError:  # not inside a runnable
         return None
-    runtime = (config.get("configurable") or {}).get("__pregel_runtime")
-    return resolve_deadline(config, runtime if isinstance(runtime, Runtime) else None)
+    return resolve_deadline(config, get_runtime())
 
 
 def remaining(deadline: float | None = None) -> float | None:

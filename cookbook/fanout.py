@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
@@ -185,7 +185,16 @@ class FanoutNode(AsyncBaseNode):
         self.errors_key = errors_key
 
     async def execute(self, state: Any) -> dict[str, Any]:
-        items = state[self.input_key]
+        try:  # a TypedDict state, or a dataclass / pydantic one
+            items = (
+                state[self.input_key]
+                if isinstance(state, Mapping)
+                else getattr(state, self.input_key)
+            )
+        except (KeyError, AttributeError):
+            raise KeyError(
+                f"{self.name} maps over state[{self.input_key!r}], which is missing"
+            ) from None
         outcome = await bounded_map(self.fn, items, self.policy)
         self.log("fanned out", items=len(outcome.results), failed=len(outcome.errors))
         update: dict[str, Any] = {self.output_key: outcome.results}

@@ -82,6 +82,22 @@ async def test_a_budget_is_anchored_once_per_run() -> None:
     assert before + 5 <= a1 < b1 <= after + 5  # each run gets a fresh budget
 
 
+async def test_sync_nodes_in_threads_see_the_same_budget_deadline() -> None:
+    def sync_step(state: State) -> dict[str, Any]:
+        return {"seen": [*state["seen"], current_deadline()]}
+
+    builder = StateGraph(State)
+    builder.add_node("first_step", lambda state: {"seen": [current_deadline()]})
+    builder.add_node("sync_step", sync_step)
+    builder.add_edge(START, "first_step")
+    builder.add_edge("first_step", "sync_step")
+    graph = builder.compile()
+    out = await graph.ainvoke({"seen": []}, {"configurable": {"deadline_seconds": 5}})
+    first, second = out["seen"]
+    assert first is not None
+    assert first == second
+
+
 async def test_no_deadline_means_no_limit() -> None:
     out = await two_step_graph().ainvoke({"seen": []})
     assert out["seen"] == [None, None]

@@ -281,6 +281,12 @@ def test_invalid_node_arguments_fail_at_construction() -> None:
         FanoutNode(asyncio.sleep, {"limit": 3})  # type: ignore[arg-type]
 
 
+async def test_a_missing_input_key_is_named() -> None:
+    graph = fanout_graph(asyncio.sleep, FanoutPolicy())
+    with pytest.raises(KeyError, match="FanoutNode maps over state\\['items'\\], which is missing"):
+        await graph.ainvoke({"results": []})
+
+
 def test_the_recipe_example_runs() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "act_operator_lib.cookbook.fanout"],
