@@ -35,10 +35,12 @@ import threading
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
+from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
 from langgraph.errors import GraphBubbleUp
 
@@ -129,14 +131,19 @@ _nodes: dict[str, _NodeStats] = {}
 _lock = threading.Lock()
 
 
-def _stats_for(node: Any) -> _NodeStats:
-    # The graph's name for the node (add_node("fetch", Fetch())) when called by
-    # LangGraph, which puts the task's config in this context variable; the node's
-    # own name when called directly.
-    config = var_child_runnable_config.get()
-    name = config["metadata"].get("langgraph_node") if config and "metadata" in config else None
-    if name is None:
+# The config of the LangGraph task whose node call is running in this context: a node
+# called directly by another node's execute sees the same config as its caller.
+_serving: ContextVar[object] = ContextVar("act_operator_lib_metrics_serving", default=None)
+
+
+def _stats_for(node: Any, config: RunnableConfig | None) -> _NodeStats:
+    # The graph's name for the node (add_node("fetch", Fetch())) when LangGraph called
+    # it, which puts the task's config in var_child_runnable_config; the node's own name
+    # when called directly (alone, or from another node: not counted twice as that node).
+    if config is None or config is _serving.get():
         name = node.name
+    else:
+        name = config.get("metadata", {}).get("langgraph_node", node.name)
     stats = _nodes.get(name)
     if stats is None:
         with _lock:
@@ -150,16 +157,20 @@ def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(plain):
 
         async def acall(self: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
-            stats = _stats_for(self)
+            config = var_child_runnable_config.get()
+            stats = _stats_for(self, config)
             with stats.lock:
                 stats.calls += 1
                 stats.in_flight += 1
+            serving = _serving.set(config)
             start = perf_counter()
             try:
                 result = await plain(self, state, *args, **kwargs)
             except BaseException as error:
                 stats.finished(perf_counter() - start, error)
                 raise
+            finally:
+                _serving.reset(serving)
             seconds = perf_counter() - start
             with stats.lock:  # finished(seconds), inlined: this is the hot path
                 stats.in_flight -= 1
@@ -172,16 +183,20 @@ def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
     else:
 
         def call(self: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
-            stats = _stats_for(self)
+            config = var_child_runnable_config.get()
+            stats = _stats_for(self, config)
             with stats.lock:
                 stats.calls += 1
                 stats.in_flight += 1
+            serving = _serving.set(config)
             start = perf_counter()
             try:
                 result = plain(self, state, *args, **kwargs)
             except BaseException as error:
                 stats.finished(perf_counter() - start, error)
                 raise
+            finally:
+                _serving.reset(serving)
             seconds = perf_counter() - start
             with stats.lock:  # finished(seconds), inlined: this is the hot path
                 stats.in_flight -= 1

@@ -364,3 +364,29 @@ def test_format_table_lists_every_node_and_metric() -> None:
     ]
     assert lines[1].split()[:4] == ["inc", "1", "0", "0"]
     assert any(line.split()[:4] == ["cache_hits", "name=memo", "3", "1"] for line in lines)
+
+
+class Outer(AsyncBaseNode):
+    """Calls another node directly, as a recipe wrapping a node would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Pause(name="inner")
+
+    async def execute(self, state: State) -> dict[str, Any]:
+        return await self.inner(state)
+
+
+async def test_a_node_called_by_another_is_counted_under_its_own_name() -> None:
+    subgraph = StateGraph(State).add_node("leaf", Increment()).add_edge(START, "leaf").compile()
+    builder = StateGraph(State)
+    builder.add_node("wrapper", Outer())
+    builder.add_node("sub", subgraph)
+    builder.add_edge(START, "wrapper")
+    builder.add_edge("wrapper", "sub")
+    with metrics.collecting():
+        result = await builder.compile().ainvoke({"n": 0})
+    assert result["n"] == 1
+    calls = {name: node.calls for name, node in metrics.snapshot().nodes.items()}
+    # Not twice under "wrapper"; a subgraph's nodes keep their own graph names.
+    assert calls == {"wrapper": 1, "inner": 1, "leaf": 1}
