@@ -1,0 +1,255 @@
+"""The files recipe on a real temporary directory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from contextlib import aclosing
+from pathlib import Path
+from typing import TypedDict
+
+import pytest
+from act_operator_lib.cookbook.files import FileSettings, FileStore, PathEscapeError, WriteFiles
+from act_operator_lib.cookbook.resources import Resources
+from langgraph.graph import StateGraph
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class State(TypedDict, total=False):
+    files: dict[str, str]
+    written: list[str]
+
+
+def leftovers(base: Path) -> list[str]:
+    return sorted(p.name for p in base.rglob("*.tmp"))
+
+
+async def test_graph_writes_files_atomically_with_a_limit(tmp_path: Path) -> None:
+    store = FileStore(FileSettings(base_dir=tmp_path / "out", max_concurrency=3))
+    builder = StateGraph(State)
+    builder.add_node(WriteFiles(store))
+    builder.add_edge("__start__", "WriteFiles")
+    graph = builder.compile()
+
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            seen.append(store.in_flight)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    files = {f"dir{i % 3}/f{i}.txt": f"line {i}\n" * 20_000 for i in range(24)}
+    result = await graph.ainvoke({"files": files})
+    done.set()
+    await watcher
+    assert result["written"] == sorted(files)
+    for path, text in files.items():
+        assert (tmp_path / "out" / path).read_text() == text
+    assert max(seen) <= 3
+    assert max(seen) >= 2  # they did run concurrently
+    assert leftovers(tmp_path) == []
+
+
+async def test_read_helpers_and_overwrite(tmp_path: Path) -> None:
+    store = FileStore(FileSettings(base_dir=tmp_path, max_read_size=1000))
+    await store.write_text("a.txt", "old")
+    await store.write_text("a.txt", "new")
+    assert await store.read_text("a.txt") == "new"
+    assert await store.read_bytes("a.txt") == b"new"
+    assert await store.exists("a.txt")
+    assert not await store.exists("b.txt")
+    await store.write_bytes("big.bin", b"x" * 2000)
+    with pytest.raises(ValueError, match=r"'big.bin' is 2000 bytes, above max_read_size=1000"):
+        await store.read_bytes("big.bin")
+
+
+async def test_paths_are_confined_to_the_base_directory(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    (tmp_path / "secret.txt").write_text("top secret")
+    (base / "inside.txt").write_text("fine")
+    os.symlink(tmp_path / "secret.txt", base / "escape-link")
+    os.symlink(tmp_path, base / "escape-dir")
+    os.symlink(base / "inside.txt", base / "inside-link")
+    store = FileStore(FileSettings(base_dir=base))
+
+    for bad in ("../secret.txt", "a/../../secret.txt", str(tmp_path / "secret.txt"), "/etc/passwd"):
+        with pytest.raises(PathEscapeError):
+            await store.read_text(bad)
+    with pytest.raises(PathEscapeError, match="'escape-link' leads outside"):
+        await store.read_text("escape-link")
+    with pytest.raises(PathEscapeError, match="symlinks may not leave the base directory"):
+        await store.write_text("escape-dir/secret.txt", "overwritten?")
+    with pytest.raises(PathEscapeError, match="is absolute"):
+        store.resolve("/tmp/x")
+    with pytest.raises(PathEscapeError, match="non-empty relative path"):
+        store.resolve("")
+    assert (tmp_path / "secret.txt").read_text() == "top secret"
+    assert await store.read_text("inside-link") == "fine"  # a symlink staying inside is fine
+    assert await store.read_text("sub/../inside.txt") == "fine"
+
+    # A node refuses the whole batch before writing any file.
+    builder = StateGraph(State)
+    builder.add_node(WriteFiles(store))
+    builder.add_edge("__start__", "WriteFiles")
+    with pytest.raises(PathEscapeError):
+        await builder.compile().ainvoke({"files": {"ok.txt": "x", "../evil.txt": "x"}})
+    assert not (base / "ok.txt").exists()
+    assert not (tmp_path / "evil.txt").exists()
+
+
+async def test_a_failed_or_cancelled_write_keeps_the_old_file(tmp_path: Path) -> None:
+    store = FileStore(FileSettings(base_dir=tmp_path))
+    await store.write_text("data.txt", "version 1")
+
+    async def failing_write() -> None:
+        async with store.open_atomic("data.txt") as f:
+            await f.write(b"version 2, half")
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await failing_write()
+    assert await store.read_text("data.txt") == "version 1"
+    assert leftovers(tmp_path) == []
+
+    before = len(asyncio.all_tasks())
+    started = asyncio.Event()
+
+    async def slow_write() -> None:
+        async with store.open_atomic("data.txt") as f:
+            for _ in range(1000):
+                await f.write(b"y" * 65536)
+                started.set()
+                await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(slow_write())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(asyncio.all_tasks()) == before
+    assert store.in_flight == 0
+    assert await store.read_text("data.txt") == "version 1"
+    assert leftovers(tmp_path) == []
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from act_operator_lib.cookbook.files import FileSettings, FileStore
+
+    async def main():
+        store = FileStore(FileSettings(base_dir=Path(sys.argv[1])))
+        async with store.open_atomic("data.txt") as f:
+            for i in range(10_000):
+                await f.write(b"new " * 4096)
+                if i == 5:
+                    print("writing", flush=True)
+                await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_killed_writer_never_leaves_a_half_written_file(tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_text("old content")
+    script = tmp_path / "writer.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    writer = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "writing"
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        if writer.stdout is not None:
+            writer.stdout.close()
+    assert writer.returncode == -signal.SIGKILL
+    assert (tmp_path / "data.txt").read_text() == "old content"
+    # The crash left only an orphan temporary file, never a torn data.txt.
+    assert all(name.startswith(".data.txt.") for name in leftovers(tmp_path))
+
+
+async def test_large_file_is_processed_in_chunks_with_bounded_memory(tmp_path: Path) -> None:
+    size = 24 * 1024 * 1024
+    with (tmp_path / "big.log").open("wb") as f:
+        for _ in range(size // (1024 * 1024)):
+            f.write(b"abcdefgh" * 131072)
+    store = FileStore(FileSettings(base_dir=tmp_path, chunk_size=64 * 1024, max_read_size=1024))
+    tracemalloc.start()
+    try:
+        written = await store.transform("big.log", "big.upper.log", bytes.upper)
+        total = 0
+        async with aclosing(store.iter_chunks("big.upper.log")) as chunks:
+            async for chunk in chunks:
+                assert len(chunk) <= 64 * 1024
+                total += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert written == total == size
+    assert peak < 4 * 1024 * 1024  # a few chunks, not the 24 MB file
+    with (tmp_path / "big.upper.log").open("rb") as f:
+        assert f.read(16) == b"ABCDEFGHABCDEFGH"
+
+    # Stopping early and closing frees the slot.
+    async with aclosing(store.iter_chunks("big.log")) as chunks:
+        async for _ in chunks:
+            break
+    assert store.in_flight == 0
+
+
+def test_works_across_event_loops(tmp_path: Path) -> None:
+    store = FileStore(FileSettings(base_dir=tmp_path, max_concurrency=2))
+
+    async def write_and_read(i: int) -> str:
+        await asyncio.gather(*(store.write_text(f"{i}-{j}.txt", str(j)) for j in range(5)))
+        return await store.read_text(f"{i}-4.txt")
+
+    assert [asyncio.run(write_and_read(i)) for i in range(3)] == ["4", "4", "4"]
+
+
+async def test_resources_and_validation(tmp_path: Path) -> None:
+    async with Resources() as resources:
+        store = FileStore(FileSettings(base_dir=tmp_path), resources=resources)
+        await store.write_text("x.txt", "x")
+    with pytest.raises(ValueError, match="FileSettings max_concurrency must be an int >= 1, got 0"):
+        FileSettings(base_dir=tmp_path, max_concurrency=0)
+    with pytest.raises(ValueError, match="FileSettings chunk_size must be an int >= 1"):
+        FileSettings(base_dir=tmp_path, chunk_size=-5)
+    with pytest.raises(TypeError, match="FileSettings base_dir must be a path, got int"):
+        FileSettings(base_dir=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="FileStore settings must be FileSettings"):
+        FileStore(str(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="WriteFiles store must be a FileStore"):
+        WriteFiles(None)  # type: ignore[arg-type]
+    assert FileSettings(base_dir=str(tmp_path)).base_dir == tmp_path
+
+
+def test_example_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "act_operator_lib.cookbook.files"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "written: 10 files" in out
+    assert "transformed 7000 bytes: 'NOTE 3\\n'" in out
+    assert "refused: file path '../outside.txt' leads outside" in out
