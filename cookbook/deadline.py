@@ -13,7 +13,9 @@ Where a deadline comes from, first match wins (``current_deadline()``):
 2. the runtime context's ``deadline`` (attribute or mapping key), then
    ``config["configurable"]["deadline"]``: an absolute time on the ``time.monotonic()``
    clock, normally made by ``deadline_after(seconds)`` or ``with_deadline(seconds)``
-   when the caller invokes the graph, so every node sees the same instant;
+   when the caller invokes the graph, so every node sees the same instant. That clock
+   only means something inside one process: across processes (a client of the LangGraph
+   server, a run resumed elsewhere) pass ``deadline_seconds``;
 3. ``deadline_seconds`` in the context or ``configurable``: a relative budget. It is
    turned into an absolute deadline once per run, the first time a node asks, and
    remembered under the run's ``RunControl`` (LangGraph creates one per invoke and hands
@@ -163,7 +165,7 @@ def current_deadline() -> float | None:
         config = get_config()
     except RuntimeError:  # not inside a runnable
         return None
-    return resolve_deadline(config, get_runtime())
+    return resolve_deadline(config, get_runtime() if config.get("configurable") else None)
 
 
 def remaining(deadline: float | None = None) -> float | None:

@@ -89,10 +89,14 @@ async def race(*alternatives: Callable[[], Awaitable[T]]) -> T:
     """
     if not alternatives:
         raise ValueError("race needs at least one alternative, got none")
+    return await _race({f"alternative {i}": alt for i, alt in enumerate(alternatives)})
+
+
+async def _race(alternatives: Mapping[str, Callable[[], Awaitable[T]]]) -> T:
     contest = _Contest()
     async with asyncio.timeout(remaining()), asyncio.TaskGroup() as group:
-        for number, alternative in enumerate(alternatives):
-            contest.start(group, alternative, f"alternative {number}")
+        for label, alternative in alternatives.items():
+            contest.start(group, alternative, label)
     return contest.outcome("alternatives")
 
 
@@ -131,7 +135,7 @@ async def hedged(operation: Callable[[], Awaitable[T]], policy: HedgePolicy) -> 
         for number in range(policy.max_attempts):
             if number:
                 record("hedge_started", name="hedged")
-            contest.start(group, operation, f"attempt {number}")
+            contest.start(group, operation, f"attempt {number + 1}")
             if number + 1 == policy.max_attempts:
                 break
             # Wait for the delay to pass, unless someone wins or all running attempts fail.
@@ -178,7 +182,12 @@ class RaceNode(AsyncBaseNode):
         self.output_key = output_key
 
     async def execute(self, state: Any) -> dict[str, Any]:
-        value = await race(*(lambda alt=alt: alt(state) for alt in self.alternatives.values()))
+        value = await _race(
+            {
+                f"alternative {key!r}": (lambda alt=alt: alt(state))
+                for key, alt in self.alternatives.items()
+            }
+        )
         return {self.output_key: value}
 
 

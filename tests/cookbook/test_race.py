@@ -91,6 +91,17 @@ async def test_all_failures_are_raised_together() -> None:
     ]
 
 
+async def test_the_node_names_each_failed_alternative() -> None:
+    async def refuse(state: State) -> str:
+        raise ConnectionError("refused")
+
+    graph = graph_of(RaceNode({"cache": refuse, "database": refuse}))
+    with pytest.raises(ExceptionGroup, match="all 2 alternatives failed") as caught:
+        await graph.ainvoke({"question": "q"})
+    notes = sorted(e.__notes__[0] for e in caught.value.exceptions)
+    assert notes == ["raised by alternative 'cache'", "raised by alternative 'database'"]
+
+
 async def test_hedge_starts_a_backup_when_the_first_attempt_is_slow() -> None:
     first = Hanging()
     calls = 0
