@@ -38,10 +38,10 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import CodeType, FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from act_operator_lib._internal import node_classes
 from act_operator_lib.metrics import record
@@ -49,6 +49,8 @@ from act_operator_lib.metrics import record
 __all__ = ["BlockingDetector", "Stall"]
 
 logger = logging.getLogger("act_operator_lib.blocking")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,7 +109,12 @@ class BlockingDetector:
         on_stall: Callable[[Stall], object] | None = None,
         interval: float | None = None,
     ) -> None:
-        if not isinstance(threshold, int | float) or not math.isfinite(threshold) or threshold <= 0:
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not math.isfinite(threshold)
+            or threshold <= 0
+        ):
             raise ValueError(
                 f"BlockingDetector threshold must be a number of seconds > 0, got {threshold!r}"
             )
@@ -159,7 +166,8 @@ class BlockingDetector:
         self._watchdog.start()
 
     def stop(self) -> None:
-        """Stop watching: cancel the heartbeat and end the watchdog thread (from the loop)."""
+        """Stop watching: cancel the heartbeat and end the watchdog thread. Call it from
+        the loop's thread, like ``start()``; a no-op when not running."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -168,6 +176,11 @@ class BlockingDetector:
             self._watchdog.join()
             self._watchdog = None
         self._loop = None
+
+    async def watch(self, work: Awaitable[T]) -> T:
+        """Await ``work`` with the detector running: ``run_sync(detector.watch(graph.ainvoke(x)))``."""
+        async with self:
+            return await work
 
     async def __aenter__(self) -> BlockingDetector:
         self.start()

@@ -296,7 +296,7 @@ _series: dict[tuple[str, tuple[tuple[str, str], ...]], _SeriesStats] = {}
 
 
 def _record(metric: str, value: float, labels: Mapping[str, str]) -> None:
-    key = (metric, tuple(sorted(labels.items())))
+    key = (metric, tuple(sorted((name, str(value)) for name, value in labels.items())))
     with _lock:
         stats = _series.get(key)
         if stats is None:

@@ -13,6 +13,7 @@ from langgraph.graph import START, StateGraph
 
 from act_operator_lib import AsyncBaseNode, metrics
 from act_operator_lib.blocking import BlockingDetector, Stall
+from act_operator_lib.sync import run_sync
 
 WATCHDOG = "act-operator-blocking-detector"
 
@@ -164,6 +165,7 @@ async def test_start_twice_is_refused_and_restart_works() -> None:
         ({"threshold": 0}, r"threshold must be a number of seconds > 0, got 0"),
         ({"threshold": float("nan")}, r"threshold must be a number of seconds > 0, got nan"),
         ({"threshold": "1"}, r"threshold must be a number of seconds > 0, got '1'"),
+        ({"threshold": True}, r"threshold must be a number of seconds > 0, got True"),
         ({"threshold": 0.1, "interval": 0.5}, r"interval must be > 0 and <= threshold \(0.1\)"),
         ({"threshold": 0.1, "interval": 0}, r"interval must be > 0"),
     ],
@@ -176,3 +178,35 @@ def test_invalid_parameters_fail_at_construction(kwargs: dict[str, Any], message
 def test_on_stall_must_be_callable() -> None:
     with pytest.raises(TypeError, match="on_stall must be a callable taking a Stall, got int"):
         BlockingDetector(on_stall=3)  # type: ignore[arg-type]
+
+
+async def test_cancelled_inside_the_detector_leaves_no_thread_or_callback() -> None:
+    loop = asyncio.get_running_loop()
+    detector = BlockingDetector(threshold=0.1)
+    entered = asyncio.Event()
+
+    async def watched() -> None:
+        async with detector:
+            entered.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(watched())
+    await entered.wait()
+    assert WATCHDOG in {thread.name for thread in threading.enumerate()}
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not detector.running
+    assert WATCHDOG not in {thread.name for thread in threading.enumerate()}
+    assert _heartbeats(loop) == []
+
+
+def test_watch_runs_a_graph_from_sync_code_under_the_detector() -> None:
+    builder = StateGraph(State)
+    builder.add_node("slow", SleepsInsideAsync())
+    builder.add_edge(START, "slow")
+    detector = BlockingDetector(threshold=0.1, on_stall=lambda stall: None)
+    result = run_sync(detector.watch(builder.compile().ainvoke({})))
+    assert result == {"seen": ["SleepsInsideAsync"]}
+    assert [stall.node for stall in detector.stalls] == ["slow"]
+    assert not detector.running
