@@ -5,18 +5,28 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections import Counter
 from typing import Any, TypedDict
 
 import pytest
 import uvloop
 from act_operator_lib.cookbook.circuit_breaker import CircuitOpenError
 from act_operator_lib.cookbook.deadline import with_deadline
+from act_operator_lib.cookbook.fanout import FanoutNode, FanoutPolicy
 from act_operator_lib.cookbook.retry import Attempt, RetryNode, check_retry_policy, retry_call
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import RetryPolicy
 
+from act_operator_lib import metrics
+
 FAST = RetryPolicy(initial_interval=0.001, backoff_factor=2, max_attempts=4, jitter=False)
+
+
+class FanoutState(TypedDict, total=False):
+    items: list[int]
+    results: list[Any]
+    errors: list[dict[str, Any]]
 
 
 class State(TypedDict, total=False):
@@ -217,6 +227,48 @@ async def test_an_attempt_still_running_at_the_deadline_is_cut_off() -> None:
         await graph.ainvoke({"city": "Oslo"}, with_deadline(0.05))
     assert calls == 1
     assert "deadline or budget reached" in retry_report(caught.value)
+
+
+async def test_retries_inside_fan_out_items_share_the_run_deadline() -> None:
+    calls: Counter[int] = Counter()
+    policy = RetryPolicy(initial_interval=0.02, backoff_factor=1, max_attempts=1000, jitter=False)
+
+    async def fetch(item: int) -> int:
+        async def attempt() -> int:
+            calls[item] += 1
+            raise ConnectionError(f"item {item} unreachable")
+
+        return (await retry_call(attempt, policy, name="fetch")).value
+
+    builder = StateGraph(FanoutState)
+    builder.add_node(FanoutNode(fetch, FanoutPolicy(limit=4, on_error="collect")))
+    builder.add_edge(START, "FanoutNode")
+    graph = builder.compile()
+    out = await graph.ainvoke({"items": [0, 1, 2, 3]}, with_deadline(0.1))
+    assert out["results"] == [None] * 4
+    assert [e["error"] for e in out["errors"]] == [
+        f"ConnectionError: item {n} unreachable" for n in range(4)
+    ]
+    # Every item's retries stopped at the one run deadline, 0.1 s / 0.02 s apart.
+    assert all(1 <= calls[n] <= 5 for n in range(4))
+
+
+async def test_attempts_exhaustion_and_timeouts_are_counted_in_metrics() -> None:
+    before = metrics.snapshot()
+    with metrics.collecting():
+        await retry_call(Flaky(failures=2), FAST, name="counted")
+        with pytest.raises(ConnectionError):
+            await retry_call(Flaky(failures=9), FAST, name="counted")
+        with pytest.raises(TimeoutError):
+            await retry_call(asyncio.Event().wait, FAST, budget=0.01, name="counted")
+    after = metrics.snapshot()
+
+    def added(metric: str) -> float:
+        return after.value(metric, name="counted") - before.value(metric, name="counted")
+
+    assert added("retry_attempts") == 2 + 3
+    assert added("retry_exhausted") == 1
+    assert added("timeouts") == 1
 
 
 def test_the_same_graph_runs_under_several_asyncio_runs_and_uvloop() -> None:
