@@ -103,7 +103,12 @@ def add_node(
 
 @app.command()
 def update(path: ProjectPath = Path(".")) -> None:
-    """Merge this act-operator-lib's project template into the project (commit first)."""
+    """Merge this act-operator-lib's project template into the project (commit first).
+
+    Copier renders the template version the project was made from and the current one,
+    and merges the difference into your files (conflicts marked inline). Template
+    versions are kept in ~/.cache/act-operator/project-template by `new` and `update`.
+    """
     from act_operator_lib._internal.scaffold import update_project
 
     with _refusals():

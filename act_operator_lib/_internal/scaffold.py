@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import keyword
 import os
 import re
@@ -22,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import copier
+import jinja2
 import yaml  # type: ignore[import-untyped]
 from copier.errors import CopierError
 
@@ -301,9 +304,13 @@ def write_files(root: Path, files: Mapping[Path, bytes], *, force: bool) -> list
     for target, content in changed.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "wb") as file:
-            file.write(content)
-        os.replace(temporary, target)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(content)
+            os.replace(temporary, target)
+        except BaseException:  # including Ctrl-C: leave no temporary file behind
+            Path(temporary).unlink(missing_ok=True)
+            raise
     return sorted(changed)
 
 
@@ -350,12 +357,23 @@ def update_project(project_root: Path) -> str:
 
 def _copier(run: Callable[..., object], /, **kwargs: Any) -> None:
     """Run a copier call, turning its errors into ScaffoldError with copier's message."""
-    try:
-        run(**kwargs)
-    except CopierError as error:
-        raise ScaffoldError(f"copier: {error}") from None
-    except subprocess.CalledProcessError as error:  # git failures inside copier
-        raise ScaffoldError(f"copier: {error}") from None
+    # When rendering fails, copier abandons its directory-scanning generators and their
+    # os.scandir iterators warn when freed (a copier bug, not a leak of ours): free them
+    # here, with that warning silenced, rather than at some later garbage collection.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            run(**kwargs)
+            return
+        except (CopierError, subprocess.CalledProcessError) as error:  # also git, inside copier
+            message = f"copier: {error}"
+        except jinja2.TemplateError as error:  # e.g. a broken ACT_OPERATOR_TEMPLATE_DIR
+            where = ""
+            if isinstance(error, jinja2.TemplateSyntaxError):
+                where = f" ({error.filename}:{error.lineno})"
+            message = f"the template does not render{where}: {error}"
+        gc.collect()
+    raise ScaffoldError(message)
 
 
 # --- template history: copier updates need the template versioned in git ---------------

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from act_operator_lib.templates import __file__ as templates_init
 from typer.testing import CliRunner
 
 from act_operator_lib.cli import app
 from tests.cli.conftest import ACT_OPERATOR, BIN, REPO, run, snapshot
+
+TEMPLATE = Path(templates_init).parent / "project"
 
 
 def test_generated_project_has_the_canonical_layout(generated_project: Path) -> None:
@@ -160,3 +164,21 @@ def test_module_entry_point_shows_help() -> None:
     assert result.returncode == 0
     for command in ("new", "add", "cookbook", "update", "demo"):
         assert command in result.stdout
+
+
+def test_a_failing_template_leaves_nothing_behind(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken-template"
+    shutil.copytree(TEMPLATE, broken)
+    graph = broken / "template" / "src" / "{{ package_name }}" / "graph.py.jinja"
+    graph.write_text(graph.read_text() + "{% if %}\n")  # a Jinja syntax error, late in the render
+    monkeypatch.setenv("ACT_OPERATOR_TEMPLATE_DIR", str(broken))
+    target_parent = tmp_path / "projects"
+    target_parent.mkdir()
+
+    result = runner.invoke(app, ["new", "agent", "--path", str(target_parent)])
+
+    assert result.exit_code == 1
+    assert "error:" in result.stderr
+    assert list(target_parent.iterdir()) == []
