@@ -1,0 +1,247 @@
+"""Blocking-code offload: run sync functions from async nodes in a bounded thread or process pool.
+
+    threads = Offloader(OffloadSettings(max_workers=4))                 # context vars kept
+    digest = await threads.run(hashlib.sha256, data)                     # in a worker thread
+    cpu = Offloader(OffloadSettings(kind="process", max_workers=2))
+    primes = await cpu.run(count_primes, 200_000)                        # in a worker process
+    await threads.aclose(); await cpu.aclose()                           # or resources.add(...)
+
+    builder.add_node(BlockingCall(cpu, count_primes, input_key="n", output_key="primes"))
+
+At most ``max_workers`` calls run at once; more callers wait in asyncio (cancellable)
+rather than piling up in the executor's queue. A thread call runs in a copy of the
+caller's ``contextvars`` context, as ``asyncio.to_thread`` does. A cancelled caller
+whose call has not started yet never runs it; one already running in a thread cannot be
+interrupted, so its slot stays taken until it returns: the bound always holds.
+The pool is created on first use and shut down by ``aclose()`` (or ``Resources``).
+
+When to use LangGraph's native tools instead: a whole blocking node needs nothing here,
+make it a sync ``def`` node (``BaseNode``); under ``ainvoke`` LangGraph already runs it
+in a thread with the context copied. Use this recipe when an async node calls blocking
+code midway, when blocking work must be bounded separately from the default executor,
+or for CPU-bound work that needs processes to escape the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
+import multiprocessing
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, ParamSpec, TypeVar
+
+from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.metrics import record
+
+from .resources import Resources
+
+__all__ = ["BlockingCall", "OffloadSettings", "Offloader"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OffloadSettings:
+    """Which pool and how big."""
+
+    kind: Literal["thread", "process"] = "thread"
+    """``"thread"`` for blocking I/O or C code that releases the GIL; ``"process"`` for CPU-bound Python."""
+    max_workers: int = 4
+    """Calls running at once (threads or processes in the pool)."""
+    start_method: Literal["spawn", "forkserver", "fork"] = "spawn"
+    """How worker processes start; ``spawn`` is safe in a threaded program."""
+    name: str = "offload"
+    """Thread-name prefix and metrics label."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("thread", "process"):
+            raise ValueError(
+                f"OffloadSettings kind must be 'thread' or 'process', got {self.kind!r}"
+            )
+        if (
+            not isinstance(self.max_workers, int)
+            or isinstance(self.max_workers, bool)
+            or self.max_workers < 1
+        ):
+            raise ValueError(
+                f"OffloadSettings max_workers must be an int >= 1, got {self.max_workers!r}"
+            )
+        if self.start_method not in ("spawn", "forkserver", "fork"):
+            raise ValueError(
+                "OffloadSettings start_method must be 'spawn', 'forkserver' or 'fork',"
+                f" got {self.start_method!r}"
+            )
+
+
+class Offloader:
+    """A bounded thread or process pool for sync functions called from async code.
+
+    pool = Offloader(OffloadSettings(max_workers=2))
+    size = await pool.run(os.path.getsize, "/etc/hosts")
+    """
+
+    __slots__ = ("_executor", "_guard", "_slots", "settings")
+
+    def __init__(
+        self, settings: OffloadSettings | None = None, *, resources: Resources | None = None
+    ) -> None:
+        if settings is not None and not isinstance(settings, OffloadSettings):
+            raise TypeError(
+                f"Offloader settings must be OffloadSettings, got {type(settings).__name__}"
+            )
+        self.settings = settings or OffloadSettings()
+        self._executor: concurrent.futures.Executor | None = None
+        self._guard = threading.Lock()
+        # Semaphores belong to one loop: one per loop using this pool.
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+        if resources is not None:
+            resources.add(self)
+
+    def _pool(self) -> concurrent.futures.Executor:
+        with self._guard:
+            if self._executor is None:
+                settings = self.settings
+                if settings.kind == "thread":
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        settings.max_workers, thread_name_prefix=settings.name
+                    )
+                else:
+                    self._executor = concurrent.futures.ProcessPoolExecutor(
+                        settings.max_workers,
+                        mp_context=multiprocessing.get_context(settings.start_method),
+                    )
+            return self._executor
+
+    async def run(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """``fn(*args, **kwargs)`` in the pool; its result, or its exception raised here."""
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = asyncio.Semaphore(self.settings.max_workers)
+        if slots.locked():
+            record("pool_waits", 1.0, name=self.settings.name)
+        await slots.acquire()
+        try:
+            if self.settings.kind == "thread":
+                call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+            else:
+                call = functools.partial(fn, *args, **kwargs)  # must be picklable
+            work = self._pool().submit(call)
+        except BaseException:
+            slots.release()
+            raise
+        # The slot is freed when the work ends, not when the caller stops waiting: a
+        # running thread cannot be interrupted and still occupies a worker.
+        work.add_done_callback(functools.partial(_release_from_thread, loop, slots))
+        return await asyncio.wrap_future(work)
+
+    async def aclose(self) -> None:
+        """Shut the pool down: queued calls are dropped, running ones finish first."""
+        with self._guard:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            # shutdown(wait=True) blocks: wait in a helper thread, not on the loop.
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        """``aclose()`` for sync code."""
+        with self._guard:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"Offloader(kind={s.kind!r}, max_workers={s.max_workers}, open={self._executor is not None})"
+
+
+def _release_from_thread(
+    loop: asyncio.AbstractEventLoop, slots: asyncio.Semaphore, _: concurrent.futures.Future[Any]
+) -> None:
+    """Release ``slots`` on its loop (done callbacks run in the worker thread)."""
+    if loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # the loop closed in between
+        loop.call_soon_threadsafe(slots.release)
+
+
+class BlockingCall(AsyncBaseNode):
+    """A node calling ``fn(state[input_key])`` in an ``Offloader`` and storing the result.
+
+    builder.add_node(BlockingCall(cpu, count_primes, input_key="n", output_key="primes"))
+    """
+
+    def __init__(
+        self,
+        pool: Offloader,
+        fn: Callable[[Any], Any],
+        *,
+        input_key: str,
+        output_key: str,
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(name=name, verbose=verbose)
+        if not isinstance(pool, Offloader):
+            raise TypeError(f"BlockingCall pool must be an Offloader, got {type(pool).__name__}")
+        if not callable(fn):
+            raise TypeError(f"BlockingCall fn must be callable, got {type(fn).__name__}")
+        self.pool = pool
+        self.fn = fn
+        self.input_key = input_key
+        self.output_key = output_key
+
+    async def execute(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        return {self.output_key: await self.pool.run(self.fn, state[self.input_key])}
+
+
+def count_primes(limit: int) -> int:
+    """Primes below ``limit``, by trial division: deliberately CPU-bound."""
+    return sum(all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(2, limit))
+
+
+if __name__ == "__main__":
+    import hashlib
+    import time
+    from typing import TypedDict
+
+    from langgraph.graph import StateGraph
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+    def tagged_digest(data: bytes) -> str:
+        # Runs in a worker thread, yet sees the caller's context variable.
+        return f"{request_id.get()}:{hashlib.sha256(data).hexdigest()[:12]}"
+
+    class State(TypedDict, total=False):
+        n: int
+        primes: int
+
+    async def main() -> None:
+        async with Resources() as resources:
+            threads = Offloader(OffloadSettings(max_workers=2), resources=resources)
+            cpu = Offloader(OffloadSettings(kind="process", max_workers=2), resources=resources)
+            request_id.set("req-42")
+            print(f"thread digest: {await threads.run(tagged_digest, b'hello')}")
+
+            builder = StateGraph(State)
+            builder.add_node(BlockingCall(cpu, count_primes, input_key="n", output_key="primes"))
+            builder.add_edge("__start__", "BlockingCall")
+            graph = builder.compile()
+            started = time.perf_counter()
+            results = await asyncio.gather(*(graph.ainvoke({"n": 20_000}) for _ in range(2)))
+            took = time.perf_counter() - started
+            print(
+                f"primes below 20000: {results[0]['primes']} (2 runs in worker processes, {took:.1f}s)"
+            )
+
+    asyncio.run(main())
