@@ -121,9 +121,9 @@ async def test_inner_timeouts_are_clamped_to_the_time_left() -> None:
     builder.add_edge(START, "call")
     graph = builder.compile()
     with pytest.raises(TimeoutError):
-        await graph.ainvoke({}, with_deadline(0.05))
+        await graph.ainvoke({}, with_deadline(0.5))
     assert clamped[0] is not None
-    assert 0 < clamped[0] <= 0.05
+    assert 0 < clamped[0] <= 0.5
 
 
 def slow_and_fast_graph(events: dict[str, asyncio.Event], budget: float | None = None) -> Any:
@@ -155,7 +155,7 @@ async def test_gather_returns_what_finished_and_cancels_the_rest() -> None:
     events = {"slow_started": asyncio.Event(), "slow_cancelled": asyncio.Event()}
     graph = slow_and_fast_graph(events)
     before = asyncio.all_tasks()
-    out = await graph.ainvoke({}, with_deadline(0.1))
+    out = await graph.ainvoke({}, with_deadline(0.5))
     assert out["gathered"] == {
         "results": {"fast": "fast answer"},
         "errors": {"broken": "ConnectionError: source down"},
