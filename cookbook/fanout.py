@@ -1,4 +1,4 @@
-"""Bounded fan-out: map an async function over many items, at most ``limit`` at a time.
+"""Bounded fan-out: map an async function over many items, a limited number at a time.
 
     outcome = await bounded_map(fetch, urls, FanoutPolicy(limit=20, item_timeout=5.0))
     outcome.results  # in input order

@@ -1,4 +1,4 @@
-"""Retry one operation inside a node, configured with LangGraph's own ``RetryPolicy``.
+"""Retry one operation inside a node, configured with LangGraph's own RetryPolicy.
 
     policy = RetryPolicy(initial_interval=0.1, max_attempts=4, retry_on=ConnectionError)
     value, attempts = await retry_call(lambda: fetch(url), policy, budget=2.0)
