@@ -55,8 +55,8 @@ class OffloadSettings:
     """``"thread"`` for blocking I/O or C code that releases the GIL; ``"process"`` for CPU-bound Python."""
     max_workers: int = 4
     """Calls running at once (threads or processes in the pool)."""
-    start_method: Literal["spawn", "forkserver", "fork"] = "spawn"
-    """How worker processes start; ``spawn`` is safe in a threaded program."""
+    start_method: Literal["spawn", "forkserver", "fork"] = "forkserver"
+    """How worker processes start: ``forkserver`` (POSIX) and ``spawn`` are safe in a threaded program; forkserver imports the modules once, not once per worker."""
     name: str = "offload"
     """Thread-name prefix and metrics label."""
 
