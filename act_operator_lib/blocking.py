@@ -65,13 +65,16 @@ class Stall:
     """The loop thread's stack while blocked; its last frame is the blocking call's site.
     Empty when the stall ended before the watchdog looked."""
 
-    def format(self) -> str:
-        """A readable report: duration, node and the stack, innermost call last."""
+    def format(self, limit: int | None = 8) -> str:
+        """A readable report: duration, node and the innermost ``limit`` frames of the
+        stack (all with ``None``), the blocking call last."""
         where = f" in node {self.node!r}" if self.node else ""
         head = f"Event loop blocked {self.duration:.3f} s{where}"
         if not self.stack:
             return head
-        return f"{head}; stack of the blocking call:\n{''.join(self.stack.format())}".rstrip()
+        frames = self.stack if limit is None else self.stack[-limit:]
+        lines = traceback.StackSummary.from_list(frames).format()
+        return f"{head}; stack of the blocking call:\n{''.join(lines)}".rstrip()
 
 
 class BlockingDetector:

@@ -210,3 +210,16 @@ def test_watch_runs_a_graph_from_sync_code_under_the_detector() -> None:
     assert result == {"seen": ["SleepsInsideAsync"]}
     assert [stall.node for stall in detector.stalls] == ["slow"]
     assert not detector.running
+
+
+async def test_report_shows_the_innermost_frames() -> None:
+    builder = StateGraph(State)
+    builder.add_node("slow", SleepsInsideAsync())
+    builder.add_edge(START, "slow")
+    async with BlockingDetector(threshold=0.1, on_stall=lambda stall: None) as detector:
+        await builder.compile().ainvoke({})
+    stall = detector.stalls[0]
+    short, full = stall.format(), stall.format(limit=None)
+    assert short.count('  File "') == 8
+    assert full.count('  File "') == len(stall.stack) > 8
+    assert short.rstrip().endswith("time.sleep(0.2)  # noqa: ASYNC251 - the bug under test")
