@@ -9,8 +9,10 @@ Prints ``key=value`` lines:
   1 000 / 50 x 20 ms = 0.4 s (target <= 1.10).
 - ``fanout_vs_send``: that time over the same work done the LangGraph-native way, one
   ``Send`` per item to a worker node with ``max_concurrency=50`` (target <= 0.75).
+- ``gather_ratio_to_ideal``: for reference, a bare ``asyncio.Semaphore`` + ``gather`` over
+  the same items outside any graph: the floor the event loop allows on this machine now.
 
-Rounds alternate fanout, send, fanout, send, ... and medians are compared, so a busy
+Rounds alternate fanout, send, gather, fanout, send, ... and medians are compared, so a busy
 neighbour slows both sides alike. Wall time is what counts here: the work is waiting.
 """
 
@@ -77,24 +79,39 @@ async def timed(graph: Any, config: dict[str, Any]) -> float:
     return elapsed
 
 
-async def measure() -> tuple[list[float], list[float]]:
+async def timed_gather() -> float:
+    slots = asyncio.Semaphore(LIMIT)
+
+    async def one(item: int) -> int:
+        async with slots:
+            return await simulated_io(item)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(item) for item in range(ITEMS)))
+    return time.perf_counter() - started
+
+
+async def measure() -> tuple[list[float], list[float], list[float]]:
     fanout, send = fanout_graph(), send_graph()
     await timed(fanout, {})  # warm up both: first runs pay for lazy imports
     await timed(send, {"max_concurrency": LIMIT})
     fanout_times: list[float] = []
     send_times: list[float] = []
+    gather_times: list[float] = []
     for _ in range(ROUNDS):
         fanout_times.append(await timed(fanout, {}))
         send_times.append(await timed(send, {"max_concurrency": LIMIT}))
-    return fanout_times, send_times
+        gather_times.append(await timed_gather())
+    return fanout_times, send_times, gather_times
 
 
 def main() -> None:
-    fanout_times, send_times = asyncio.run(measure())
+    fanout_times, send_times, gather_times = asyncio.run(measure())
     fanout, send = statistics.median(fanout_times), statistics.median(send_times)
     print(f"fanout_seconds={fanout:.4f}")
     print(f"send_seconds={send:.4f}")
     print(f"send_ratio_to_ideal={send / IDEAL:.3f}")
+    print(f"gather_ratio_to_ideal={statistics.median(gather_times) / IDEAL:.3f}")
     print(f"fanout_ratio_to_ideal={fanout / IDEAL:.3f}")
     print(f"fanout_vs_send={fanout / send:.3f}")
 
