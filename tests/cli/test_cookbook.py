@@ -173,7 +173,10 @@ def project_with_every_recipe(
 
 
 @pytest.fixture(scope="module")
-def example_results(project_with_every_recipe: Path, tmp_path_factory: pytest.TempPathFactory):
+def example_results(
+    project_with_every_recipe: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, object]]:
+    """Each recipe's example run from the project's copy: its exit status and log."""
     logs = tmp_path_factory.mktemp("recipe-logs")
     output = run(
         sys.executable,
@@ -181,7 +184,8 @@ def example_results(project_with_every_recipe: Path, tmp_path_factory: pytest.Te
         project_with_every_recipe / "src",
         "my_agent",
         logs,
-        *RECIPES,
+        # Slowest first (those starting a PostgreSQL server), so the quick ones overlap them.
+        *sorted(RECIPES, key=lambda recipe: "postgres" not in _third_party_extras(recipe)),
         cwd=project_with_every_recipe,
     )
     return {line["recipe"]: line for line in map(json.loads, output.splitlines())}
