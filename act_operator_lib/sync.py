@@ -102,17 +102,21 @@ class BackgroundLoop:
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop (starting it if needed), e.g. for ``run_coroutine_threadsafe``."""
         with self._lock:
-            if self._closed:
-                raise RuntimeError(f"BackgroundLoop {self.name!r} is closed")
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                started = threading.Event()
-                self._thread = threading.Thread(
-                    target=self._serve, args=(self._loop, started), name=self.name, daemon=True
-                )
-                self._thread.start()
-                started.wait()
-            return self._loop
+            return self._started_loop()
+
+    def _started_loop(self) -> asyncio.AbstractEventLoop:
+        # Called with self._lock held.
+        if self._closed:
+            raise RuntimeError(f"BackgroundLoop {self.name!r} is closed")
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            started = threading.Event()
+            self._thread = threading.Thread(
+                target=self._serve, args=(self._loop, started), name=self.name, daemon=True
+            )
+            self._thread.start()
+            started.wait()
+        return self._loop
 
     @overload
     def run(self, work: Awaitable[T]) -> T: ...
@@ -127,16 +131,6 @@ class BackgroundLoop:
         cancelled and allowed to unwind before the interruption propagates.
         """
         coroutine = _as_coroutine(work, "BackgroundLoop.run()")
-        try:
-            loop = self.loop
-            if threading.current_thread() is self._thread:
-                raise RuntimeError(
-                    f"BackgroundLoop.run() called on {self.name!r}'s own thread, which would"
-                    " wait for itself forever; await the coroutine there instead"
-                )
-        except BaseException:
-            coroutine.close()  # never started: close it rather than warn "never awaited"
-            raise
         done = threading.Event()
         tasks: list[asyncio.Task[Any]] = []
 
@@ -150,7 +144,20 @@ class BackgroundLoop:
         def cancel() -> None:
             tasks[0].cancel()
 
-        loop.call_soon_threadsafe(start)
+        try:
+            # Scheduled under the lock close() takes first, so a start() is always queued
+            # before close()'s shutdown, which then cancels the task rather than losing it.
+            with self._lock:
+                loop = self._started_loop()
+                if threading.current_thread() is self._thread:
+                    raise RuntimeError(
+                        f"BackgroundLoop.run() called on {self.name!r}'s own thread, which"
+                        " would wait for itself forever; await the coroutine there instead"
+                    )
+                loop.call_soon_threadsafe(start)
+        except BaseException:
+            coroutine.close()  # never started: close it rather than warn "never awaited"
+            raise
         try:
             done.wait()
         except BaseException:

@@ -263,3 +263,27 @@ def test_closed_loop_and_bad_arguments_are_refused() -> None:
         BackgroundLoop(name="")
     with BackgroundLoop() as runner, pytest.raises(TypeError, match="takes a callable, got int"):
         runner.on_close(3)  # type: ignore[arg-type]
+
+
+def test_close_cancels_runs_in_flight_and_lets_them_unwind() -> None:
+    started, unwound = threading.Event(), threading.Event()
+
+    class Endless(AsyncBaseNode):
+        async def execute(self, state: State) -> dict[str, Any]:
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            finally:
+                unwound.set()
+            return {}
+
+    graph = StateGraph(State).add_node(Endless()).add_edge(START, "Endless").compile()
+    runner = BackgroundLoop(name="closed-under-load")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(runner.run, graph.ainvoke({"n": 1}))
+        assert started.wait(10)
+        runner.close()
+        with pytest.raises(asyncio.CancelledError):
+            waiting.result(10)
+    assert unwound.is_set()
+    assert "closed-under-load" not in _threads()
