@@ -513,6 +513,11 @@ def prometheus_registry() -> CollectorRegistry:
     ``act_node_errors_total``, ``act_node_in_flight``, ``act_node_latency_seconds``
     (a histogram), then one per recorded primitive metric.
     """
-    from act_operator_lib._internal.prometheus_export import registry_for
-
+    try:
+        from act_operator_lib._internal.prometheus_export import registry_for
+    except ModuleNotFoundError as missing:
+        raise ModuleNotFoundError(
+            f"metrics.prometheus_registry() needs prometheus-client ({missing});"
+            ' install it with: pip install "act-operator-lib[metrics]"'
+        ) from missing
     return registry_for(snapshot)
