@@ -49,12 +49,12 @@ Force = Annotated[bool, typer.Option("--force", help="Overwrite files that diffe
 
 @contextmanager
 def _refusals() -> Iterator[None]:
-    """Report a ScaffoldError as ``error: ...`` on stderr and exit with status 1."""
+    """Report a refusal or an OS error as ``error: ...`` on stderr and exit with status 1."""
     from act_operator_lib._internal.scaffold import ScaffoldError
 
     try:
         yield
-    except ScaffoldError as error:
+    except (ScaffoldError, OSError) as error:  # OSError: e.g. a directory we may not write to
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
 

@@ -246,9 +246,7 @@ def create_project(
                 f"Generate {name.strip()} with act-operator new",
                 as_user=True,
             )
-        if root.exists():
-            root.rmdir()  # empty, checked above; the rename needs the name free
-        staged.rename(root)
+        staged.replace(root)  # replaces an empty directory too (rename(2))
     return Project(root, package)
 
 
