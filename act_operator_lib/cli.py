@@ -61,7 +61,9 @@ def _refusals() -> Iterator[None]:
 
 @app.command()
 def new(
-    name: Annotated[str, typer.Argument(help="Project name, e.g. my-agent (package my_agent).")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Project name, e.g. my-agent (package my_agent).")
+    ],
     path: Annotated[
         Path, typer.Option("--path", help="Directory to create the project in.", file_okay=False)
     ] = Path("."),
@@ -83,7 +85,9 @@ def new(
 
 @add_app.command("node")
 def add_node(
-    name: Annotated[str, typer.Argument(help="Node name, e.g. Summarise or summarise-text.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Node name, e.g. Summarise or summarise-text.")
+    ],
     is_async: Annotated[
         bool, typer.Option("--async", help="An AsyncBaseNode (default: a BaseNode).")
     ] = False,
@@ -134,7 +138,9 @@ def cookbook_list() -> None:
 
 
 @cookbook_app.command("show")
-def cookbook_show(recipe: Annotated[str, typer.Argument(help="A recipe name.")]) -> None:
+def cookbook_show(
+    recipe: Annotated[str, typer.Argument(metavar="RECIPE", help="A recipe name.")],
+) -> None:
     """Print a recipe's source."""
     from act_operator_lib._internal.cookbook_index import dependency_closure, find_recipes
 
@@ -146,7 +152,7 @@ def cookbook_show(recipe: Annotated[str, typer.Argument(help="A recipe name.")])
 
 @cookbook_app.command("add")
 def cookbook_add(
-    recipes: Annotated[list[str], typer.Argument(help="Recipe names.")],
+    recipes: Annotated[list[str], typer.Argument(metavar="RECIPE...", help="Recipe names.")],
     path: ProjectPath = Path("."),
     force: Force = False,
 ) -> None:

@@ -155,7 +155,11 @@ def test_add_copies_the_recipe_and_what_it_imports(
         if isinstance(node, ast.ImportFrom)
     }
     assert not any(module.startswith("act_operator_lib.cookbook") for module in imported)
-    assert "pip install 'act-operator-lib[" in result.stdout or "no extra" in result.stdout
+    extras = set().union(*(_third_party_extras(name) for name in _closure(recipe)))
+    if extras:
+        assert f"pip install 'act-operator-lib[{','.join(sorted(extras))}]'" in result.stdout
+    else:
+        assert "They need no extra beyond act-operator-lib." in result.stdout
 
 
 @pytest.fixture(scope="module")
