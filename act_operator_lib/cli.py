@@ -152,7 +152,7 @@ def cookbook_show(
 
 @cookbook_app.command("add")
 def cookbook_add(
-    recipes: Annotated[list[str], typer.Argument(metavar="RECIPE...", help="Recipe names.")],
+    recipes: Annotated[list[str], typer.Argument(metavar="RECIPE", help="Recipe names.")],
     path: ProjectPath = Path("."),
     force: Force = False,
 ) -> None:
