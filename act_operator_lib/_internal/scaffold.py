@@ -9,6 +9,11 @@ and copier renders them. Every write is staged: a project is rendered into a tem
 directory next to its target and renamed into place, a node into a temporary directory
 and copied file by file only after every target has been checked, so an error leaves
 nothing behind.
+
+Two environment variables move what the scaffolder reads and keeps:
+``ACT_OPERATOR_TEMPLATE_DIR`` renders another project template (a fork of the packaged
+one), and ``ACT_OPERATOR_TEMPLATE_HISTORY`` moves the git repository of template
+versions that ``update`` merges from (default ``~/.cache/act-operator/project-template``).
 """
 
 from __future__ import annotations
