@@ -181,9 +181,10 @@ class PostgresPool:
     _locks: ClassVar[
         dict[tuple[asyncio.AbstractEventLoop, str, PostgresSettings], asyncio.Lock]
     ] = {}
+    _disarms: ClassVar[dict[int, Any]] = {}
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
-    __slots__ = ("_disarms", "name", "settings")
+    __slots__ = ("_recent", "name", "settings")
 
     def __init__(
         self,
@@ -198,7 +199,8 @@ class PostgresPool:
             )
         self.settings = settings or PostgresSettings()
         self.name = name
-        self._disarms: dict[int, Any] = {}
+        # The last pool used: skips hashing the registry key on every call.
+        self._recent: tuple[asyncio.AbstractEventLoop, str, asyncpg.Pool] | None = None
         if resources is not None:
             resources.add(self)
 
@@ -214,9 +216,19 @@ class PostgresPool:
     async def pool(self, dsn: str | None = None) -> asyncpg.Pool:
         """This loop's pool for ``dsn``, created on first use (concurrent first calls share it)."""
         loop = asyncio.get_running_loop()
-        key = (loop, self._dsn(dsn), self.settings)
+        dsn = self._dsn(dsn)
+        recent = self._recent
+        if (
+            recent is not None
+            and recent[0] is loop
+            and recent[1] == dsn
+            and not recent[2].is_closing()
+        ):
+            return recent[2]
+        key = (loop, dsn, self.settings)
         pool = self._pools.get(key)
         if pool is not None:
+            self._recent = (loop, dsn, pool)
             return pool
         with self._guard:
             for stale in [k for k in self._pools if k[0].is_closed()]:
@@ -229,6 +241,7 @@ class PostgresPool:
                 self._pools[key] = pool
                 self._disarms[id(pool)] = close_at_loop_shutdown(lambda: self._close(key, pool))
                 record("pool_size", float(self.settings.max_size), name=self.name)
+        self._recent = (loop, dsn, pool)
         return pool
 
     async def _create(self, dsn: str) -> asyncpg.Pool:
@@ -270,25 +283,34 @@ class PostgresPool:
             if key[0] is loop and key[2] == self.settings:
                 await self._close(key, pool)
 
+    async def _acquire(self, pool: asyncpg.Pool, dsn: str) -> asyncpg.Connection:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            # asyncio.timeout, not acquire(timeout=): no extra task per call.
+            async with asyncio.timeout(self.settings.acquire_timeout) as deadline:
+                conn: asyncpg.Connection = await pool.acquire()
+        except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+            if deadline.expired():
+                raise PoolExhaustedError(
+                    f"{self.name}: no PostgreSQL connection free within acquire_timeout="
+                    f"{self.settings.acquire_timeout:g}s (max_size={self.settings.max_size}, all"
+                    " in use); raise max_size or acquire_timeout, or hold connections for less time"
+                ) from None
+            raise ConnectionLostError(
+                f"{self.name}: cannot reach {redact_dsn(dsn)}: {type(exc).__name__}:"
+                f" {_redacted(exc, dsn)}"
+            ) from None
+        if loop.time() - started > 0.001:
+            record("pool_waits", 1.0, name=self.name)
+        return conn
+
     @asynccontextmanager
     async def connection(self, dsn: str | None = None) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection for several statements (no transaction of its own)."""
         dsn = self._dsn(dsn)
         pool = await self.pool(dsn)
-        if pool.get_idle_size() == 0 and pool.get_size() >= self.settings.max_size:
-            record("pool_waits", 1.0, name=self.name)
-        try:
-            conn = await pool.acquire(timeout=self.settings.acquire_timeout)
-        except TimeoutError:
-            raise PoolExhaustedError(
-                f"{self.name}: no PostgreSQL connection free within acquire_timeout="
-                f"{self.settings.acquire_timeout:g}s (max_size={self.settings.max_size}, all in"
-                " use); raise max_size or acquire_timeout, or hold connections for less time"
-            ) from None
-        except _CONNECTION_ERRORS as exc:
-            raise ConnectionLostError(
-                f"{self.name}: cannot reach {redact_dsn(dsn)}: {type(exc).__name__}: {_redacted(exc, dsn)}"
-            ) from None
+        conn = await self._acquire(pool, dsn)
         try:
             yield conn
         except _CONNECTION_ERRORS:
@@ -310,8 +332,16 @@ class PostgresPool:
         attempts = 2 if read and self.settings.retry_reads else 1
         for attempt in range(1, attempts + 1):
             try:
-                async with self.connection(dsn) as conn:
+                # connection() inlined: this is the per-query hot path.
+                pool = await self.pool(dsn)
+                conn = await self._acquire(pool, dsn)
+                try:
                     return await getattr(conn, method)(query, *args)
+                except _CONNECTION_ERRORS:
+                    conn.terminate()
+                    raise
+                finally:
+                    await pool.release(conn)
             except PoolExhaustedError:
                 raise
             except ConnectionLostError:

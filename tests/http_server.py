@@ -290,8 +290,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the test HTTP app in the foreground.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--uvloop", action="store_true", help="serve on uvloop (benchmarks)")
     args = parser.parse_args()
-    web.run_app(build_app(), host=args.host, port=args.port, print=None, access_log=None)
+    loop_factory = None
+    if args.uvloop:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve_forever(args.host, args.port))
+
+
+async def _serve_forever(host: str, port: int) -> None:
+    runner = web.AppRunner(build_app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    try:
+        await asyncio.Event().wait()  # until the process is stopped
+    finally:
+        await runner.cleanup()
 
 
 if __name__ == "__main__":
