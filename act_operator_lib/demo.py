@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from act_operator_lib import metrics
 from act_operator_lib._internal.scaffold import create_project
 
 __all__ = ["run_demo"]
@@ -44,7 +45,9 @@ def _generate_and_stream(target: Path) -> None:
         graph = importlib.import_module(f"{project.package}.graph").graph
         context = importlib.import_module(f"{project.package}.state").Context
         print(f"\n$ streaming {project.package}.graph (stream_mode=['updates', 'custom'])")
-        asyncio.run(_stream(graph, context(audience="act-operator-lib users")))
+        with metrics.collecting():
+            asyncio.run(_stream(graph, context(audience="act-operator-lib users")))
+            print(f"\n$ per-node metrics\n{metrics.format_table()}", flush=True)
 
 
 async def _stream(graph: Any, context: Any) -> None:
