@@ -35,6 +35,20 @@ def test_demo_console_script_streams_tokens_and_updates() -> None:
         "[updates] StreamAnswer",
     ]
     assert custom.removeprefix("[custom]  ") in updates[1]  # the streamed tokens are the answer
+    table = lines[lines.index("$ per-node metrics") + 1 :]
+    assert table[0].split() == [
+        "node",
+        "calls",
+        "errors",
+        "in_flight",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+    ]
+    assert [row.split()[:3] for row in table[1:3]] == [
+        ["DraftPrompt", "1", "0"],
+        ["StreamAnswer", "1", "0"],
+    ]
     assert _demo_dirs() == before  # the temporary project is gone
 
 
