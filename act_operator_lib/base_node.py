@@ -116,12 +116,14 @@ class _Node(abc.ABC):
 class BaseNode(_Node):
     """A synchronous node: implement ``def execute(self, state[, config][, runtime])``.
 
-    class Count(BaseNode):
-        def execute(self, state: State) -> dict[str, Any]:
-            return {"count": state["count"] + 1}
+    Add an instance to a graph, or call it alone in a unit test:
 
-    builder.add_node(Count())
-    Count()({"count": 1})  # {'count': 2}: unit-testable alone
+        class Count(BaseNode):
+            def execute(self, state: State) -> dict[str, Any]:
+                return {"count": state["count"] + 1}
+
+        builder.add_node(Count())
+        Count()({"count": 1})  # {'count': 2}
     """
 
     _is_async = False
