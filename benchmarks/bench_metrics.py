@@ -8,9 +8,9 @@ Prints:
     metrics_call_overhead_us=      node(state) with metrics on minus off, per call
     off_call_is_plain=             1 when, metrics off, node classes run base_node's own __call__
 
-Rounds alternate between on and off (enable()/disable() swap each class's __call__);
-the median of the on/off ratios of neighbouring rounds is printed, so a busy machine
-slows both sides alike.
+Rounds alternate between on and off (enable()/disable() swap each class's __call__),
+timed in process CPU time; the median of the on/off ratios of neighbouring rounds is
+printed, so a busy machine slows both sides alike. The chain is bench_nodes.py's.
 """
 
 from __future__ import annotations
@@ -20,86 +20,50 @@ import statistics
 import time
 import timeit
 from collections.abc import Callable
-from typing import Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from bench_nodes import NODES, AsyncStep, Step, chain, median_ratio
 
-from act_operator_lib import AsyncBaseNode, BaseNode, metrics
+from act_operator_lib import metrics
 
-NODES = 20
-ROUNDS = 61
 INVOKES_PER_ROUND = 10
 
 
-class State(TypedDict):
-    n: int
+def with_metrics(run_round: Callable[[], float]) -> Callable[[], float]:
+    def run() -> float:
+        metrics.enable()
+        try:
+            return run_round()
+        finally:
+            metrics.disable()
 
-
-class Step(BaseNode):
-    def execute(self, state: State) -> dict[str, int]:
-        return {"n": state["n"] + 1}
-
-
-class AsyncStep(AsyncBaseNode):
-    async def execute(self, state: State) -> dict[str, int]:
-        return {"n": state["n"] + 1}
-
-
-def chain(make: Callable[[], Any]) -> Any:
-    builder = StateGraph(State)
-    previous = START
-    for index in range(NODES):
-        name = f"n{index}"
-        builder.add_node(name, make())
-        builder.add_edge(previous, name)
-        previous = name
-    builder.add_edge(previous, END)
-    return builder.compile()
-
-
-def on_off_ratio(run_round: Callable[[], float]) -> float:
-    ratios = []
-    for index in range(ROUNDS):
-        # Alternate which side goes first so drift in machine load favours neither, and
-        # compare each pair of neighbouring rounds: the median of those ratios shrugs off
-        # the bursts of other work on a shared machine.
-        times = {}
-        for enabled in (True, False) if index % 2 else (False, True):
-            if enabled:
-                metrics.enable()
-                times[enabled] = run_round()
-                metrics.disable()
-            else:
-                times[enabled] = run_round()
-        ratios.append(times[True] / times[False])
-    return statistics.median(ratios)
+    return run
 
 
 def metrics_overhead_ratio() -> float:
     graph = chain(Step)
 
     def run_round() -> float:
-        start = time.perf_counter()
+        start = time.process_time()
         for _ in range(INVOKES_PER_ROUND):
             assert graph.invoke({"n": 0})["n"] == NODES
-        return time.perf_counter() - start
+        return time.process_time() - start
 
     run_round()  # warm up
-    return on_off_ratio(run_round)
+    return median_ratio(with_metrics(run_round), run_round)
 
 
 def async_metrics_overhead_ratio() -> float:
     graph = chain(AsyncStep)
 
     async def run() -> float:
-        start = time.perf_counter()
+        start = time.process_time()
         for _ in range(INVOKES_PER_ROUND):
             assert (await graph.ainvoke({"n": 0}))["n"] == NODES
-        return time.perf_counter() - start
+        return time.process_time() - start
 
     with asyncio.Runner() as runner:
         runner.run(run())  # warm up
-        return on_off_ratio(lambda: runner.run(run()))
+        return median_ratio(with_metrics(lambda: runner.run(run())), lambda: runner.run(run()))
 
 
 def metrics_call_overhead_us(number: int = 50_000) -> float:
