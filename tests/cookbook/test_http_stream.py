@@ -25,6 +25,7 @@ from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
 from langgraph.types import TimeoutPolicy
 
+from tests.helpers import other_tasks_after
 from tests.http_server import HttpTestServer
 
 
@@ -46,15 +47,6 @@ def build(node: Any, *, timeout: Any = None, checkpointer: Any = None) -> Any:
     builder.add_node(node, timeout=timeout)
     builder.add_edge(START, node.name)
     return builder.compile(checkpointer=checkpointer)
-
-
-async def other_tasks_after(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    """Tasks still alive that were not there before, after letting cancellations settle."""
-    for _ in range(50):
-        if not asyncio.all_tasks() - before:
-            break
-        await asyncio.sleep(0.01)
-    return asyncio.all_tasks() - before
 
 
 async def test_sse_events_reach_the_custom_stream_as_they_arrive(http: HttpClient) -> None:

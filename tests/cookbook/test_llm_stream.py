@@ -25,6 +25,8 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import TimeoutPolicy
 
+from tests.helpers import other_tasks_after
+
 
 class PacedChatModel(GenericFakeChatModel):
     """The fake model with a real async stream: one token per ``delay`` seconds.
@@ -67,16 +69,6 @@ def build(node: LLMStreamNode, *, checkpointer: Any = None, timeout: Any = None)
     builder.add_node(node, timeout=timeout)
     builder.add_edge(START, node.name)
     return builder.compile(checkpointer=checkpointer)
-
-
-async def other_tasks_after(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    """Tasks still alive that were not there before, after letting cancellations settle."""
-    for _ in range(50):
-        leftover = asyncio.all_tasks() - before
-        if not leftover:
-            break
-        await asyncio.sleep(0.01)
-    return asyncio.all_tasks() - before
 
 
 async def test_tokens_reach_messages_and_custom_streams_and_state() -> None:

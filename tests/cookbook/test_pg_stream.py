@@ -21,6 +21,8 @@ from act_operator_lib.cookbook.postgres import PostgresPool, PostgresSettings
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 
+from tests.helpers import other_tasks_after
+
 
 class State(TypedDict, total=False):
     upto: int
@@ -39,15 +41,6 @@ def build(node: PgCursorStreamNode, *, checkpointer: Any = None) -> Any:
     builder.add_node(node)
     builder.add_edge(START, node.name)
     return builder.compile(checkpointer=checkpointer)
-
-
-async def other_tasks_after(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    """Tasks still alive that were not there before, after letting cancellations settle."""
-    for _ in range(100):
-        if not asyncio.all_tasks() - before:
-            break
-        await asyncio.sleep(0.01)
-    return asyncio.all_tasks() - before
 
 
 async def all_connections_idle(db: PostgresPool) -> bool:

@@ -18,6 +18,8 @@ from act_operator_lib.cookbook.stream_pipeline import (
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 
+from tests.helpers import other_tasks_after
+
 
 class State(TypedDict, total=False):
     upto: int
@@ -38,15 +40,6 @@ async def numbers(state: State) -> AsyncIterator[int]:
 
 async def double(n: int) -> int:
     return 2 * n
-
-
-async def other_tasks_after(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    """Tasks still alive that were not there before, after letting cancellations settle."""
-    for _ in range(50):
-        if not asyncio.all_tasks() - before:
-            break
-        await asyncio.sleep(0.01)
-    return asyncio.all_tasks() - before
 
 
 async def test_results_and_progress_stream_live_and_the_count_lands_in_state() -> None:
