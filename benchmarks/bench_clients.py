@@ -18,6 +18,7 @@ interleaved rounds are what to read, not the absolute rates.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import statistics
@@ -41,25 +42,35 @@ from tests.pg_server import PostgresServer, free_port  # noqa: E402
 
 HTTP_REQUESTS, HTTP_CONCURRENCY = 2000, 50
 PG_QUERIES, PG_CONCURRENCY = 2000, 20
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+# Pooled vs bare library: ~0.3 s blocks and a ratio near 1, so more rounds to beat the noise.
+FAST_ROUNDS = 3 * ROUNDS
+LOOP = os.environ.get("BENCH_LOOP", "uvloop")  # or "asyncio"
 
 
 async def compare(
-    contenders: dict[str, Callable[[int], Awaitable[Any]]],
-    sizes: dict[str, int],
+    pooled: Callable[[int], Awaitable[Any]],
+    other: Callable[[int], Awaitable[Any]],
+    sizes: tuple[int, int],
     concurrency: int,
-) -> dict[str, float]:
-    """Median calls/s of each contender over ``ROUNDS`` rounds, the order rotating each round."""
-    for call in contenders.values():  # warm up: connections, imports, caches
+    rounds: int = ROUNDS,
+) -> tuple[float, float, float]:
+    """Median pooled/other throughput ratio over ``rounds`` paired rounds, and median rates.
+
+    The pair runs A-B, then B-A, ... so neither always goes first or follows the other.
+    """
+    for call in (pooled, other):  # warm up: connections, imports, caches
         await throughput(call, 100, concurrency)
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for round_index in range(ROUNDS):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+    ratios: list[float] = []
+    rates: tuple[list[float], list[float]] = ([], [])
+    for round_index in range(rounds):
+        pair = [(0, pooled), (1, other)]
+        for which, call in pair if round_index % 2 == 0 else reversed(pair):
             await asyncio.sleep(0.2)  # let the previous block's closed connections settle
-            rates[name].append(await throughput(contenders[name], sizes[name], concurrency))
-    return {name: statistics.median(values) for name, values in rates.items()}
+            gc.collect()  # and its garbage not be collected during the next block
+            rates[which].append(await throughput(call, sizes[which], concurrency))
+        ratios.append(rates[0][-1] / rates[1][-1])
+    return statistics.median(ratios), statistics.median(rates[0]), statistics.median(rates[1])
 
 
 async def throughput(call: Callable[[int], Awaitable[Any]], total: int, concurrency: int) -> float:
@@ -130,16 +141,26 @@ async def bench_http(base: str) -> dict[str, float]:
             response.raise_for_status()
             return await response.json()
 
-    contenders: dict[str, Callable[[int], Awaitable[Any]]] = {
-        "pooled": lambda _: pooled({"url": url}),
-        "per_request": lambda _: naive({"url": url}),
-        "raw": raw,
-    }
-    sizes = dict.fromkeys(contenders, HTTP_REQUESTS)
-    rates = await compare(contenders, sizes, HTTP_CONCURRENCY)
+    def pooled_call(_: int) -> Awaitable[Any]:
+        return pooled({"url": url})
+
+    def per_request(_: int) -> Awaitable[Any]:
+        return naive({"url": url})
+
+    size = (HTTP_REQUESTS, HTTP_REQUESTS)
+    vs_raw, pooled_rps, raw_rps = await compare(
+        pooled_call, raw, size, HTTP_CONCURRENCY, FAST_ROUNDS
+    )
+    vs_naive, _, naive_rps = await compare(pooled_call, per_request, size, HTTP_CONCURRENCY)
     await raw_session.close()
     await pooled.client.aclose()
-    return rates
+    return {
+        "http_pooled_rps": pooled_rps,
+        "http_per_request_rps": naive_rps,
+        "http_raw_rps": raw_rps,
+        "http_pooled_vs_per_request": vs_naive,
+        "http_pooled_vs_raw": vs_raw,
+    }
 
 
 async def bench_pg(dsn: str) -> dict[str, float]:
@@ -152,41 +173,56 @@ async def bench_pg(dsn: str) -> dict[str, float]:
         async with raw_pool.acquire() as conn:
             return [dict(row) for row in await conn.fetch("SELECT $1::int AS v", i)]
 
-    contenders: dict[str, Callable[[int], Awaitable[Any]]] = {
-        "pooled": lambda i: pooled({"n": i}),
-        "per_query": lambda i: naive({"n": i}),
-        "raw": raw,
-    }
-    # connect-per-query runs ~30x slower: PG_QUERIES / ROUNDS per round keeps the run
-    # short and still makes PG_QUERIES connect-per-query SELECTs in all.
-    sizes = {"pooled": PG_QUERIES, "per_query": PG_QUERIES // ROUNDS, "raw": PG_QUERIES}
-    rates = await compare(contenders, sizes, PG_CONCURRENCY)
+    def pooled_call(i: int) -> Awaitable[Any]:
+        return pooled({"n": i})
+
+    def per_query(i: int) -> Awaitable[Any]:
+        return naive({"n": i})
+
+    vs_raw, pooled_qps, raw_qps = await compare(
+        pooled_call, raw, (PG_QUERIES, PG_QUERIES), PG_CONCURRENCY, FAST_ROUNDS
+    )
+    # connect-per-query is ~30x slower: PG_QUERIES / ROUNDS per round keeps the run short
+    # and still makes PG_QUERIES connect-per-query SELECTs in all.
+    vs_naive, _, naive_qps = await compare(
+        pooled_call, per_query, (PG_QUERIES, PG_QUERIES // ROUNDS), PG_CONCURRENCY
+    )
     await raw_pool.close()
     await db.aclose()
-    return rates
+    return {
+        "pg_pooled_qps": pooled_qps,
+        "pg_per_query_qps": naive_qps,
+        "pg_raw_qps": raw_qps,
+        "pg_pooled_vs_per_query": vs_naive,
+        "pg_pooled_vs_raw": vs_raw,
+    }
+
+
+def run(main: Awaitable[dict[str, float]]) -> dict[str, float]:
+    """Run on uvloop (as a production worker would), or plain asyncio with BENCH_LOOP=asyncio."""
+    loop_factory = None
+    if LOOP == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main)  # type: ignore[arg-type]
 
 
 def main() -> None:
     started = time.perf_counter()
     server, base = start_http_server()
     try:
-        http = asyncio.run(bench_http(base))
+        http = run(bench_http(base))
     finally:
         server.terminate()
         server.wait(10)
     with PostgresServer() as pg:
-        pg_rates = asyncio.run(bench_pg(pg.dsn))
-    print(f"http_pooled_rps={http['pooled']:.0f}")
-    print(f"http_per_request_rps={http['per_request']:.0f}")
-    print(f"http_raw_rps={http['raw']:.0f}")
-    print(f"http_pooled_vs_per_request={http['pooled'] / http['per_request']:.2f}")
-    print(f"http_pooled_vs_raw={http['pooled'] / http['raw']:.2f}")
-    print(f"pg_pooled_qps={pg_rates['pooled']:.0f}")
-    print(f"pg_per_query_qps={pg_rates['per_query']:.0f}")
-    print(f"pg_raw_qps={pg_rates['raw']:.0f}")
-    print(f"pg_pooled_vs_per_query={pg_rates['pooled'] / pg_rates['per_query']:.2f}")
-    print(f"pg_pooled_vs_raw={pg_rates['pooled'] / pg_rates['raw']:.2f}")
-    print(f"rounds={ROUNDS}")
+        pg_rates = run(bench_pg(pg.dsn))
+    for key, value in {**http, **pg_rates}.items():
+        print(f"{key}={value:.0f}" if key.endswith("ps") else f"{key}={value:.2f}")
+    print(f"rounds={ROUNDS} fast_rounds={FAST_ROUNDS}")
+    print(f"loop={LOOP}")
     print(f"bench_seconds={time.perf_counter() - started:.1f}")
 
 

@@ -201,7 +201,7 @@ class HttpClient:
     _disarms: ClassVar[dict[int, Any]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    __slots__ = ("name", "settings")
+    __slots__ = ("_recent", "name", "settings")
 
     def __init__(
         self,
@@ -216,15 +216,21 @@ class HttpClient:
             )
         self.settings = settings or HttpSettings()
         self.name = name
+        # The last session used: skips hashing the registry key on every request.
+        self._recent: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
         if resources is not None:
             resources.add(self)
 
     def session(self) -> aiohttp.ClientSession:
         """This loop's shared session for these settings, created on first use."""
         loop = asyncio.get_running_loop()
+        recent = self._recent
+        if recent is not None and recent[0] is loop and not recent[1].closed:
+            return recent[1]
         key = (loop, self.settings)
         session = self._sessions.get(key)
         if session is not None and not session.closed:
+            self._recent = (loop, session)
             return session
         # Creating a session never awaits, so holding a thread lock keeps concurrent
         # first calls (from any loop or thread) to one session per key.
@@ -240,6 +246,7 @@ class HttpClient:
             lambda: self._close_session(key, session)
         )
         record("pool_size", 1.0, name=self.name)
+        self._recent = (loop, session)
         return session
 
     def _new_session(self) -> aiohttp.ClientSession:
@@ -386,6 +393,8 @@ class HttpClient:
                 method,
                 str(response.url),
             )
+        if response.content_length is not None:
+            return await response.read()  # the size is known and within the limit
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(65536):
@@ -454,7 +463,8 @@ class FetchJSON(AsyncBaseNode):
 
     async def execute(self, state: Mapping[str, Any]) -> dict[str, Any]:
         url = state[self.settings.url_key]
-        self.log("GET", url=safe_url(url))
+        if self.verbose:  # safe_url parses the URL: only pay for it when logging
+            self.log("GET", url=safe_url(url))
         params = dict(self.settings.params) or None
         return {self.settings.output_key: await self.client.get_json(url, params=params)}
 

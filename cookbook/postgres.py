@@ -182,6 +182,8 @@ class PostgresPool:
         dict[tuple[asyncio.AbstractEventLoop, str, PostgresSettings], asyncio.Lock]
     ] = {}
     _disarms: ClassVar[dict[int, Any]] = {}
+    # id(pool) -> connections acquired through this class and not yet released.
+    _lent: ClassVar[dict[int, int]] = {}
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
     __slots__ = ("_recent", "name", "settings")
@@ -268,6 +270,7 @@ class PostgresPool:
             if self._pools.get(key) is pool:
                 del self._pools[key]
             self._locks.pop(key, None)
+        self._lent.pop(id(pool), None)
         disarm = self._disarms.pop(id(pool), None)
         if disarm is not None:
             disarm()
@@ -284,12 +287,25 @@ class PostgresPool:
                 await self._close(key, pool)
 
     async def _acquire(self, pool: asyncpg.Pool, dsn: str) -> asyncpg.Connection:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        key = id(pool)
+        if self._lent.get(key, 0) < self.settings.max_size:
+            # A connection is free, so acquire() will not wait for a release: skip the
+            # timer (a fresh connect is still bounded by connect_timeout).
+            try:
+                idle: asyncpg.Connection = await pool.acquire()
+                self._lent[key] = self._lent.get(key, 0) + 1
+                return idle
+            except _CONNECTION_ERRORS as exc:
+                raise ConnectionLostError(
+                    f"{self.name}: cannot reach {redact_dsn(dsn)}: {type(exc).__name__}:"
+                    f" {_redacted(exc, dsn)}"
+                ) from None
+        record("pool_waits", 1.0, name=self.name)
         try:
             # asyncio.timeout, not acquire(timeout=): no extra task per call.
             async with asyncio.timeout(self.settings.acquire_timeout) as deadline:
                 conn: asyncpg.Connection = await pool.acquire()
+                self._lent[key] = self._lent.get(key, 0) + 1
         except (TimeoutError, *_CONNECTION_ERRORS) as exc:
             if deadline.expired():
                 raise PoolExhaustedError(
@@ -301,9 +317,13 @@ class PostgresPool:
                 f"{self.name}: cannot reach {redact_dsn(dsn)}: {type(exc).__name__}:"
                 f" {_redacted(exc, dsn)}"
             ) from None
-        if loop.time() - started > 0.001:
-            record("pool_waits", 1.0, name=self.name)
         return conn
+
+    async def _release(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+        try:
+            await pool.release(conn)
+        finally:
+            self._lent[id(pool)] -= 1
 
     @asynccontextmanager
     async def connection(self, dsn: str | None = None) -> AsyncIterator[asyncpg.Connection]:
@@ -317,7 +337,7 @@ class PostgresPool:
             conn.terminate()  # never hand a broken connection to the next caller
             raise
         finally:
-            await pool.release(conn)
+            await self._release(pool, conn)
 
     @asynccontextmanager
     async def transaction(self, dsn: str | None = None) -> AsyncIterator[asyncpg.Connection]:
@@ -341,7 +361,7 @@ class PostgresPool:
                     conn.terminate()
                     raise
                 finally:
-                    await pool.release(conn)
+                    await self._release(pool, conn)
             except PoolExhaustedError:
                 raise
             except ConnectionLostError:
