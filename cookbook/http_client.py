@@ -18,8 +18,10 @@ a short body snippet). 429 and 503 honour ``Retry-After`` for idempotent methods
 retried unless a call passes ``retry=True``.
 
 When to use LangGraph's native ``RetryPolicy`` instead: for retrying a whole node on
-5xx or connection errors, put ``RetryPolicy(retry_on=is_retryable)`` on the node; this
-client only adds what RetryPolicy cannot know: the server's own ``Retry-After`` delay.
+5xx or connection errors, put ``RetryPolicy(retry_on=is_retryable)`` on the node (or
+retry one call inside a node with ``retry.py``'s ``retry_call(lambda: http.get_json(url),
+RetryPolicy(retry_on=is_retryable))``); this client only adds what RetryPolicy cannot
+know: the server's own ``Retry-After`` delay.
 Likewise prefer the node's ``TimeoutPolicy`` for a deadline on the whole node and keep
 ``HttpSettings.timeout`` as the per-request bound.
 """

@@ -23,6 +23,7 @@ from act_operator_lib.cookbook.http_client import (
     safe_url,
 )
 from act_operator_lib.cookbook.resources import Resources
+from act_operator_lib.cookbook.retry import retry_call
 from langgraph.graph import StateGraph
 from langgraph.types import RetryPolicy
 
@@ -173,6 +174,26 @@ async def test_reset_mid_body_is_retried_by_langgraph_retry_policy(
         await graph.ainvoke({"url": "/reset"})
     assert http_server.hits["/reset"] == 3
     assert (await graph.ainvoke({"url": "/json"}))["response"]["ok"]  # the pool still works
+    await client.aclose()
+
+
+async def test_one_call_retried_inside_a_node_with_retry_call(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    policy = RetryPolicy(max_attempts=4, initial_interval=0.01, jitter=False, retry_on=is_retryable)
+    params = {"fails": 2, "status": 500, "key": "retry-call"}
+    value, attempts = await retry_call(
+        lambda: client.get_json("/retry-after", params=params), policy
+    )
+    assert value == {"ok": True, "calls": 3}
+    assert [type(a.error).__name__ for a in attempts] == [
+        "HTTPStatusError",
+        "HTTPStatusError",
+        "NoneType",
+    ]
+    # A 404 is not retryable: one call, raised at once.
+    with pytest.raises(HTTPStatusError, match="404"):
+        await retry_call(lambda: client.get_json("/nope"), policy)
+    assert http_server.hits["/nope"] == 1
     await client.aclose()
 
 
