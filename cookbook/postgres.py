@@ -496,8 +496,14 @@ if __name__ == "__main__":
             shutil.chown(root, "postgres", "postgres")
         data = root / "data"
 
-        def run(*cmd: str) -> None:
-            subprocess.run([*as_user, *cmd], check=True, capture_output=True)
+        def run(tool: str, *args: str) -> None:
+            # On PATH, or where Debian/Ubuntu packages put the server binaries.
+            found = shutil.which(tool) or next(
+                iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"), reverse=True)), None
+            )
+            if found is None:
+                raise SystemExit(f"{tool} not found: install PostgreSQL or set DATABASE_URL")
+            subprocess.run([*as_user, str(found), *args], check=True, capture_output=True)
 
         run("initdb", "-D", str(data), "-U", "example", "--auth=trust", "--no-sync")
         opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
