@@ -77,8 +77,10 @@ class FileSettings:
 class FileStore:
     """Confined, atomic, bounded file access under ``settings.base_dir``.
 
-    files = FileStore(FileSettings(base_dir=tmp_path))
-    await files.write_bytes("a/b.bin", b"...")
+    For example:
+
+        files = FileStore(FileSettings(base_dir=tmp_path))
+        await files.write_bytes("a/b.bin", b"...")
     """
 
     __slots__ = ("_base", "_limits", "in_flight", "settings")
@@ -166,8 +168,10 @@ class FileStore:
     async def open_atomic(self, path: str | os.PathLike[str]) -> AsyncIterator[Any]:
         """A binary file to write; it replaces ``path`` only if the block succeeds.
 
-        async with files.open_atomic("out.bin") as f:
-            await f.write(b"...")
+        For example:
+
+            async with files.open_atomic("out.bin") as f:
+                await f.write(b"...")
         """
         target = self.resolve(path)
         await aiofiles.os.makedirs(target.parent, exist_ok=True)
@@ -245,7 +249,9 @@ def _fsync_dir(directory: Path) -> None:
 class WriteFiles(AsyncBaseNode):
     """A node writing ``state["files"]`` (path -> text) atomically, ``max_concurrency`` at once.
 
-    builder.add_node(WriteFiles(files))  # {"files": {"a.txt": "..."}} -> {"written": [...]}
+    For example:
+
+        builder.add_node(WriteFiles(files))  # {"files": {"a.txt": "..."}} -> {"written": [...]}
     """
 
     def __init__(self, store: FileStore, *, name: str | None = None, verbose: bool = False) -> None:

@@ -192,8 +192,10 @@ def _retry_after_seconds(value: str | None) -> float | None:
 class HttpClient:
     """JSON/text/bytes over one aiohttp session per event loop; see the module docstring.
 
-    http = HttpClient(HttpSettings(timeout=5), resources=resources)
-    items = await http.get_json("http://127.0.0.1:8080/json")
+    For example:
+
+        http = HttpClient(HttpSettings(timeout=5), resources=resources)
+        items = await http.get_json("http://127.0.0.1:8080/json")
     """
 
     # (loop, settings) -> session, shared by every client with equal settings.
@@ -446,7 +448,9 @@ class FetchSettings:
 class FetchJSON(AsyncBaseNode):
     """A node that GETs ``state[url_key]`` through a shared ``HttpClient`` and stores the JSON.
 
-    builder.add_node(FetchJSON(http))  # {"url": ...} -> {"response": {...}}
+    For example:
+
+        builder.add_node(FetchJSON(http))  # {"url": ...} -> {"response": {...}}
     """
 
     def __init__(

@@ -83,8 +83,10 @@ class OffloadSettings:
 class Offloader:
     """A bounded thread or process pool for sync functions called from async code.
 
-    pool = Offloader(OffloadSettings(max_workers=2))
-    size = await pool.run(os.path.getsize, "/etc/hosts")
+    For example:
+
+        pool = Offloader(OffloadSettings(max_workers=2))
+        size = await pool.run(os.path.getsize, "/etc/hosts")
     """
 
     __slots__ = ("_executor", "_guard", "_slots", "settings")
@@ -177,7 +179,9 @@ def _release_from_thread(
 class BlockingCall(AsyncBaseNode):
     """A node calling ``fn(state[input_key])`` in an ``Offloader`` and storing the result.
 
-    builder.add_node(BlockingCall(cpu, count_primes, input_key="n", output_key="primes"))
+    For example:
+
+        builder.add_node(BlockingCall(cpu, count_primes, input_key="n", output_key="primes"))
     """
 
     def __init__(

@@ -171,8 +171,10 @@ SQLQuery = LiteralString
 class PostgresPool:
     """Query helpers over one asyncpg pool per (event loop, DSN); see the module docstring.
 
-    db = PostgresPool(PostgresSettings(dsn=DSN), resources=resources)
-    await db.execute("INSERT INTO events(kind) VALUES ($1)", "login")
+    For example:
+
+        db = PostgresPool(PostgresSettings(dsn=DSN), resources=resources)
+        await db.execute("INSERT INTO events(kind) VALUES ($1)", "login")
     """
 
     _pools: ClassVar[
@@ -423,8 +425,10 @@ def _redacted(exc: BaseException, dsn: str) -> str:
 async def postgres_checkpointer(dsn: str) -> AsyncIterator[AsyncPostgresSaver]:
     """An ``AsyncPostgresSaver`` on ``dsn`` with its tables created; for ``compile(checkpointer=)``.
 
-    async with postgres_checkpointer(DSN) as saver:
-        graph = builder.compile(checkpointer=saver)
+    For example:
+
+        async with postgres_checkpointer(DSN) as saver:
+            graph = builder.compile(checkpointer=saver)
     """
     async with AsyncPostgresSaver.from_conn_string(dsn) as saver:
         await saver.setup()
@@ -434,8 +438,10 @@ async def postgres_checkpointer(dsn: str) -> AsyncIterator[AsyncPostgresSaver]:
 class QueryRows(AsyncBaseNode):
     """A node running one read query with arguments taken from the state.
 
-    builder.add_node(QueryRows(db, "SELECT name FROM users WHERE team = $1", ["team"]))
-    # {"team": "red"} -> {"rows": [{"name": ...}, ...]}
+    For example:
+
+        builder.add_node(QueryRows(db, "SELECT name FROM users WHERE team = $1", ["team"]))
+        # {"team": "red"} -> {"rows": [{"name": ...}, ...]}
     """
 
     def __init__(

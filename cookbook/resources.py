@@ -57,10 +57,12 @@ class ResourceClosedError(RuntimeError):
 class Resources:
     """Owns the pooled resources a graph's nodes use and the runs that use them.
 
-    async with Resources() as resources:
-        http = resources.add(HttpClient())
-        await resources.run(graph, {"url": "http://127.0.0.1:8080/json"})
-    # every added resource is closed here, last added first
+    For example:
+
+        async with Resources() as resources:
+            http = resources.add(HttpClient())
+            await resources.run(graph, {"url": "http://127.0.0.1:8080/json"})
+        # every added resource is closed here, last added first
     """
 
     __slots__ = ("_closed", "_draining", "_idle", "_resources", "_runs", "drain_timeout")
