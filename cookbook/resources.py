@@ -65,7 +65,7 @@ class Resources:
         # every added resource is closed here, last added first
     """
 
-    __slots__ = ("_closed", "_draining", "_idle", "_resources", "_runs", "drain_timeout")
+    __slots__ = ("_closed", "_draining", "_resources", "_runs", "drain_timeout")
 
     def __init__(self, *, drain_timeout: float = 30.0) -> None:
         if not isinstance(drain_timeout, int | float) or drain_timeout < 0:
@@ -75,7 +75,6 @@ class Resources:
         self.drain_timeout = float(drain_timeout)
         self._resources: list[Any] = []
         self._runs: dict[asyncio.Task[Any], RunControl] = {}
-        self._idle: asyncio.Event | None = None
         self._draining = False
         self._closed = False
 
@@ -115,9 +114,6 @@ class Resources:
         control = RunControl()
         task = asyncio.ensure_future(graph.ainvoke(input, config, control=control, **kwargs))
         self._runs[task] = control
-        if self._idle is None:
-            self._idle = asyncio.Event()
-        self._idle.clear()
         try:
             return await task
         except asyncio.CancelledError:
@@ -127,8 +123,6 @@ class Resources:
             raise GraphDrained(control.drain_reason or "cancelled by drain") from None
         finally:
             self._runs.pop(task, None)
-            if not self._runs:
-                self._idle.set()
 
     async def drain(self, grace: float | None = None, *, reason: str = "shutdown") -> int:
         """Stop new runs, let in-flight ones stop at a superstep boundary, cancel stragglers.
@@ -145,7 +139,9 @@ class Resources:
             return 0
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
-            self._runs[task].request_drain(f"{reason}: drain timed out after {timeout:g}s")
+            control = self._runs.get(task)
+            if control is not None:
+                control.request_drain(f"{reason}: drain timed out after {timeout:g}s")
             task.cancel()
         if pending:
             await asyncio.wait(pending)
