@@ -318,6 +318,7 @@ async def run_worker(
                     break
                 runs.create_task(run_one(job))
             # Stop taking jobs; the in-flight runs finish or stop at a superstep boundary.
+            await asyncio.sleep(0)  # let a just-created run register before the drain
             await resources.drain()
     finally:
         stopping.cancel()
