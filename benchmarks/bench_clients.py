@@ -11,8 +11,10 @@ rounds, the same work done three ways and prints medians as ratios:
     pg_pooled_vs_per_query=      QueryRows on a PostgresPool / asyncpg.connect per query
     pg_pooled_vs_raw=            QueryRows on a PostgresPool / a bare asyncpg pool
 
-Targets: >= 3, >= 0.9, >= 10, >= 0.9. The machine is shared and noisy: ratios of
-interleaved rounds are what to read, not the absolute rates.
+Targets: >= 3, >= 0.9, >= 10, >= 0.9. The machine is shared and noisy: each ratio is
+the median of per-round ratios of A-B / B-A paired rounds (so it need not equal the
+ratio of the median rates printed beside it); read the ratios, not the absolute rates.
+BENCH_ROUNDS (default 6) and BENCH_LOOP (asyncio or uvloop) tune a run.
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ from tests.pg_server import PostgresServer, free_port  # noqa: E402
 
 HTTP_REQUESTS, HTTP_CONCURRENCY = 2000, 50
 PG_QUERIES, PG_CONCURRENCY = 2000, 20
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
 # Pooled vs bare library: ~0.3 s blocks and a ratio near 1, so more rounds to beat the noise.
 FAST_ROUNDS = 3 * ROUNDS
-LOOP = os.environ.get("BENCH_LOOP", "uvloop")  # or "asyncio"
+LOOP = os.environ.get("BENCH_LOOP", "asyncio")  # or "uvloop"
 
 
 async def compare(
@@ -199,7 +201,7 @@ async def bench_pg(dsn: str) -> dict[str, float]:
 
 
 def run(main: Awaitable[dict[str, float]]) -> dict[str, float]:
-    """Run on uvloop (as a production worker would), or plain asyncio with BENCH_LOOP=asyncio."""
+    """Run on the default asyncio loop, or on uvloop with BENCH_LOOP=uvloop."""
     loop_factory = None
     if LOOP == "uvloop":
         import uvloop
