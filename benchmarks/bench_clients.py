@@ -187,7 +187,7 @@ async def bench_pg(dsn: str) -> dict[str, float]:
     # connect-per-query is ~30x slower: PG_QUERIES / ROUNDS per round keeps the run short
     # and still makes PG_QUERIES connect-per-query SELECTs in all.
     vs_naive, _, naive_qps = await compare(
-        pooled_call, per_query, (PG_QUERIES, PG_QUERIES // ROUNDS), PG_CONCURRENCY
+        pooled_call, per_query, (PG_QUERIES, -(-PG_QUERIES // ROUNDS)), PG_CONCURRENCY
     )
     await raw_pool.close()
     await db.aclose()
