@@ -72,7 +72,7 @@ class HttpSettings:
     timeout: float = 30.0
     """Seconds for a whole request, body included."""
     connect_timeout: float | None = 10.0
-    """Seconds to get a connection (from the pool or a new one)."""
+    """Seconds to open a new TCP connection (waiting for a pooled one counts in ``timeout``)."""
     limit: int = 100
     """Most connections open at once (0: no limit)."""
     limit_per_host: int = 0
@@ -261,7 +261,11 @@ class HttpClient:
         return aiohttp.ClientSession(
             base_url=settings.base_url,
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=settings.timeout, connect=settings.connect_timeout),
+            # sock_connect, not connect: aiohttp arms a connect timer on every request,
+            # even one served by a pooled connection; this one only times new sockets.
+            timeout=aiohttp.ClientTimeout(
+                total=settings.timeout, sock_connect=settings.connect_timeout
+            ),
             headers=dict(settings.headers),
             raise_for_status=False,
         )
@@ -358,7 +362,7 @@ class HttpClient:
         kwargs: dict[str, Any] = {}
         if request_timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(
-                total=request_timeout, connect=self.settings.connect_timeout
+                total=request_timeout, sock_connect=self.settings.connect_timeout
             )
         async with session.request(
             method, url, params=params, json=json, data=data, headers=headers, **kwargs
