@@ -102,16 +102,18 @@ async def test_errors_propagate() -> None:
 async def test_cancellation_keeps_the_bound_and_skips_unstarted_calls() -> None:
     pool = Offloader(OffloadSettings(max_workers=1))
     gate = threading.Event()
+    entered = threading.Event()
     ran: list[str] = []
 
     def blocking(tag: str) -> str:
         ran.append(tag)
+        entered.set()
         gate.wait(5)
         return tag
 
     before = len(asyncio.all_tasks())
     running = asyncio.create_task(pool.run(blocking, "first"))
-    await asyncio.sleep(0.1)
+    assert await asyncio.to_thread(entered.wait, 5)  # "first" runs in the worker now
     queued = asyncio.create_task(pool.run(blocking, "second"))
     await asyncio.sleep(0.05)
     running.cancel()
