@@ -202,7 +202,8 @@ class HttpClient:
     _sessions: ClassVar[
         dict[tuple[asyncio.AbstractEventLoop, HttpSettings], aiohttp.ClientSession]
     ] = {}
-    _disarms: ClassVar[dict[int, Any]] = {}
+    # id(session) -> (cancel its loop-shutdown close, the creating client's name)
+    _disarms: ClassVar[dict[int, tuple[Any, str]]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     __slots__ = ("_recent", "name", "settings")
@@ -246,10 +247,11 @@ class HttpClient:
                 del self._sessions[stale]  # its loop ended without shutdown_asyncgens
             session = self._new_session()
             self._sessions[key] = session
-        self._disarms[id(session)] = close_at_loop_shutdown(
-            lambda: self._close_session(key, session)
-        )
-        record("pool_size", 1.0, name=self.name)
+        disarm = close_at_loop_shutdown(lambda: self._close_session(key, session))
+        self._disarms[id(session)] = (disarm, self.name)
+        record(
+            "pool_size", float(self.settings.limit), name=self.name
+        )  # a gauge: + now, - on close
         self._recent = (loop, session)
         return session
 
@@ -277,9 +279,11 @@ class HttpClient:
         with cls._lock:
             if cls._sessions.get(key) is session:
                 del cls._sessions[key]
-        disarm = cls._disarms.pop(id(session), None)
-        if disarm is not None:
+        owner = cls._disarms.pop(id(session), None)
+        if owner is not None:
+            disarm, name = owner
             disarm()
+            record("pool_size", -float(key[1].limit), name=name)
         await session.close()
 
     async def aclose(self) -> None:

@@ -121,6 +121,7 @@ class Offloader:
                         settings.max_workers,
                         mp_context=multiprocessing.get_context(settings.start_method),
                     )
+                record("pool_size", float(settings.max_workers), name=settings.name)  # a gauge
             return self._executor
 
     async def run(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -151,6 +152,7 @@ class Offloader:
         with self._guard:
             executor, self._executor = self._executor, None
         if executor is not None:
+            record("pool_size", -float(self.settings.max_workers), name=self.settings.name)
             # shutdown(wait=True) blocks: wait in a helper thread, not on the loop.
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
@@ -159,6 +161,7 @@ class Offloader:
         with self._guard:
             executor, self._executor = self._executor, None
         if executor is not None:
+            record("pool_size", -float(self.settings.max_workers), name=self.settings.name)
             executor.shutdown(wait=True, cancel_futures=True)
 
     def __repr__(self) -> str:

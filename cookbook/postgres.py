@@ -244,7 +244,7 @@ class PostgresPool:
                 pool = await self._create(key[1])
                 self._pools[key] = pool
                 self._disarms[id(pool)] = close_at_loop_shutdown(lambda: self._close(key, pool))
-                record("pool_size", float(self.settings.max_size), name=self.name)
+                record("pool_size", float(self.settings.max_size), name=self.name)  # a gauge
         self._recent = (loop, dsn, pool)
         return pool
 
@@ -276,6 +276,7 @@ class PostgresPool:
         disarm = self._disarms.pop(id(pool), None)
         if disarm is not None:
             disarm()
+            record("pool_size", -float(key[2].max_size), name=self.name)
         try:
             await asyncio.wait_for(pool.close(), self.settings.acquire_timeout)
         except TimeoutError:
@@ -290,42 +291,50 @@ class PostgresPool:
 
     async def _acquire(self, pool: asyncpg.Pool, dsn: str) -> asyncpg.Connection:
         key = id(pool)
-        if self._lent.get(key, 0) < self.settings.max_size:
-            # A connection is free, so acquire() will not wait for a release: skip the
-            # timer (a fresh connect is still bounded by connect_timeout).
-            try:
-                idle: asyncpg.Connection = await pool.acquire()
-                self._lent[key] = self._lent.get(key, 0) + 1
-                return idle
-            except _CONNECTION_ERRORS as exc:
-                raise ConnectionLostError(
-                    f"{self.name}: cannot reach {redact_dsn(dsn)}: {type(exc).__name__}:"
-                    f" {_redacted(exc, dsn)}"
-                ) from None
-        record("pool_waits", 1.0, name=self.name)
+        lent = self._lent.get(key, 0)
+        # Count the connection as lent before awaiting, so a burst of callers cannot all
+        # see the same free slot.
+        self._lent[key] = lent + 1
         try:
+            if lent < self.settings.max_size:
+                # A connection is free, so acquire() will not wait for a release: skip
+                # the timer (opening a new connection is bounded by connect_timeout).
+                idle: asyncpg.Connection = await pool.acquire()
+                return idle
+            record("pool_waits", 1.0, name=self.name)
             # asyncio.timeout, not acquire(timeout=): no extra task per call.
             async with asyncio.timeout(self.settings.acquire_timeout) as deadline:
                 conn: asyncpg.Connection = await pool.acquire()
-                self._lent[key] = self._lent.get(key, 0) + 1
-        except (TimeoutError, *_CONNECTION_ERRORS) as exc:
-            if deadline.expired():
+                return conn
+        except BaseException as exc:
+            self._unlend(key)
+            if (
+                isinstance(exc, TimeoutError)
+                and lent >= self.settings.max_size
+                and deadline.expired()
+            ):
                 raise PoolExhaustedError(
                     f"{self.name}: no PostgreSQL connection free within acquire_timeout="
                     f"{self.settings.acquire_timeout:g}s (max_size={self.settings.max_size}, all"
                     " in use); raise max_size or acquire_timeout, or hold connections for less time"
                 ) from None
-            raise ConnectionLostError(
-                f"{self.name}: cannot reach {redact_dsn(dsn)}: {type(exc).__name__}:"
-                f" {_redacted(exc, dsn)}"
-            ) from None
-        return conn
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise ConnectionLostError(
+                    f"{self.name}: cannot reach {redact_dsn(dsn)}: {type(exc).__name__}:"
+                    f" {_redacted(exc, dsn)}"
+                ) from None
+            raise
 
     async def _release(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
         try:
             await pool.release(conn)
         finally:
-            self._lent[id(pool)] -= 1
+            self._unlend(id(pool))
+
+    def _unlend(self, key: int) -> None:
+        count = self._lent.get(key)
+        if count:  # absent once the pool was closed meanwhile
+            self._lent[key] = count - 1
 
     @asynccontextmanager
     async def connection(self, dsn: str | None = None) -> AsyncIterator[asyncpg.Connection]:

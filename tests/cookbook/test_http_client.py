@@ -27,6 +27,7 @@ from act_operator_lib.cookbook.retry import retry_call
 from langgraph.graph import StateGraph
 from langgraph.types import RetryPolicy
 
+from act_operator_lib import metrics
 from tests.http_server import HttpTestServer
 
 
@@ -225,6 +226,20 @@ async def test_cancelled_mid_flight_leaks_nothing(http_server: HttpTestServer) -
     )
     assert all(r["ok"] for r in replies)
     await client.aclose()
+
+
+async def test_metrics_count_requests_retries_and_pool_size(http_server: HttpTestServer) -> None:
+    with metrics.collecting():
+        client = HttpClient(HttpSettings(base_url=http_server.url, limit=7), name="metered")
+        await client.get_json("/json")
+        await client.get_json("/retry-after", params={"fails": 1, "key": "metered"})
+        during = metrics.snapshot()
+        await client.aclose()
+        after = metrics.snapshot()
+    assert during.value("http_requests", name="metered") == 3  # 1 + (429, then 200)
+    assert during.value("http_retries", name="metered") == 1
+    assert during.value("pool_size", name="metered") == 7  # a gauge: the open session's limit
+    assert after.value("pool_size", name="metered") == 0
 
 
 async def test_resources_close_the_session(http_server: HttpTestServer) -> None:

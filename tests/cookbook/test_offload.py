@@ -16,6 +16,8 @@ from act_operator_lib.cookbook.offload import BlockingCall, Offloader, OffloadSe
 from act_operator_lib.cookbook.resources import Resources
 from langgraph.graph import StateGraph
 
+from act_operator_lib import metrics
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
 
 
@@ -90,6 +92,18 @@ async def test_at_most_max_workers_run_at_once() -> None:
     assert gauge.peak == 3
     assert time.monotonic() - started >= 0.3  # 9 calls, 3 at a time
     await pool.aclose()
+
+
+async def test_metrics_pool_size_and_waits() -> None:
+    with metrics.collecting():
+        pool = Offloader(OffloadSettings(max_workers=2, name="metered-offload"))
+        await asyncio.gather(*(pool.run(time.sleep, 0.05) for _ in range(5)))
+        during = metrics.snapshot()
+        await pool.aclose()
+        after = metrics.snapshot()
+    assert during.value("pool_size", name="metered-offload") == 2
+    assert during.value("pool_waits", name="metered-offload") == 3  # 5 calls, 2 workers
+    assert after.value("pool_size", name="metered-offload") == 0
 
 
 async def test_errors_propagate() -> None:

@@ -32,6 +32,7 @@ from act_operator_lib.cookbook.resources import Resources
 from langgraph.graph import StateGraph
 from langgraph.types import RetryPolicy
 
+from act_operator_lib import metrics
 from tests.pg_server import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,6 +149,18 @@ async def test_one_pool_per_loop_and_dsn(pg_database: str) -> None:
     assert await PostgresPool(PostgresSettings(dsn=pg_database, max_size=4)).pool() is pool
     await db.aclose()
     assert pools_on_this_loop() == []
+
+
+async def test_metrics_pool_size_and_waits(pg_database: str) -> None:
+    with metrics.collecting():
+        db = PostgresPool(PostgresSettings(dsn=pg_database, max_size=2), name="metered-pg")
+        await asyncio.gather(*(db.fetchval("SELECT pg_sleep(0.05)") for _ in range(6)))
+        during = metrics.snapshot()
+        await db.aclose()
+        after = metrics.snapshot()
+    assert during.value("pool_size", name="metered-pg") == 2
+    assert during.value("pool_waits", name="metered-pg") >= 4  # 6 queries, 2 connections
+    assert after.value("pool_size", name="metered-pg") == 0
 
 
 async def test_statement_timeout(pg_database: str) -> None:
