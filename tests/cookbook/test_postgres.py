@@ -213,6 +213,19 @@ async def test_pool_exhaustion_is_a_clear_error_and_cancellation_releases(pg_dat
     await db.aclose()
 
 
+async def test_a_burst_beyond_the_pool_times_out_too(pg_database: str) -> None:
+    db = PostgresPool(PostgresSettings(dsn=pg_database, max_size=2, acquire_timeout=0.2))
+    started = time.monotonic()
+    outcomes = await asyncio.gather(
+        *(db.fetchval("SELECT pg_sleep(1)") for _ in range(5)), return_exceptions=True
+    )
+    exhausted = [o for o in outcomes if isinstance(o, PoolExhaustedError)]
+    assert len(exhausted) == 3  # two ran; the other three waited 0.2 s, not for a slot
+    assert outcomes[:2] == [None, None]  # pg_sleep returns void: None
+    assert time.monotonic() - started < 3
+    await db.aclose()
+
+
 async def test_restart_mid_run_recovers_and_loses_no_committed_write(
     pg_server: PostgresServer, pg_database: str
 ) -> None:
