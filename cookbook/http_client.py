@@ -474,13 +474,13 @@ class FetchJSON(AsyncBaseNode):
             raise TypeError(f"FetchJSON client must be an HttpClient, got {type(client).__name__}")
         self.client = client
         self.settings = settings or FetchSettings()
+        self._params = dict(self.settings.params) or None
 
     async def execute(self, state: Mapping[str, Any]) -> dict[str, Any]:
         url = state[self.settings.url_key]
         if self.verbose:  # safe_url parses the URL: only pay for it when logging
             self.log("GET", url=safe_url(url))
-        params = dict(self.settings.params) or None
-        return {self.settings.output_key: await self.client.get_json(url, params=params)}
+        return {self.settings.output_key: await self.client.get_json(url, params=self._params)}
 
 
 if __name__ == "__main__":
