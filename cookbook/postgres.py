@@ -496,7 +496,7 @@ if __name__ == "__main__":
 
     @contextmanager
     def temporary_postgres() -> Any:
-        """DATABASE_URL if set, else a throwaway local server (initdb + pg_ctl on PATH)."""
+        """DATABASE_URL if set, else a throwaway local server (initdb + pg_ctl)."""
         if os.environ.get("DATABASE_URL"):
             yield os.environ["DATABASE_URL"]
             return
@@ -520,13 +520,15 @@ if __name__ == "__main__":
                 raise SystemExit(f"{tool} not found: install PostgreSQL or set DATABASE_URL")
             subprocess.run([*as_user, str(found), *args], check=True, capture_output=True)
 
-        run("initdb", "-D", str(data), "-U", "example", "--auth=trust", "--no-sync")
-        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        run("pg_ctl", "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start")
         try:
-            yield f"postgresql://example@127.0.0.1:{port}/postgres"
+            run("initdb", "-D", str(data), "-U", "example", "--auth=trust", "--no-sync")
+            opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+            run("pg_ctl", "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start")
+            try:
+                yield f"postgresql://example@127.0.0.1:{port}/postgres"
+            finally:
+                run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
         finally:
-            run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
             shutil.rmtree(root, ignore_errors=True)
 
     class State(TypedDict, total=False):
