@@ -66,9 +66,13 @@ class PostgresServer:
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.running = False
-        if self._as_root:
-            shutil.chown(self.root, "postgres", "postgres")
-        self._initdb()
+        try:
+            if self._as_root:
+                shutil.chown(self.root, "postgres", "postgres")
+            self._initdb()
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     @property
     def dsn(self) -> str:
@@ -161,7 +165,11 @@ class PostgresServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
