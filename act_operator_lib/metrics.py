@@ -35,7 +35,7 @@ import threading
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
@@ -151,19 +151,23 @@ def _stats_for(node: Any, config: RunnableConfig | None) -> _NodeStats:
     return stats
 
 
+def _begin(node: Any) -> tuple[_NodeStats, Token[object], float]:
+    """Count a call of ``node`` as started; the caller passes the result to ``_end``."""
+    config = var_child_runnable_config.get()
+    stats = _stats_for(node, config)
+    with stats.lock:
+        stats.calls += 1
+        stats.in_flight += 1
+    return stats, _serving.set(config), perf_counter()
+
+
 def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a node class's generated ``__call__``, exposing the very same signature."""
     call: Callable[..., Any]
     if inspect.iscoroutinefunction(plain):
 
         async def acall(self: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
-            config = var_child_runnable_config.get()
-            stats = _stats_for(self, config)
-            with stats.lock:
-                stats.calls += 1
-                stats.in_flight += 1
-            serving = _serving.set(config)
-            start = perf_counter()
+            stats, serving, start = _begin(self)
             try:
                 result = await plain(self, state, *args, **kwargs)
             except BaseException as error:
@@ -171,25 +175,14 @@ def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             finally:
                 _serving.reset(serving)
-            seconds = perf_counter() - start
-            with stats.lock:  # finished(seconds), inlined: this is the hot path
-                stats.in_flight -= 1
-                stats.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-                stats.total += seconds
-                stats.recent.append(seconds)
+            stats.finished(perf_counter() - start)
             return result
 
         call = acall
     else:
 
         def call(self: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
-            config = var_child_runnable_config.get()
-            stats = _stats_for(self, config)
-            with stats.lock:
-                stats.calls += 1
-                stats.in_flight += 1
-            serving = _serving.set(config)
-            start = perf_counter()
+            stats, serving, start = _begin(self)
             try:
                 result = plain(self, state, *args, **kwargs)
             except BaseException as error:
@@ -197,12 +190,7 @@ def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             finally:
                 _serving.reset(serving)
-            seconds = perf_counter() - start
-            with stats.lock:  # finished(seconds), inlined: this is the hot path
-                stats.in_flight -= 1
-                stats.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-                stats.total += seconds
-                stats.recent.append(seconds)
+            stats.finished(perf_counter() - start)
             return result
 
     # LangGraph decides what to inject from these: keep them identical to the plain call.
