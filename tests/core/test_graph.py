@@ -499,3 +499,24 @@ def test_log_writes_only_when_verbose(caplog: pytest.LogCaptureFixture) -> None:
     Chatty(verbose=True)({"n": 2})
     assert [r.getMessage() for r in caplog.records] == ["[Chatty] working n=2"]
     assert caplog.records[0].node == "Chatty"  # type: ignore[attr-defined]
+
+
+def test_nothing_is_inspected_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+    import typing
+
+    graph = _chain(SyncConfig(), SyncRuntime(), SyncBothReversed(), checkpointer=InMemorySaver())
+    node = Received()
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("inspected during a call")
+
+    config: RunnableConfig = {"configurable": {"thread_id": "t1"}}
+    graph.invoke({"n": 0}, config, context={"user": "ada"})  # LangGraph caches its own on first run
+    # From then on, calls never inspect signatures or hints.
+    monkeypatch.setattr(inspect, "signature", refuse)
+    monkeypatch.setattr(typing, "get_type_hints", refuse)
+    config = {"configurable": {"thread_id": "t2"}}
+    seen = graph.invoke({"n": 0}, config, context={"user": "ada"})["seen"]
+    assert seen == [line.replace("=t1", "=t2") for line in EXPECTED_SEEN[1:8]]
+    assert node({"n": 0}) == {"config": None, "runtime": None}
