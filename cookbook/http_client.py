@@ -60,6 +60,7 @@ __all__ = [
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _SECRET_PARAM = re.compile(r"(token|key|secret|password|passwd|pwd|auth|sig|signature)", re.I)
+_SECONDS = re.compile(r"[0-9]+(\.[0-9]+)?")
 _SNIPPET = 200
 
 
@@ -148,7 +149,8 @@ class HTTPStatusError(Exception):
 
 
 class HTTPContentError(ValueError):
-    """A 2xx answer whose body could not be used (invalid JSON, or larger than ``max_body``)."""
+    """A 2xx answer whose body could not be used: undecodable text, invalid JSON, or larger
+    than ``max_body``."""
 
     def __init__(self, message: str, method: str, url: str) -> None:
         self.method = method
@@ -180,7 +182,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit() or re.fullmatch(r"\d+(\.\d+)?", value):
+    if _SECONDS.fullmatch(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -384,15 +386,22 @@ class HttpClient:
             body = await self._read_limited(response, method)
             if read == "bytes":
                 return body
-            text = body.decode(response.get_encoding())
+            # The declared charset, else UTF-8 (JSON's default). Not get_encoding(): it
+            # needs response.read()'s cached body, which a streamed read never sets.
+            encoding = response.charset or "utf-8"
+            try:
+                text = body.decode(encoding)
+            except (LookupError, UnicodeDecodeError) as exc:
+                raise HTTPContentError(
+                    f"body is not {encoding} text ({exc})", method, str(response.url)
+                ) from None
             if read == "text":
                 return text
             try:
                 return jsonlib.loads(text)
-            except ValueError as exc:
+            except jsonlib.JSONDecodeError as exc:
                 raise HTTPContentError(
-                    f"invalid JSON ({exc.msg} at {exc.pos if hasattr(exc, 'pos') else '?'}): "
-                    f"{text[:_SNIPPET]!r}",
+                    f"invalid JSON ({exc.msg} at {exc.pos}): {text[:_SNIPPET]!r}",
                     method,
                     str(response.url),
                 ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import subprocess
 import sys
 import time
@@ -205,6 +206,28 @@ async def test_malformed_json_and_large_body(http_server: HttpTestServer) -> Non
     with pytest.raises(HTTPContentError, match="exceeds max_body=1048576"):
         await client.bytes("GET", "/large", params={"size": 50 * 1024 * 1024})
     assert len(await client.bytes("GET", "/large", params={"size": 1000})) == 1000
+    await client.aclose()
+
+
+async def test_text_of_streamed_and_undecodable_bodies(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    # Chunked, no charset declared: decoded as UTF-8.
+    assert await client.text("GET", "/chunked", params={"n": 2}) == "chunk 0\nchunk 1\n"
+    # Bytes that are not UTF-8 are an unusable body, not a UnicodeDecodeError.
+    for read in ("text", "json"):
+        with pytest.raises(HTTPContentError, match=r"GET .*/bytes: body is not utf-8 text"):
+            await client.request("GET", "/bytes", read=read)
+    await client.aclose()
+
+
+async def test_retry_after_as_an_http_date(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    started = time.monotonic()
+    # Whole seconds only: a date 2 s ahead means a wait of more than 1 s.
+    after = email.utils.formatdate(time.time() + 2, usegmt=True)
+    reply = await client.get_json("/retry-after", params={"fails": 1, "after": after, "key": "d"})
+    assert reply == {"ok": True, "calls": 2}
+    assert 1.0 <= time.monotonic() - started < 5
     await client.aclose()
 
 
