@@ -147,21 +147,23 @@ class Offloader:
         work.add_done_callback(functools.partial(_release_from_thread, loop, slots))
         return await asyncio.wrap_future(work)
 
-    async def aclose(self) -> None:
-        """Shut the pool down: queued calls are dropped, running ones finish first."""
+    def _detach(self) -> concurrent.futures.Executor | None:
+        """Take the pool out of use (the next call starts a new one) and return it."""
         with self._guard:
             executor, self._executor = self._executor, None
         if executor is not None:
             record("pool_size", -float(self.settings.max_workers), name=self.settings.name)
+        return executor
+
+    async def aclose(self) -> None:
+        """Shut the pool down: queued calls are dropped, running ones finish first."""
+        if executor := self._detach():
             # shutdown(wait=True) blocks: wait in a helper thread, not on the loop.
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     def close(self) -> None:
         """``aclose()`` for sync code."""
-        with self._guard:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            record("pool_size", -float(self.settings.max_workers), name=self.settings.name)
+        if executor := self._detach():
             executor.shutdown(wait=True, cancel_futures=True)
 
     def __repr__(self) -> str:
