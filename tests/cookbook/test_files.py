@@ -18,6 +18,8 @@ from act_operator_lib.cookbook.files import FileSettings, FileStore, PathEscapeE
 from act_operator_lib.cookbook.resources import Resources
 from langgraph.graph import StateGraph
 
+from tests.helpers import run_example
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -243,13 +245,7 @@ async def test_resources_and_validation(tmp_path: Path) -> None:
 
 
 def test_example_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "act_operator_lib.cookbook.files"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = run_example("files")
     assert "written: 10 files" in out
     assert "transformed 7000 bytes: 'NOTE 3\\n'" in out
     assert "refused: file path '../outside.txt' leads outside" in out

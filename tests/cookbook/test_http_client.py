@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import subprocess
-import sys
 import time
 from typing import Any, TypedDict
 
@@ -29,6 +27,7 @@ from langgraph.graph import StateGraph
 from langgraph.types import RetryPolicy
 
 from act_operator_lib import metrics
+from tests.helpers import run_example
 from tests.http_server import HttpTestServer
 
 
@@ -316,12 +315,6 @@ def test_invalid_arguments() -> None:
 
 
 def test_example_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "act_operator_lib.cookbook.http_client"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = run_example("http_client")
     assert "response: {'hello': 'world', 'path': '/hello'}" in out
     assert "returned 404" in out

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-import subprocess
-import sys
 import threading
 import time
 from typing import Any, TypedDict
@@ -17,6 +15,7 @@ from act_operator_lib.cookbook.resources import Resources
 from langgraph.graph import StateGraph
 
 from act_operator_lib import metrics
+from tests.helpers import run_example
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
 
@@ -190,12 +189,6 @@ def test_invalid_settings() -> None:
 
 
 def test_example_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "act_operator_lib.cookbook.offload"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=90,
-    ).stdout
+    out = run_example("offload", timeout=90)
     assert "thread digest: req-42:2cf24dba5fb0" in out
     assert "primes below 20000: 2262" in out

@@ -33,6 +33,7 @@ from langgraph.graph import StateGraph
 from langgraph.types import RetryPolicy
 
 from act_operator_lib import metrics
+from tests.helpers import run_example
 from tests.pg_server import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -457,13 +458,6 @@ def test_killed_graph_process_resumes_from_checkpoint(pg_database: str, tmp_path
 
 def test_example_runs() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    out = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "act_operator_lib.cookbook.postgres"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=90,
-        env=env,
-    ).stdout
+    out = run_example("postgres", timeout=90, env=env)
     assert "red: ['ada', 'cy']" in out
     assert "blue: ['bob']" in out

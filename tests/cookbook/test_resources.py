@@ -27,6 +27,7 @@ from langgraph.errors import GraphDrained
 from langgraph.graph import StateGraph
 
 from act_operator_lib.base_node import AsyncBaseNode
+from tests.helpers import run_example
 from tests.http_server import HttpTestServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -306,13 +307,7 @@ def test_worker_drains_and_exits_cleanly_on_signal(
 
 
 def test_example_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "act_operator_lib.cookbook.resources"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = run_example("resources")
     assert "run stopped: Graph drained: shutdown" in out
     assert "completed steps: ['a', 'b'], next: ['c']" in out
     assert "resumed to the end: ['a', 'b', 'c']" in out
