@@ -16,7 +16,9 @@ from act_operator_lib.cookbook.stream_pipeline import (
     run_pipeline,
 )
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
+from langgraph.types import TimeoutPolicy
 
 from tests.helpers import other_tasks_after
 
@@ -215,6 +217,29 @@ async def test_a_consumer_cancelled_by_its_own_timeout_surfaces_as_timeout() -> 
     with pytest.raises(TimeoutError):
         await build(StreamPipelineNode(numbers, slow)).ainvoke({"upto": 10})
     assert await other_tasks_after(before) == set()
+
+
+async def test_each_streamed_result_is_progress_for_langgraphs_idle_timeout() -> None:
+    async def slow(n: int) -> int:
+        await asyncio.sleep(0.1)
+        return n
+
+    async def slow_and_silent(n: int) -> None:
+        await asyncio.sleep(0.1)
+
+    def build_with_idle_timeout(consume: Any) -> Any:
+        builder = StateGraph(State)
+        node = StreamPipelineNode(numbers, consume, PipelinePolicy(progress_every=0))
+        builder.add_node(node, timeout=TimeoutPolicy(idle_timeout=0.35))
+        builder.add_edge(START, node.name)
+        return builder.compile()
+
+    # Eight results 0.1 s apart: 0.8 s in all, longer than the idle timeout, but never idle.
+    assert await build_with_idle_timeout(slow).ainvoke({"upto": 8}) == {"upto": 8, "processed": 8}
+    # The same work streaming nothing makes no observable progress, so the timeout trips.
+    with pytest.raises(NodeTimeoutError) as caught:
+        await build_with_idle_timeout(slow_and_silent).ainvoke({"upto": 8})
+    assert caught.value.kind == "idle"
 
 
 async def test_a_consumer_whose_awaited_future_is_cancelled_fails_instead_of_hanging() -> None:
