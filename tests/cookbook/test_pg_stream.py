@@ -19,7 +19,9 @@ from act_operator_lib.cookbook.pg_stream import (
 )
 from act_operator_lib.cookbook.postgres import PostgresPool, PostgresSettings
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
+from langgraph.types import TimeoutPolicy
 
 from tests.helpers import other_tasks_after
 
@@ -185,6 +187,27 @@ async def test_cancelling_the_run_mid_fetch_returns_the_connection(db: PostgresP
     async with db.connection() as conn:  # the connection is usable, not stuck in the transaction
         assert await conn.fetchval("SELECT 1") == 1
         assert not conn.is_in_transaction()
+
+
+async def test_a_heartbeat_per_batch_bounds_the_time_between_batches(db: PostgresPool) -> None:
+    def build_with_idle_timeout(query: str) -> Any:
+        builder = StateGraph(State)
+        node = PgCursorStreamNode(db, query, policy=CursorStreamPolicy(batch_size=1))
+        builder.add_node(node, timeout=TimeoutPolicy(idle_timeout=0.35, refresh_on="heartbeat"))
+        builder.add_edge(START, node.name)
+        return builder.compile()
+
+    # Six one-row batches 0.1 s apart: 0.6 s in all, longer than the idle timeout, never idle.
+    steady = "SELECT i, pg_sleep(0.1) FROM generate_series(1, 6) AS i"
+    assert await build_with_idle_timeout(steady).ainvoke({"upto": 0}) == {
+        "upto": 0,
+        "rows_read": 6,
+    }
+    stalled = "SELECT i, CASE WHEN i = 3 THEN pg_sleep(2) END FROM generate_series(1, 6) AS i"
+    with pytest.raises(NodeTimeoutError) as caught:
+        await build_with_idle_timeout(stalled).ainvoke({"upto": 0})
+    assert caught.value.kind == "idle"
+    assert await all_connections_idle(db)
 
 
 async def test_the_dsn_can_come_from_the_runs_config(pg_database: str) -> None:
