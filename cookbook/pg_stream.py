@@ -229,16 +229,18 @@ if __name__ == "__main__":
         if as_user:
             shutil.chown(root, "postgres", "postgres")
         data, run = os.path.join(root, "data"), subprocess.run
-        run([*as_user, f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"],
-            check=True, capture_output=True)  # fmt: skip
-        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-o", options, "-l", f"{root}/log", "-w", "start"],
-            check=True, capture_output=True)  # fmt: skip
-        try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        try:  # the directory goes even when initdb or the start fails
+            run([*as_user, f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"],
+                check=True, capture_output=True)  # fmt: skip
+            options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+            run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-o", options, "-l", f"{root}/log", "-w", "start"],
+                check=True, capture_output=True)  # fmt: skip
+            try:
+                yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            finally:
+                run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
+                    capture_output=True)  # fmt: skip
         finally:
-            run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
-                capture_output=True)  # fmt: skip
             shutil.rmtree(root, ignore_errors=True)
 
     class State(TypedDict, total=False):
