@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import asyncpg
+import psycopg
 import pytest
 import uvloop
 from act_operator_lib.cookbook.postgres import (
@@ -275,6 +276,35 @@ async def test_restart_mid_run_recovers_and_loses_no_committed_write(
     # Idle pooled connections died with the server: the next read still succeeds.
     await asyncio.to_thread(pg_server.restart)
     assert await db.fetchval("SELECT count(*) FROM events") == 80
+    await db.aclose()
+
+
+def kill_backends(dsn: str, application_name: str) -> None:
+    """Terminate the server side of a pool's connections, blocking the event loop meanwhile
+    so the pool cannot notice before its next query."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        )
+    time.sleep(0.3)  # the backends exit; their sockets close unseen by the blocked loop
+
+
+async def test_a_dead_pooled_connection_retries_a_read_and_reports_a_write(
+    pg_database: str,
+) -> None:
+    with metrics.collecting():
+        db = PostgresPool(PostgresSettings(dsn=pg_database, max_size=1), name="doomed")
+        assert await db.fetchval("SELECT 1") == 1
+        kill_backends(pg_database, "doomed")
+        assert await db.fetchval("SELECT 2") == 2  # retried once on a new connection
+        assert metrics.snapshot().value("pg_read_retries", name="doomed") == 1
+
+        kill_backends(pg_database, "doomed")
+        with pytest.raises(ConnectionLostError, match="write; it may or may not have committed"):
+            await db.execute("CREATE TABLE t (x int)")
+        assert metrics.snapshot().value("pg_read_retries", name="doomed") == 1  # never retried
+        assert await db.fetchval("SELECT 3") == 3  # the pool recovered
     await db.aclose()
 
 
