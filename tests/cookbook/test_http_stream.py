@@ -20,6 +20,7 @@ from act_operator_lib.cookbook.http_stream import (
     stream_http,
 )
 from act_operator_lib.cookbook.stream_pipeline import StreamPipelineNode
+from aiohttp import web
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
@@ -141,6 +142,44 @@ async def test_stalled_stream_hits_langgraphs_idle_timeout_via_heartbeats(
         {"url": "/sse?n=6&delay=0.1"}
     )
     assert state["stream"] == {"items": 6, "last_event_id": "5"}
+
+
+async def test_keepalive_comments_keep_the_socket_busy_but_not_the_idle_timeout() -> None:
+    async def keepalives(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        await response.write(b'id: 0\nevent: tick\ndata: {"i": 0}\n\n')
+        for _ in range(200):  # then only comments, every 0.05 s: the socket is never silent
+            await response.write(b": keep-alive\n\n")
+            await asyncio.sleep(0.05)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/keepalives", keepalives)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    client = HttpClient(HttpSettings(base_url=f"http://127.0.0.1:{runner.addresses[0][1]}"))
+    try:
+        # The socket limit (0.2 s) never fires; LangGraph's heartbeat idle timeout does.
+        node = HttpStreamNode(client, HttpStreamPolicy(idle_timeout=0.2))
+        policy = TimeoutPolicy(idle_timeout=0.4, refresh_on="heartbeat")
+        graph = build(node, timeout=policy)
+        received: list[Any] = []
+
+        async def run() -> None:
+            async for chunk in graph.astream({"url": "/keepalives"}, stream_mode="custom"):
+                received.append(chunk)
+
+        with pytest.raises(NodeTimeoutError) as caught:
+            await run()
+        assert caught.value.kind == "idle"
+        assert received == [{"event": "tick", "id": "0", "data": '{"i": 0}'}]
+    finally:
+        await client.aclose()
+        await runner.cleanup()
 
 
 async def test_cancelling_the_run_mid_stream_releases_the_connection(
