@@ -127,6 +127,13 @@ class RateLimiter(BaseRateLimiter):
             self._last = bucket
             return bucket
 
+    def _check_tokens(self, tokens: int) -> None:
+        if not 1 <= tokens <= self.policy.capacity:
+            raise ValueError(
+                f"RateLimiter {self.name!r} tokens must be between 1 and capacity"
+                f" {self.policy.capacity}, got {tokens!r}"
+            )
+
     async def aacquire(self, *, blocking: bool = True, tokens: int = 1) -> bool:
         """Take ``tokens`` (default 1), waiting behind earlier callers; ``True`` once taken.
 
@@ -137,11 +144,8 @@ class RateLimiter(BaseRateLimiter):
         bucket = self._last
         if bucket is None or bucket.loop is not loop:
             bucket = self._bucket(loop)
-        if tokens != 1 and not 1 <= tokens <= self.policy.capacity:
-            raise ValueError(
-                f"RateLimiter {self.name!r} tokens must be between 1 and capacity"
-                f" {self.policy.capacity}, got {tokens!r}"
-            )
+        if tokens != 1:
+            self._check_tokens(tokens)
         now = loop.time()
         if not bucket.waiters:
             level = bucket.level + (now - bucket.updated) * self.policy.rate
@@ -167,7 +171,9 @@ class RateLimiter(BaseRateLimiter):
                 self._grant(bucket)
             else:
                 future.cancel()  # marks it skipped, if the cancel did not come through it
-                if bucket.waiters[0][0] is future:
+                # A _grant run between the cancel and now (a timer, a try_acquire) may have
+                # dropped it already, leaving the queue empty.
+                if bucket.waiters and bucket.waiters[0][0] is future:
                     self._grant(bucket)  # drops it and serves (or times) the new head
             raise
         record("rate_limiter_wait_seconds", loop.time() - now, name=self.name)
@@ -217,16 +223,12 @@ class RateLimiter(BaseRateLimiter):
 
     def try_acquire(self, tokens: int = 1) -> bool:
         """Take ``tokens`` only if they are free now on this loop and nobody is waiting."""
+        self._check_tokens(tokens)
         loop = asyncio.get_running_loop()
         bucket = self._last
         if bucket is None or bucket.loop is not loop:
             bucket = self._bucket(loop)
         self._grant(bucket)  # refills the bucket and serves anyone due first
-        if not 1 <= tokens <= self.policy.capacity:
-            raise ValueError(
-                f"RateLimiter {self.name!r} tokens must be between 1 and capacity"
-                f" {self.policy.capacity}, got {tokens!r}"
-            )
         if bucket.waiters or bucket.level < tokens:
             return False
         bucket.level -= tokens

@@ -84,6 +84,8 @@ async def test_misuse_names_what_was_wrong() -> None:
     limiter = RateLimiter(RateLimit(rate=10, capacity=2), name="api")
     with pytest.raises(ValueError, match="'api' tokens must be between 1 and capacity 2, got 3"):
         await limiter.aacquire(tokens=3)
+    with pytest.raises(ValueError, match="'api' tokens must be between 1 and capacity 2, got 0"):
+        limiter.try_acquire(tokens=0)
     with pytest.raises(ValueError, match="tokens must be between 1 and the limiter's capacity"):
         RateLimitedNode(stamp, limiter, tokens=5)
     name = unique("conflict")
@@ -166,6 +168,26 @@ async def test_a_waiter_cancelled_after_being_granted_gives_the_token_back() -> 
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert limiter.try_acquire()  # so the token is still there
+
+
+async def test_a_cancelled_waiter_already_dropped_from_the_queue_just_leaves() -> None:
+    limiter = RateLimiter(RateLimit(rate=1, capacity=1))
+    before = len(asyncio.all_tasks())
+    assert limiter.try_acquire()
+    waiter = asyncio.create_task(limiter.aacquire())
+    await asyncio.sleep(0)  # queued, alone
+    waiter.cancel()
+    # Before the waiter resumes, try_acquire drops its cancelled entry: the queue is empty.
+    assert not limiter.try_acquire()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert len(asyncio.all_tasks()) == before
+    second = asyncio.create_task(limiter.aacquire())
+    await asyncio.sleep(0)
+    assert not second.done()  # queued for the token due at 1 s, not served twice
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
 
 
 async def test_a_waiter_timed_out_by_asyncio_timeout_takes_no_token() -> None:
