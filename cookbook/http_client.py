@@ -338,9 +338,7 @@ class HttpClient:
                     raise
                 record("http_retries", 1.0, name=self.name)
                 await asyncio.sleep(wait)
-            except TimeoutError as exc:
-                if isinstance(exc, HTTPTimeoutError):
-                    raise
+            except TimeoutError as exc:  # aiohttp's, from ClientTimeout
                 raise HTTPTimeoutError(method, self._full_url(url, params), total) from exc
         raise AssertionError("unreachable")
 
