@@ -137,7 +137,9 @@ class FileStore:
         """The whole file (up to ``max_read_size``; stream bigger files with ``iter_chunks``)."""
         target = self.resolve(path)
         async with self._slot(), aiofiles.open(target, "rb") as f:
-            size = (await aiofiles.os.stat(target)).st_size
+            # fstat: the file actually opened (a rename may replace the path), and a
+            # plain syscall, not another trip through a worker thread.
+            size = os.fstat(f.fileno()).st_size
             if size > self.settings.max_read_size:
                 raise ValueError(
                     f"file {os.fspath(path)!r} is {size} bytes, above max_read_size="
