@@ -55,6 +55,11 @@ def _int(request: web.Request, key: str, default: int) -> int:
     return int(request.query.get(key, default))
 
 
+def _event(i: int) -> bytes:
+    """One Server-Sent Event: ``id``, ``event: tick`` and JSON data ``{"i": i}``."""
+    return f"id: {i}\nevent: tick\ndata: {json.dumps({'i': i})}\n\n".encode()
+
+
 def build_app(hits: Counter[str] | None = None) -> web.Application:
     """The application; ``hits`` (if given) counts requests per path."""
     counters: Counter[str] = Counter()
@@ -137,8 +142,7 @@ def build_app(hits: Counter[str] | None = None) -> web.Application:
         response.content_type = "text/event-stream"
         await response.prepare(request)
         for i in range(n):
-            data = json.dumps({"i": i})
-            await response.write(f"id: {i}\nevent: tick\ndata: {data}\n\n".encode())
+            await response.write(_event(i))
             if delay:
                 await asyncio.sleep(delay)
         await response.write_eof()
@@ -162,7 +166,7 @@ def build_app(hits: Counter[str] | None = None) -> web.Application:
         response.content_type = "text/event-stream"
         await response.prepare(request)
         for i in range(_int(request, "n", 2)):
-            await response.write(f"id: {i}\nevent: tick\ndata: {json.dumps({'i': i})}\n\n".encode())
+            await response.write(_event(i))
         await asyncio.sleep(0.01)
         assert request.transport is not None
         request.transport.abort()
@@ -173,7 +177,7 @@ def build_app(hits: Counter[str] | None = None) -> web.Application:
         response.enable_chunked_encoding()
         response.content_type = "text/event-stream"
         await response.prepare(request)
-        await response.write(b'id: 0\nevent: tick\ndata: {"i": 0}\n\n')
+        await response.write(_event(0))
         await asyncio.sleep(_float(request, "seconds", 60.0))
         await response.write_eof()
         return response
