@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -23,6 +21,8 @@ from act_operator_lib.cookbook.deadline import (
 )
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+
+from tests.helpers import run_example
 
 
 class State(TypedDict, total=False):
@@ -241,12 +241,6 @@ async def test_invalid_deadlines_are_rejected_naming_the_parameter() -> None:
 
 
 def test_the_recipe_example_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "act_operator_lib.cookbook.deadline"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = run_example("deadline")
     assert "'cancelled': ['slow'], 'partial': True" in out
     assert "'quick': 'quick answer about deadlines'" in out

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any, TypedDict
 
@@ -14,6 +12,8 @@ from act_operator_lib.cookbook.deadline import with_deadline
 from act_operator_lib.cookbook.fanout import FanoutNode, FanoutPolicy, ItemError, bounded_map
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+
+from tests.helpers import run_example
 
 
 class State(TypedDict, total=False):
@@ -289,13 +289,7 @@ async def test_a_missing_input_key_is_named() -> None:
 
 
 def test_the_recipe_example_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "act_operator_lib.cookbook.fanout"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = run_example("fanout")
     assert "first results: [0, 1, 4, 9, 16]" in out
     assert "item 13 timed out" in out
     assert "peak in flight 10" in out

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypedDict
 
@@ -14,6 +12,8 @@ from act_operator_lib.cookbook.deadline import with_deadline
 from act_operator_lib.cookbook.race import HedgedNode, HedgePolicy, RaceNode, hedged, race
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+
+from tests.helpers import run_example
 
 
 class State(TypedDict, total=False):
@@ -243,12 +243,6 @@ async def test_invalid_arguments_fail_naming_the_parameter() -> None:
 
 
 def test_the_recipe_example_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "act_operator_lib.cookbook.race"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = run_example("race")
     assert "race: 42 (fast mirror)" in out
     assert "hedged: 42 (attempt 2)" in out

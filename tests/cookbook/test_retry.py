@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections import Counter
 from typing import Any, TypedDict
 
@@ -19,6 +17,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import RetryPolicy
 
 from act_operator_lib import metrics
+from tests.helpers import run_example
 
 FAST = RetryPolicy(initial_interval=0.001, backoff_factor=2, max_attempts=4, jitter=False)
 
@@ -314,13 +313,7 @@ async def test_invalid_budgets_fail_naming_the_parameter() -> None:
 
 
 def test_the_recipe_example_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "act_operator_lib.cookbook.retry"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = run_example("retry")
     assert "forecast: sunny in Oslo after 3 calls" in out
     assert "expensive step ran 1 time(s)" in out
     assert "retry 'forecast' gave up after 3 attempt(s): max_attempts=3" in out
