@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,7 @@ async def bench_pg(dsn: str) -> dict[str, float]:
     }
 
 
-def run(main: Awaitable[dict[str, float]]) -> dict[str, float]:
+def run(main: Coroutine[Any, Any, dict[str, float]]) -> dict[str, float]:
     """Run on the default asyncio loop, or on uvloop with BENCH_LOOP=uvloop."""
     loop_factory = None
     if LOOP == "uvloop":
@@ -208,7 +208,7 @@ def run(main: Awaitable[dict[str, float]]) -> dict[str, float]:
 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(main)  # type: ignore[arg-type]
+        return runner.run(main)
 
 
 def main() -> None:
