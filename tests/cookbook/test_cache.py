@@ -175,6 +175,22 @@ async def test_direct_use_with_get_or_load() -> None:
     assert loads == 1
 
 
+async def test_invalidating_a_key_lets_its_load_in_flight_complete_and_be_cached() -> None:
+    cache: AsyncCache[int] = AsyncCache()
+    release = asyncio.Event()
+
+    async def load() -> int:
+        await release.wait()
+        return 7
+
+    caller = asyncio.create_task(cache.get_or_load("k", load))
+    await asyncio.sleep(0)  # the load is in flight
+    cache.invalidate("k")
+    release.set()
+    assert await caller == 7
+    assert cache.get("k") == 7
+
+
 def run_in_two_loops(runner_factory: Any) -> tuple[Weather, list[str]]:
     """One cache and graph, used from two separate event loops: the values carry over."""
     weather = Weather(delay=0.01)

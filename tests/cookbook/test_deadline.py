@@ -68,6 +68,18 @@ async def test_a_context_deadline_reaches_every_node() -> None:
     assert out["seen"] == [deadline, deadline]
 
 
+async def test_a_mapping_context_deadline_wins_over_the_configurable_one() -> None:
+    builder = StateGraph(State)  # no context_schema: the context is a plain mapping
+    builder.add_node("look", lambda state: {"seen": [current_deadline()]})
+    builder.add_edge(START, "look")
+    deadline = deadline_after(5.0)
+    config = with_deadline(60.0)
+    out = await builder.compile().ainvoke({"seen": []}, config, context={"deadline": deadline})
+    assert out["seen"] == [deadline]
+    out = await builder.compile().ainvoke({"seen": []}, config, context={"other": 1})
+    assert out["seen"] == [config["configurable"]["deadline"]]
+
+
 async def test_a_budget_is_anchored_once_per_run() -> None:
     graph = two_step_graph()
     before = time.monotonic()
