@@ -31,7 +31,7 @@ or the body is too big to hold.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -122,7 +122,7 @@ async def stream_http(
     format: Literal["sse", "lines"] = "sse",
     idle_timeout: float | None = 30.0,
     headers: Mapping[str, str] | None = None,
-) -> AsyncIterator[dict[str, str] | str]:
+) -> AsyncGenerator[dict[str, str] | str, None]:
     """Yield the Server-Sent Events (dicts) or lines (strs) of ``GET url`` as they arrive.
 
         async with aclosing(stream_http(http, "/events")) as events:

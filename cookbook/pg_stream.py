@@ -34,7 +34,7 @@ Keep a whole-node deadline in ``TimeoutPolicy(run_timeout=...)``; this node call
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +90,7 @@ async def stream_batches(
     *args: Any,
     batch_size: int = 1000,
     statement_timeout: float | None = None,
-) -> AsyncIterator[list[asyncpg.Record]]:
+) -> AsyncGenerator[list[asyncpg.Record], None]:
     """Yield ``query``'s rows in lists of up to ``batch_size``, from one read-only snapshot.
 
         async with pool.acquire() as conn:
