@@ -115,8 +115,8 @@ class AsyncCache(Generic[V]):
             f" in_flight={len(self._flights)})"
         )
 
-    def get(self, key: Hashable) -> V | None:
-        """The fresh value cached under ``key``, or ``None``."""
+    def _fresh(self, key: Hashable) -> _Entry | None:
+        """``key``'s entry, marked as just used, or ``None`` (an expired one is dropped)."""
         entry = self._values.get(key)
         if entry is None:
             return None
@@ -124,7 +124,12 @@ class AsyncCache(Generic[V]):
             del self._values[key]
             return None
         self._values.move_to_end(key)
-        return entry.value  # type: ignore[no-any-return]
+        return entry
+
+    def get(self, key: Hashable) -> V | None:
+        """The fresh value cached under ``key``, or ``None``."""
+        entry = self._fresh(key)
+        return None if entry is None else entry.value
 
     def set(self, key: Hashable, value: V) -> None:
         """Cache ``value`` under ``key``, dropping the least recently used beyond maxsize."""
@@ -142,13 +147,10 @@ class AsyncCache(Generic[V]):
     async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
         """The value for ``key``: cached, joined from a load in flight, or ``await load()``."""
         name = self.settings.name
-        entry = self._values.get(key)
+        entry = self._fresh(key)
         if entry is not None:
-            if entry.expires > time.monotonic():
-                self._values.move_to_end(key)
-                record("cache_hits", name=name)
-                return entry.value  # type: ignore[no-any-return]
-            del self._values[key]
+            record("cache_hits", name=name)
+            return entry.value  # type: ignore[no-any-return]
 
         loop = asyncio.get_running_loop()
         flight = self._flights.get(key)
