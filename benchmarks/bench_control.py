@@ -9,29 +9,19 @@ Runs ``_control_fanout.py`` (bounded fan-out against the ideal and against ``Sen
     fanout_vs_send=          FanoutNode time / one Send per item, max_concurrency=50 (target <= 0.75)
     rate_error_pct=          200 acquisitions/s over 5 s, 500 waiters              (target <= 2)
     limiter_vs_aiolimiter=   CPU per uncontended acquire / aiolimiter's            (target <= 1.0)
-
-A part whose module is missing is skipped, so the runner works while parts land.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
-from pathlib import Path
 
-PARTS = ("_control_fanout", "_control_rate")
+import _control_fanout
+import _control_rate
 
 
 def main() -> None:
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    for part in PARTS:
-        if importlib.util.find_spec(part) is None:
-            print(f"# {part}.py not found: skipped", flush=True)
-            continue
-        importlib.import_module(part).main()
+    for part in (_control_fanout, _control_rate):
+        part.main()
         sys.stdout.flush()
 
 
