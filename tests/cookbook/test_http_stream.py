@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -26,7 +24,7 @@ from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
 from langgraph.types import TimeoutPolicy
 
-from tests.helpers import other_tasks_after
+from tests.helpers import other_tasks_after, run_example
 from tests.http_server import HttpTestServer
 
 
@@ -247,12 +245,6 @@ def test_node_rejects_a_client_that_is_not_an_http_client() -> None:
 
 
 def test_example_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "act_operator_lib.cookbook.http_stream"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert "custom {'event': 'tick', 'id': '4', 'data': '{\"i\": 4}'}" in done.stdout
-    assert "'stream': {'items': 5, 'last_event_id': '4'}" in done.stdout
+    stdout = run_example("http_stream")
+    assert "custom {'event': 'tick', 'id': '4', 'data': '{\"i\": 4}'}" in stdout
+    assert "'stream': {'items': 5, 'last_event_id': '4'}" in stdout

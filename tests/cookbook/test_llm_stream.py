@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -25,7 +23,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import TimeoutPolicy
 
-from tests.helpers import other_tasks_after
+from tests.helpers import other_tasks_after, run_example
 
 
 class PacedChatModel(GenericFakeChatModel):
@@ -234,12 +232,6 @@ def test_node_rejects_a_model_that_is_not_a_chat_model() -> None:
 
 
 def test_example_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "act_operator_lib.cookbook.llm_stream"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert "custom stream: [Tokens][ ][stream]" in done.stdout
-    assert "final state: Tokens stream to the caller one by one." in done.stdout
+    stdout = run_example("llm_stream")
+    assert "custom stream: [Tokens][ ][stream]" in stdout
+    assert "final state: Tokens stream to the caller one by one." in stdout

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
@@ -23,7 +21,7 @@ from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
 from langgraph.types import TimeoutPolicy
 
-from tests.helpers import other_tasks_after
+from tests.helpers import other_tasks_after, run_example
 
 
 class State(TypedDict, total=False):
@@ -252,12 +250,5 @@ def test_node_rejects_bad_arguments() -> None:
 def test_example_runs_against_database_url(pg_database: str) -> None:
     # Without DATABASE_URL the example starts a throwaway cluster itself; the suite's own
     # server is quicker and exercises the same graph.
-    done = subprocess.run(
-        [sys.executable, "-m", "act_operator_lib.cookbook.pg_stream"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env={**os.environ, "DATABASE_URL": pg_database},
-    )
-    assert "values {'upto': 100000, 'rows_read': 100000}" in done.stdout
+    stdout = run_example("pg_stream", timeout=120, env={**os.environ, "DATABASE_URL": pg_database})
+    assert "values {'upto': 100000, 'rows_read': 100000}" in stdout

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
@@ -20,7 +18,7 @@ from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
 from langgraph.types import TimeoutPolicy
 
-from tests.helpers import other_tasks_after
+from tests.helpers import other_tasks_after, run_example
 
 
 class State(TypedDict, total=False):
@@ -347,12 +345,6 @@ def test_node_rejects_stages_that_are_not_callable() -> None:
 
 
 def test_example_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "act_operator_lib.cookbook.stream_pipeline"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert "custom {'node': 'StreamPipelineNode', 'processed': 1000000}" in done.stdout
-    assert "values {'upto': 1000000, 'processed': 1000000}" in done.stdout
+    stdout = run_example("stream_pipeline")
+    assert "custom {'node': 'StreamPipelineNode', 'processed': 1000000}" in stdout
+    assert "values {'upto': 1000000, 'processed': 1000000}" in stdout
