@@ -246,7 +246,8 @@ class HttpClient:
             if session is not None and not session.closed:
                 return session
             for stale in [k for k in self._sessions if k[0].is_closed()]:
-                del self._sessions[stale]  # its loop ended without shutdown_asyncgens
+                # Its loop ended without shutdown_asyncgens: forget the session.
+                self._disarms.pop(id(self._sessions.pop(stale)), None)
             session = self._new_session()
             self._sessions[key] = session
         disarm = close_at_loop_shutdown(lambda: self._close_session(key, session))

@@ -235,8 +235,12 @@ class PostgresPool:
             self._recent = (loop, dsn, pool)
             return pool
         with self._guard:
-            for stale in [k for k in self._pools if k[0].is_closed()]:
-                del self._pools[stale]  # its loop ended without shutdown_asyncgens
+            # Forget what a loop that ended without shutdown_asyncgens left behind.
+            for stale in [k for k in {*self._locks, *self._pools} if k[0].is_closed()]:
+                self._locks.pop(stale, None)
+                if (gone := self._pools.pop(stale, None)) is not None:
+                    self._disarms.pop(id(gone), None)
+                    self._lent.pop(id(gone), None)
             lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             pool = self._pools.get(key)

@@ -95,6 +95,26 @@ def test_several_asyncio_runs_and_uvloop(http_server: HttpTestServer) -> None:
     assert not any(lp.is_closed() for lp, _ in HttpClient._sessions)
 
 
+def test_a_loop_closed_without_shutdown_leaves_nothing_behind(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+
+    async def use_then_close_by_hand() -> int:
+        await client.get_json("/json")
+        session = client.session()
+        await session.close()  # closed, but not through HttpClient
+        return id(session)
+
+    loop = asyncio.new_event_loop()
+    session_id = loop.run_until_complete(use_then_close_by_hand())
+    loop.close()  # no shutdown_asyncgens: the loop-shutdown close never ran
+    assert any(lp is loop for lp, _ in HttpClient._sessions)
+    assert session_id in HttpClient._disarms
+    assert asyncio.run(client.get_json("/json"))["ok"] is True
+    # The next session creation forgot the dead loop's session and its bookkeeping.
+    assert not any(lp.is_closed() for lp, _ in HttpClient._sessions)
+    assert session_id not in HttpClient._disarms
+
+
 async def test_text_bytes_and_echo(http_server: HttpTestServer) -> None:
     client = HttpClient(HttpSettings(base_url=http_server.url))
     assert await client.text("GET", "/text") == "hello from the test server"

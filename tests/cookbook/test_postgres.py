@@ -361,6 +361,24 @@ def test_several_asyncio_runs_and_uvloop(pg_database: str) -> None:
     assert all(p.is_closing() for p in pools)  # each closed when its loop shut down
 
 
+def test_a_loop_closed_without_shutdown_leaves_nothing_behind(pg_database: str) -> None:
+    db = PostgresPool(PostgresSettings(dsn=pg_database, max_size=1))
+
+    async def use_then_close_by_hand() -> None:
+        assert await db.fetchval("SELECT 1") == 1
+        await (await db.pool()).close()  # closed, but not through PostgresPool
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(use_then_close_by_hand())
+    loop.close()  # no shutdown_asyncgens: the loop-shutdown close never ran
+    ids = {id(p) for (lp, _, _), p in PostgresPool._pools.items() if lp is loop}
+    assert ids
+    assert asyncio.run(db.fetchval("SELECT 2")) == 2
+    # The next pool creation forgot the dead loop's pool, lock and bookkeeping.
+    assert not any(key[0].is_closed() for key in {*PostgresPool._pools, *PostgresPool._locks})
+    assert not ids & {*PostgresPool._disarms, *PostgresPool._lent}
+
+
 async def test_resources_close_the_pool(pg_database: str) -> None:
     async with Resources() as resources:
         db = PostgresPool(PostgresSettings(dsn=pg_database), resources=resources)
