@@ -24,7 +24,7 @@ from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
 from langgraph.types import TimeoutPolicy
 
-from tests.helpers import other_tasks_after, run_example
+from tests.helpers import cancel_after_first_chunk, other_tasks_after, run_example
 from tests.http_server import HttpTestServer
 
 
@@ -184,18 +184,9 @@ async def test_cancelling_the_run_mid_stream_releases_the_connection(
     http: HttpClient,
 ) -> None:
     graph = build(HttpStreamNode(http))
-    first = asyncio.Event()
     before = asyncio.all_tasks()
-
-    async def consume() -> None:
-        async for _ in graph.astream({"url": "/sse?n=100&delay=0.05"}, stream_mode="custom"):
-            first.set()
-
-    run = asyncio.create_task(consume())
-    await asyncio.wait_for(first.wait(), 5)
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
+    stream = graph.astream({"url": "/sse?n=100&delay=0.05"}, stream_mode="custom")
+    assert await cancel_after_first_chunk(stream)
     assert await other_tasks_after(before) == set()
     connector = http.session().connector
     assert connector is not None

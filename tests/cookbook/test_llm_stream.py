@@ -23,7 +23,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import TimeoutPolicy
 
-from tests.helpers import other_tasks_after, run_example
+from tests.helpers import cancel_after_first_chunk, other_tasks_after, run_example
 
 
 class PacedChatModel(GenericFakeChatModel):
@@ -146,19 +146,8 @@ async def test_cancelling_the_run_mid_answer_closes_the_model_stream() -> None:
     model = PacedChatModel(messages=iter(["a b c d e f g h i j"]), delay=0.05)
     graph = build(LLMStreamNode(model))
     before = asyncio.all_tasks()
-    first = asyncio.Event()
-    received: list[str] = []
-
-    async def consume() -> None:
-        async for chunk in graph.astream({"messages": [HumanMessage("go")]}, stream_mode="custom"):
-            received.append(chunk)
-            first.set()
-
-    run = asyncio.create_task(consume())
-    await asyncio.wait_for(first.wait(), 5)
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
+    stream = graph.astream({"messages": [HumanMessage("go")]}, stream_mode="custom")
+    received = await cancel_after_first_chunk(stream)
     assert await other_tasks_after(before) == set()
     assert model.endings == ["cancelled"]
     assert 1 <= len(received) < 10

@@ -21,7 +21,7 @@ from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
 from langgraph.types import TimeoutPolicy
 
-from tests.helpers import other_tasks_after, run_example
+from tests.helpers import cancel_after_first_chunk, other_tasks_after, run_example
 
 
 class State(TypedDict, total=False):
@@ -168,18 +168,8 @@ async def test_statement_timeout_mid_cursor_fails_clearly_and_returns_the_connec
 async def test_cancelling_the_run_mid_fetch_returns_the_connection(db: PostgresPool) -> None:
     slow = "SELECT i, pg_sleep(0.05) FROM generate_series(1, 1000) AS i"
     graph = build(PgCursorStreamNode(db, slow, policy=CursorStreamPolicy(batch_size=2)))
-    first = asyncio.Event()
     before = asyncio.all_tasks()
-
-    async def consume() -> None:
-        async for _ in graph.astream({"upto": 0}, stream_mode="custom"):
-            first.set()
-
-    run = asyncio.create_task(consume())
-    await asyncio.wait_for(first.wait(), 10)
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
+    assert await cancel_after_first_chunk(graph.astream({"upto": 0}, stream_mode="custom"))
     assert await other_tasks_after(before) == set()
     assert await all_connections_idle(db)
     async with db.connection() as conn:  # the connection is usable, not stuck in the transaction
