@@ -157,14 +157,18 @@ def cookbook_add(
     force: Force = False,
 ) -> None:
     """Copy recipes, and the recipes they import, into <package>/cookbook/."""
-    from act_operator_lib._internal.cookbook_index import copy_recipes, needed_extras
-    from act_operator_lib._internal.cookbook_index import find_recipes as index
+    from act_operator_lib._internal.cookbook_index import (
+        copy_recipes,
+        find_recipes,
+        needed_extras,
+    )
     from act_operator_lib._internal.scaffold import find_project
 
     with _refusals():
         project = find_project(path)
-        copied, written = copy_recipes(project, recipes, force=force)
-        extras = needed_extras(index(), copied)
+        index = find_recipes()
+        copied, written = copy_recipes(project, recipes, force=force, recipes=index)
+        extras = needed_extras(index, copied)
     for file in written:
         typer.echo(f"wrote {file}")
     modules = ", ".join(f"{project.package}.cookbook.{name}" for name in copied)

@@ -176,13 +176,18 @@ def localise_imports(source: str) -> str:
 
 
 def copy_recipes(
-    project: Project, names: Iterable[str], *, force: bool = False
+    project: Project,
+    names: Iterable[str],
+    *,
+    force: bool = False,
+    recipes: Mapping[str, Recipe] | None = None,
 ) -> tuple[list[str], list[Path]]:
     """Copy recipes and their dependencies into ``<package>/cookbook/``.
 
-    Returns the recipes involved and the files written (identical copies are skipped).
+    ``recipes`` is the index to copy from (default: ``find_recipes()``). Returns the recipes
+    involved and the files written (identical copies are skipped).
     """
-    recipes = find_recipes()
+    recipes = find_recipes() if recipes is None else recipes
     closure = dependency_closure(recipes, names)
     package = Path("src") / project.package / "cookbook"
     files: dict[Path, bytes] = {}
