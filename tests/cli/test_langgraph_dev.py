@@ -19,8 +19,7 @@ async def test_langgraph_dev_streams_the_generated_graph(
     # package importable, as `pip install -e .` makes it for a user.
     monkeypatch.setenv("PYTHONPATH", str(generated_project / "src"))
     with serve(generated_project) as url:
-        client = get_client(url=url)
-        try:
+        async with get_client(url=url) as client:
             assistants = await client.assistants.search(graph_id="my_agent")
             assert [a["graph_id"] for a in assistants] == ["my_agent"]
             thread = await client.threads.create()
@@ -38,8 +37,6 @@ async def test_langgraph_dev_streams_the_generated_graph(
                 elif part.event == "updates":
                     updated.extend(part.data)
             state = await client.threads.get_state(thread["thread_id"])
-        finally:
-            await client.http.client.aclose()
 
     assert len(tokens) > 1
     assert updated == ["DraftPrompt", "StreamAnswer"]
