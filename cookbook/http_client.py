@@ -247,7 +247,7 @@ class HttpClient:
                 return session
             for stale in [k for k in self._sessions if k[0].is_closed()]:
                 # Its loop ended without shutdown_asyncgens: forget the session.
-                self._disarms.pop(id(self._sessions.pop(stale)), None)
+                self._forget(stale, self._sessions[stale])
             session = self._new_session()
             self._sessions[key] = session
         disarm = close_at_loop_shutdown(lambda: self._close_session(key, session))
@@ -276,17 +276,24 @@ class HttpClient:
         )
 
     @classmethod
-    async def _close_session(
+    def _forget(
         cls, key: tuple[asyncio.AbstractEventLoop, HttpSettings], session: aiohttp.ClientSession
     ) -> None:
-        with cls._lock:
-            if cls._sessions.get(key) is session:
-                del cls._sessions[key]
+        """Unregister ``session`` and cancel its loop-shutdown close; the caller holds the lock."""
+        if cls._sessions.get(key) is session:
+            del cls._sessions[key]
         owner = cls._disarms.pop(id(session), None)
         if owner is not None:
             disarm, name = owner
             disarm()
             record("pool_size", -float(key[1].limit), name=name)
+
+    @classmethod
+    async def _close_session(
+        cls, key: tuple[asyncio.AbstractEventLoop, HttpSettings], session: aiohttp.ClientSession
+    ) -> None:
+        with cls._lock:
+            cls._forget(key, session)
         await session.close()
 
     async def aclose(self) -> None:

@@ -237,10 +237,7 @@ class PostgresPool:
         with self._guard:
             # Forget what a loop that ended without shutdown_asyncgens left behind.
             for stale in [k for k in {*self._locks, *self._pools} if k[0].is_closed()]:
-                self._locks.pop(stale, None)
-                if (gone := self._pools.pop(stale, None)) is not None:
-                    self._disarms.pop(id(gone), None)
-                    self._lent.pop(id(gone), None)
+                self._forget(stale, self._pools.get(stale))
             lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             pool = self._pools.get(key)
@@ -271,16 +268,22 @@ class PostgresPool:
                 f" {_redacted(exc, dsn)}"
             ) from None
 
-    async def _close(self, key: tuple[Any, str, PostgresSettings], pool: asyncpg.Pool) -> None:
-        with self._guard:
-            if self._pools.get(key) is pool:
-                del self._pools[key]
-            self._locks.pop(key, None)
+    def _forget(self, key: tuple[Any, str, PostgresSettings], pool: asyncpg.Pool | None) -> None:
+        """Unregister ``pool`` and cancel its loop-shutdown close; the caller holds ``_guard``."""
+        self._locks.pop(key, None)
+        if pool is None:
+            return
+        if self._pools.get(key) is pool:
+            del self._pools[key]
         self._lent.pop(id(pool), None)
         disarm = self._disarms.pop(id(pool), None)
         if disarm is not None:
             disarm()
             record("pool_size", -float(key[2].max_size), name=self.name)
+
+    async def _close(self, key: tuple[Any, str, PostgresSettings], pool: asyncpg.Pool) -> None:
+        with self._guard:
+            self._forget(key, pool)
         try:
             await asyncio.wait_for(pool.close(), self.settings.acquire_timeout)
         except TimeoutError:

@@ -95,8 +95,9 @@ def test_several_asyncio_runs_and_uvloop(http_server: HttpTestServer) -> None:
     assert not any(lp.is_closed() for lp, _ in HttpClient._sessions)
 
 
+@metrics.collecting()
 def test_a_loop_closed_without_shutdown_leaves_nothing_behind(http_server: HttpTestServer) -> None:
-    client = HttpClient(HttpSettings(base_url=http_server.url))
+    client = HttpClient(HttpSettings(base_url=http_server.url, limit=9), name="forgotten")
 
     async def use_then_close_by_hand() -> int:
         await client.get_json("/json")
@@ -113,6 +114,7 @@ def test_a_loop_closed_without_shutdown_leaves_nothing_behind(http_server: HttpT
     # The next session creation forgot the dead loop's session and its bookkeeping.
     assert not any(lp.is_closed() for lp, _ in HttpClient._sessions)
     assert session_id not in HttpClient._disarms
+    assert metrics.snapshot().value("pool_size", name="forgotten") == 0  # both counted down
 
 
 async def test_text_bytes_and_echo(http_server: HttpTestServer) -> None:

@@ -361,8 +361,9 @@ def test_several_asyncio_runs_and_uvloop(pg_database: str) -> None:
     assert all(p.is_closing() for p in pools)  # each closed when its loop shut down
 
 
+@metrics.collecting()
 def test_a_loop_closed_without_shutdown_leaves_nothing_behind(pg_database: str) -> None:
-    db = PostgresPool(PostgresSettings(dsn=pg_database, max_size=1))
+    db = PostgresPool(PostgresSettings(dsn=pg_database, max_size=1), name="forgotten-pg")
 
     async def use_then_close_by_hand() -> None:
         assert await db.fetchval("SELECT 1") == 1
@@ -377,6 +378,7 @@ def test_a_loop_closed_without_shutdown_leaves_nothing_behind(pg_database: str) 
     # The next pool creation forgot the dead loop's pool, lock and bookkeeping.
     assert not any(key[0].is_closed() for key in {*PostgresPool._pools, *PostgresPool._locks})
     assert not ids & {*PostgresPool._disarms, *PostgresPool._lent}
+    assert metrics.snapshot().value("pool_size", name="forgotten-pg") == 0  # both counted down
 
 
 async def test_resources_close_the_pool(pg_database: str) -> None:
