@@ -198,6 +198,17 @@ async def test_a_heartbeat_per_batch_bounds_the_time_between_batches(db: Postgre
     assert await all_connections_idle(db)
 
 
+async def test_the_cursor_runs_in_a_read_only_transaction(db: PostgresPool) -> None:
+    async with db.connection() as conn:
+        await conn.execute("CREATE TABLE notes (body text)")
+    writes = "INSERT INTO notes VALUES ('written by a read') RETURNING body"
+    with pytest.raises(asyncpg.ReadOnlySQLTransactionError, match="read-only transaction"):
+        await build(PgCursorStreamNode(db, writes)).ainvoke({"upto": 0})
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM notes") == 0
+    assert await all_connections_idle(db)
+
+
 async def test_the_dsn_can_come_from_the_runs_config(pg_database: str) -> None:
     db = PostgresPool(PostgresSettings(max_size=1), name="dsn-from-config")
     try:
