@@ -150,8 +150,20 @@ def needed_extras(recipes: Mapping[str, Recipe], names: Iterable[str]) -> list[s
 
 
 def localise_imports(source: str) -> str:
-    """Rewrite absolute ``act_operator_lib.cookbook`` imports in ``source`` to relative ones."""
+    """Rewrite absolute ``act_operator_lib.cookbook`` imports in ``source`` to relative ones.
+
+    A plain ``import act_operator_lib.cookbook.x`` has no relative form: ScaffoldError.
+    """
     tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == _COOKBOOK or alias.name.startswith(f"{_COOKBOOK}."):
+                    raise ScaffoldError(
+                        f"line {node.lineno}: `import {alias.name}` cannot be made relative,"
+                        " so the copy would need the installed cookbook; write"
+                        " `from act_operator_lib.cookbook import ...` or a relative import"
+                    )
     lines = source.splitlines(keepends=True)
     # Edit from the end so earlier positions stay valid.
     edits = sorted(

@@ -17,6 +17,7 @@ from act_operator_lib._internal.cookbook_index import (
     localise_imports,
     needed_extras,
 )
+from act_operator_lib._internal.scaffold import ScaffoldError
 from act_operator_lib.cli import app
 from tests.cli.conftest import run, snapshot
 
@@ -123,6 +124,15 @@ def test_absolute_cookbook_imports_are_made_relative() -> None:
         "from .deadline import remaining\nfrom . import race\n"
         "from act_operator_lib.base_node import BaseNode\n"
     )
+
+
+def test_a_plain_import_of_a_recipe_is_refused_rather_than_copied_broken() -> None:
+    source = "import act_operator_lib.cookbook.deadline as deadline\n"
+
+    with pytest.raises(
+        ScaffoldError, match=r"line 1: `import act_operator_lib\.cookbook\.deadline`"
+    ):
+        localise_imports(source)
 
 
 def test_show_prints_the_source(runner: CliRunner) -> None:
