@@ -10,8 +10,9 @@ Tokens reach the caller twice, so each consumer picks what it needs: as message 
 called with the node's config) and as plain ``str`` text on ``stream_mode="custom"`` (through
 ``runtime.stream_writer``), which is what a UI printing text wants. The chunks are merged
 into one ``AIMessage`` that the node returns, so state ends up exactly as with ``ainvoke``.
-Cancelling the run mid-answer closes the model's stream (its HTTP response, for a real
-provider): the stream is consumed inside ``aclosing``.
+Cancelling the run mid-answer, or an error in the node between two tokens, closes the
+model's stream (its HTTP response, for a real provider) at once: the stream is consumed
+inside ``aclosing``.
 
 With no model the node uses langchain-core's ``GenericFakeChatModel`` (see
 ``fake_chat_model``), so the example and tests need no API key and no network.

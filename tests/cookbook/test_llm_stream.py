@@ -21,6 +21,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
+from langgraph.runtime import Runtime
 from langgraph.types import TimeoutPolicy
 
 from tests.helpers import cancel_after_first_chunk, other_tasks_after, run_example
@@ -151,6 +152,24 @@ async def test_cancelling_the_run_mid_answer_closes_the_model_stream() -> None:
     assert await other_tasks_after(before) == set()
     assert model.endings == ["cancelled"]
     assert 1 <= len(received) < 10
+
+
+async def test_an_error_between_tokens_closes_the_model_stream_at_once() -> None:
+    # A cancellation lands inside the model's stream; an error raised in the node between
+    # two tokens does not, and only aclosing closes the stream then, not garbage collection.
+    model = PacedChatModel(messages=iter(["a b c d e f"]), delay=0.01)
+    written: list[str] = []
+
+    def breaking_writer(text: str) -> None:
+        written.append(text)
+        if len(written) == 2:
+            raise RuntimeError("the caller's stream broke")
+
+    with pytest.raises(RuntimeError, match="the caller's stream broke"):
+        await LLMStreamNode(model)(
+            {"messages": [HumanMessage("go")]}, runtime=Runtime(stream_writer=breaking_writer)
+        )
+    assert model.endings == ["closed"]
 
 
 async def test_breaking_out_of_astream_closes_the_model_stream() -> None:
