@@ -107,6 +107,29 @@ async def test_handle_batch_sees_every_row_and_counts_only_events(db: PostgresPo
     ]
 
 
+async def test_a_failing_handle_batch_surfaces_and_returns_the_connection_rolled_back(
+    db: PostgresPool,
+) -> None:
+    async def index(rows: list[asyncpg.Record]) -> None:
+        if rows[0]["i"] > 100:
+            raise ValueError("the index is full")
+
+    node = PgCursorStreamNode(
+        db,
+        SERIES,
+        args=lambda state: (state["upto"],),
+        handle_batch=index,
+        policy=CursorStreamPolicy(batch_size=100),
+    )
+    with pytest.raises(ValueError, match="the index is full"):
+        await build(node).ainvoke({"upto": 1000})
+    assert await all_connections_idle(db)
+    pool = await db.pool()
+    async with pool.acquire() as conn:  # max_size=2: the same connections, none mid-transaction
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT count(*) FROM pg_cursors WHERE name <> ''") == 0
+
+
 async def test_memory_stays_bounded_over_a_large_result(db: PostgresPool) -> None:
     node = PgCursorStreamNode(
         db,
