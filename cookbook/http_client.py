@@ -329,11 +329,11 @@ class HttpClient:
         retry = method in IDEMPOTENT_METHODS if retry is None else retry
         attempts = self.settings.max_attempts if retry else 1
         total = request_timeout if request_timeout is not None else self.settings.timeout
-        session = self.session()
         for attempt in range(1, attempts + 1):
             try:
+                # Asked each attempt: a close() while waiting out Retry-After means a new one.
                 return await self._send(
-                    session, method, url, read, params, json, data, headers, request_timeout
+                    self.session(), method, url, read, params, json, data, headers, request_timeout
                 )
             except HTTPStatusError as exc:
                 wait = exc.retry_after

@@ -252,6 +252,18 @@ async def test_retry_after_as_an_http_date(http_server: HttpTestServer) -> None:
     await client.aclose()
 
 
+async def test_a_close_while_waiting_out_retry_after_does_not_break_the_retry(
+    http_server: HttpTestServer,
+) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    params = {"fails": 1, "after": "0.3", "key": "closed-mid-wait"}
+    call = asyncio.create_task(client.get_json("/retry-after", params=params))
+    await asyncio.sleep(0.15)  # the first answer was a 429: the call is waiting
+    await client.aclose()
+    assert await call == {"ok": True, "calls": 2}
+    await client.aclose()
+
+
 async def test_cancelled_mid_flight_leaks_nothing(http_server: HttpTestServer) -> None:
     client = HttpClient(HttpSettings(base_url=http_server.url, limit=2))
     graph = fetch_graph(client)
