@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import runpy
 from typing import Any, TypedDict
 
 import pytest
 import uvloop
-from act_operator_lib.cookbook import cache as cache_module
 from act_operator_lib.cookbook.cache import AsyncCache, CachedNode, CacheSettings
 from langgraph.graph import START, StateGraph
 
 from act_operator_lib import metrics
+from tests.helpers import run_example
 
 
 class Lookup(TypedDict, total=False):
@@ -216,9 +215,8 @@ def test_it_works_on_uvloop() -> None:
     assert weather.calls == ["Oslo"]
 
 
-def test_the_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    runpy.run_path(cache_module.__file__, run_name="__main__")
-    out = capsys.readouterr().out
+def test_the_example_runs() -> None:
+    out = run_example("cache")
     assert "7 runs, 3 service calls: ['Lima', 'Oslo', 'Pune']" in out
 
 

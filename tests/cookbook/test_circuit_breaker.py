@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
-import runpy
 import uuid
 from typing import Any, TypedDict
 
 import pytest
 import uvloop
-from act_operator_lib.cookbook import circuit_breaker as circuit_breaker_module
 from act_operator_lib.cookbook.circuit_breaker import (
     BreakerPolicy,
     CircuitBreaker,
@@ -24,6 +22,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.types import RetryPolicy
 
 from act_operator_lib import metrics
+from tests.helpers import run_example
 
 
 class Call(TypedDict, total=False):
@@ -292,9 +291,8 @@ def test_circuit_open_error_survives_pickling() -> None:
     assert isinstance(error, RuntimeError)
 
 
-def test_the_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    runpy.run_path(circuit_breaker_module.__file__, run_name="__main__")
-    out = capsys.readouterr().out
+def test_the_example_runs() -> None:
+    out = run_example("circuit_breaker")
     assert "order 2: circuit open, retry in" in out
     assert "order 3: charged (circuit closed)" in out
     assert "called 4 times for 5 orders" in out

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import runpy
 import time
 import uuid
 from typing import Annotated, Any, TypedDict
 
 import pytest
 import uvloop
-from act_operator_lib.cookbook import rate_limit as rate_limit_module
 from act_operator_lib.cookbook.rate_limit import (
     RateLimit,
     RateLimitedNode,
@@ -24,6 +22,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from act_operator_lib import metrics
+from tests.helpers import run_example
 
 # A timer may fire up to a clock tick early; never faster than the rate minus this.
 EARLY = 0.005
@@ -322,10 +321,8 @@ def test_a_sync_chat_model_is_rate_limited_too() -> None:
     assert not limiter.acquire(blocking=False)  # the sync bucket is empty right now
 
 
-def test_the_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    # run_path executes the file as __main__, as `python -m` does, without a new interpreter.
-    runpy.run_path(rate_limit_module.__file__, run_name="__main__")
-    out = capsys.readouterr().out
+def test_the_example_runs() -> None:
+    out = run_example("rate_limit")
     assert "12 rate-limited calls in" in out
     seconds = float(out.split(" in ")[1].split("s")[0])
     assert seconds >= 0.35 - EARLY
