@@ -46,15 +46,20 @@ def ensure_venv() -> Path:
     return python
 
 
-def ensure_postgres() -> None:
-    """The PostgreSQL tests start their own server; install its binaries where missing."""
-    if shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+def ensure_servers() -> None:
+    """The tests start their own PostgreSQL and Redis; install the server binaries where missing."""
+    missing = []
+    if not (shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb")):
+        missing.append("postgresql")
+    if not shutil.which("redis-server"):
+        missing.append("redis-server")
+    if not missing:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
         run("apt-get", "update", "-q")
-        run("apt-get", "install", "-y", "-q", "postgresql")
+        run("apt-get", "install", "-y", "-q", *missing)
     else:
-        sys.exit("PostgreSQL server binaries (initdb, pg_ctl, postgres) are needed: install them")
+        sys.exit(f"server binaries are needed for the tests: install the packages {missing}")
 
 
 def main() -> int:
@@ -71,7 +76,7 @@ def main() -> int:
             print(f"# {bench.name}", flush=True)
             run(python, bench)
         return 0
-    ensure_postgres()
+    ensure_servers()
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
     run(BIN / "mypy")

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-pytest_plugins = ["tests.pg_server", "tests.http_server"]
+pytest_plugins = ["tests.pg_server", "tests.http_server", "tests.redis_server"]
 
 
 @pytest.fixture(autouse=True)
