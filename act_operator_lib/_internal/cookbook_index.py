@@ -39,6 +39,7 @@ EXTRA_FOR_IMPORT: Mapping[str, str] = {
     "langgraph.checkpoint.postgres": "postgres",
     "aiofiles": "files",
     "prometheus_client": "metrics",
+    "redis": "redis",
 }
 """Which act-operator-lib extra installs a third-party import (dotted prefixes match)."""
 

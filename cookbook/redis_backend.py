@@ -1,0 +1,529 @@
+"""Redis as the shared state of rate limits, circuit breakers and caches across workers.
+
+    shared = RedisBackend("redis://127.0.0.1:6379/0")                  # one per process
+    limiter = rate_limiter("openai", RateLimit(rate=50, capacity=10), shared=shared)
+    breaker = circuit_breaker("search", BreakerPolicy(failure_threshold=5), shared=shared)
+    cache = AsyncCache(CacheSettings(ttl=300, name="geo"), shared=shared)
+
+Every worker process (LangGraph Server queue workers, several ``uvicorn`` processes, a process
+pool) that builds these with the same Redis and the same names shares one budget, one circuit
+and one cache. Each operation is one atomic server-side script (registered once, called by
+SHA), so no two processes ever read-modify-write the same state; time is Redis's own clock
+(``TIME`` inside the script), so the workers' clocks do not have to agree.
+
+What each costs per call: the rate limiter one round trip per acquire (plus one more only when
+a waiting caller is cancelled, to give its reservation back); the breaker one round trip before
+and one after a guarded call; the cache one ``GET`` per hit, and for a miss a lock, the load,
+and one write.
+
+When Redis is down or restarting, every call fails within ``timeout`` seconds with
+``RedisUnavailableError`` naming the server (its URL without credentials), or, with
+``fallback="local"``, the recipe logs a warning and uses its in-process state until Redis
+answers again. The client reconnects by itself after a restart; scripts are loaded again
+when the server lost them. Every key lives under ``prefix`` and expires, so a finished
+deployment leaves nothing behind.
+
+This module is the only one that imports ``redis`` (redis-py's asyncio client, the
+``redis`` extra); the recipes see only the small methods below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, NoReturn, cast
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from yarl import URL
+
+from .resources import close_at_loop_shutdown
+
+__all__ = ["BreakerTicket", "RedisBackend", "RedisUnavailableError"]
+
+logger = logging.getLogger("act_operator_lib.cookbook.redis_backend")
+
+
+class RedisUnavailableError(ConnectionError):
+    """Redis did not answer (down, restarting, unreachable or too slow).
+
+    A ``ConnectionError``: the retry recipe and ``RetryPolicy`` may retry it.
+    """
+
+    def __init__(self, url: str, error: BaseException) -> None:
+        super().__init__(f"Redis at {url} is unavailable: {type(error).__name__}: {error}")
+        self.url = url
+        """The server's URL, without credentials."""
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (``redis://user:***@host:port/db``)."""
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+# Microseconds: Lua numbers are doubles, exact for integers below 2**53 (~285 years in µs).
+_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+
+# GCRA (the generic cell rate algorithm): one stored number per bucket, the theoretical
+# arrival time (TAT) of the next token. A blocking acquire reserves its tokens at once and
+# returns how long to wait for them, so callers are served in the order they asked across all
+# processes, and a waiter never has to ask again.
+# KEYS[1] bucket; ARGV interval µs per token, burst µs (capacity * interval), tokens, blocking.
+# Returns µs to wait (0: go now), or -1 for a non-blocking refusal.
+_RESERVE = (
+    _NOW
+    + """
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + tonumber(ARGV[3]) * interval
+local wait = new_tat - tonumber(ARGV[2]) - now
+if wait < 0 then wait = 0 end
+if wait > 0 and ARGV[4] == '0' then return -1 end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return wait
+"""
+)
+
+# A cancelled waiter gives its tokens back: the TAT moves back by what it reserved.
+# KEYS[1] bucket; ARGV tokens * interval µs.
+_REFUND = (
+    _NOW
+    + """
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+tat = tat - tonumber(ARGV[1])
+if tat <= now then redis.call('DEL', KEYS[1]) return 0 end
+redis.call('SET', KEYS[1], tat, 'PX', math.ceil((tat - now) / 1000) + 1)
+return 0
+"""
+)
+
+# Circuit state in one hash: state, failures, opened_until, probes (in flight), probe_until.
+# KEYS[1] circuit; ARGV reset µs, half_open_probes, probe timeout µs, key ttl ms.
+# Returns {admitted 0/1, state, µs until a probe may pass, probe 0/1}.
+_BEFORE = (
+    _NOW
+    + """
+local h = redis.call('HMGET', KEYS[1], 'state', 'opened_until', 'probes', 'probe_until')
+local state = h[1] or 'closed'
+if state == 'closed' then return {1, 'closed', 0, 0} end
+local reset = tonumber(ARGV[1])
+if state == 'open' then
+  local opened_until = tonumber(h[2])
+  if now < opened_until then return {0, 'open', opened_until - now, 0} end
+  state = 'half_open'
+  h[3] = '0'
+end
+local probes = tonumber(h[3] or '0')
+if probes > 0 and now >= tonumber(h[4] or '0') then
+  -- a probe outlived its timeout: it counts as a failed probe, the circuit opens again
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_until', now + reset, 'probes', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {0, 'open', reset, 0}
+end
+if probes < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probes', probes + 1,
+             'probe_until', now + tonumber(ARGV[3]))
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {1, 'half_open', 0, 1}
+end
+local left = tonumber(h[4]) - now
+if left < 0 then left = 0 end
+return {0, 'half_open', left, 0}
+"""
+)
+
+# KEYS[1] circuit; ARGV outcome ('success', 'failure' or 'neutral'), probe 0/1, failure
+# threshold, reset µs, key ttl ms. Returns the state after the call.
+_AFTER = (
+    _NOW
+    + """
+local h = redis.call('HMGET', KEYS[1], 'state', 'failures', 'probes')
+local state = h[1] or 'closed'
+local probe = ARGV[2] == '1'
+if probe and state == 'half_open' then
+  local probes = tonumber(h[3] or '1') - 1
+  if probes < 0 then probes = 0 end
+  redis.call('HSET', KEYS[1], 'probes', probes)
+end
+if ARGV[1] == 'failure' then
+  if state == 'half_open' and probe then
+    redis.call('HSET', KEYS[1], 'state', 'open', 'opened_until', now + tonumber(ARGV[4]),
+               'probes', 0, 'failures', 0)
+    state = 'open'
+  elseif state == 'closed' then
+    local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+    if failures >= tonumber(ARGV[3]) then
+      redis.call('HSET', KEYS[1], 'state', 'open', 'opened_until', now + tonumber(ARGV[4]),
+                 'probes', 0, 'failures', 0)
+      state = 'open'
+    end
+  end
+elseif ARGV[1] == 'success' then
+  if state == 'half_open' and probe then
+    redis.call('DEL', KEYS[1])
+    return 'closed'
+  elseif state == 'closed' then
+    redis.call('HSET', KEYS[1], 'failures', 0)
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return state
+"""
+)
+
+# KEYS[1] circuit. Returns {state, µs until a probe may pass}: what a caller would meet now.
+_PEEK = (
+    _NOW
+    + """
+local h = redis.call('HMGET', KEYS[1], 'state', 'opened_until')
+local state = h[1] or 'closed'
+if state == 'open' then
+  local left = tonumber(h[2]) - now
+  if left <= 0 then return {'half_open', 0} end
+  return {'open', left}
+end
+return {state, 0}
+"""
+)
+
+# Releases a cache load lock only if this loader still holds it. KEYS[1] lock; ARGV token.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Stores a loaded value and releases the loader's lock in one step.
+# KEYS[1] value, KEYS[2] lock; ARGV value, ttl ms (0: no expiry), token.
+_STORE = """
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+
+_State = Literal["closed", "open", "half_open"]
+
+
+class _LoopClient(NamedTuple):
+    client: redis.asyncio.Redis
+    scripts: dict[str, Any]
+    disarm: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerTicket:
+    """What ``breaker_before`` decided: admitted or not, the state met, and when to come back."""
+
+    admitted: bool
+    state: _State
+    retry_after: float
+    probe: bool
+
+
+class RedisBackend:
+    """One Redis server shared by the recipes of every worker process.
+
+        shared = RedisBackend("redis://127.0.0.1:6379/0", prefix="myapp:", timeout=0.5)
+        shared = RedisBackend(url, fallback="local")   # keep working in-process while it is down
+        await shared.aclose()                          # or through Resources.add(shared)
+
+    ``timeout`` bounds every Redis call (connect included). One instance serves every event
+    loop and thread of the process: sync callers use a thread-safe sync client, each event
+    loop its own asyncio client, closed when that loop shuts down or on ``aclose()``.
+    """
+
+    __slots__ = (
+        "_async",
+        "_lock",
+        "_scripts",
+        "_secret_url",
+        "_sync",
+        "fallback",
+        "prefix",
+        "timeout",
+        "url",
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "act:",
+        timeout: float = 1.0,
+        fallback: Literal["raise", "local"] = "raise",
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"RedisBackend url must be a redis://, rediss:// or unix:// URL, got {url!r}"
+            )
+        if not isinstance(prefix, str):
+            raise TypeError(f"RedisBackend prefix must be a str, got {prefix!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"RedisBackend timeout must be a number, got {timeout!r}")
+        if not 0 < timeout < float("inf"):
+            raise ValueError(f"RedisBackend timeout must be > 0 and finite, got {timeout!r}")
+        if fallback not in ("raise", "local"):
+            raise ValueError(f"RedisBackend fallback must be 'raise' or 'local', got {fallback!r}")
+        self._secret_url = url
+        self.url = redact(url)
+        """The server's URL without credentials (what errors and logs show)."""
+        self.prefix = prefix
+        self.timeout = float(timeout)
+        self.fallback = fallback
+        self._lock = threading.Lock()
+        self._sync: redis.Redis | None = None
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._scripts = {
+            "reserve": _RESERVE,
+            "refund": _REFUND,
+            "before": _BEFORE,
+            "after": _AFTER,
+            "peek": _PEEK,
+            "unlock": _UNLOCK,
+            "store": _STORE,
+        }
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self.url!r}, prefix={self.prefix!r}, fallback={self.fallback!r})"
+
+    def key(self, kind: str, name: str) -> str:
+        """The Redis key of ``name`` for one recipe ``kind`` (all under ``prefix``)."""
+        return f"{self.prefix}{kind}:{name}"
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def _options(self) -> dict[str, Any]:
+        # One quick reconnect covers a server restart (the pooled connection is dead, the
+        # server is back); a longer outage fails within the timeout.
+        return {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 1),
+            "health_check_interval": 0,
+        }
+
+    def _sync_client(self) -> redis.Redis:
+        client = self._sync
+        if client is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = redis.Redis.from_url(self._secret_url, **self._options())
+                client = self._sync
+        return client
+
+    def _async_client(self) -> _LoopClient:
+        loop = asyncio.get_running_loop()
+        entry = self._async.get(loop)
+        if entry is None:
+            client = redis.asyncio.Redis.from_url(self._secret_url, **self._options())
+            scripts = {name: client.register_script(text) for name, text in self._scripts.items()}
+            entry = self._async[loop] = _LoopClient(
+                client, scripts, close_at_loop_shutdown(client.aclose)
+            )
+        return entry
+
+    def _unavailable(self, error: BaseException) -> NoReturn:
+        raise RedisUnavailableError(self.url, error) from error
+
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        scripts = self._async_client().scripts
+        try:
+            return await scripts[script](keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._unavailable(error)
+
+    def _run_sync(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        client = self._sync_client()
+        try:
+            return client.eval(self._scripts[script], len(keys), *keys, *args)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._unavailable(error)
+
+    async def ping(self) -> float:
+        """One ``PING`` round trip; its duration in seconds (raises when unavailable)."""
+        client = self._async_client().client
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            await client.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._unavailable(error)
+        return loop.time() - start
+
+    async def aclose(self) -> None:
+        """Close this loop's client and the sync client; other loops close theirs at shutdown."""
+        entry = self._async.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            entry.disarm()
+            await entry.client.aclose()
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        """Close the sync client (used by sync callers); a later sync call opens a new one."""
+        with self._lock:
+            client, self._sync = self._sync, None
+        if client is not None:
+            client.close()
+
+    # -- rate limiter -------------------------------------------------------------------------
+
+    async def reserve(
+        self, name: str, *, rate: float, capacity: int, tokens: int, blocking: bool
+    ) -> float | None:
+        """Take ``tokens`` from bucket ``name``: seconds to wait for them, or ``None`` (refused).
+
+        A blocking reservation always succeeds and holds its place in the shared queue;
+        give it back with ``refund`` if the caller stops waiting.
+        """
+        interval = 1_000_000 / rate
+        waited = await self._run(
+            "reserve",
+            [self.key("rate", name)],
+            [interval, capacity * interval, tokens, 1 if blocking else 0],
+        )
+        return None if waited < 0 else waited / 1_000_000
+
+    def reserve_sync(
+        self, name: str, *, rate: float, capacity: int, tokens: int, blocking: bool
+    ) -> float | None:
+        """``reserve`` for sync callers (threads, langchain-core's sync ``acquire``)."""
+        interval = 1_000_000 / rate
+        waited = self._run_sync(
+            "reserve",
+            [self.key("rate", name)],
+            [interval, capacity * interval, tokens, 1 if blocking else 0],
+        )
+        return None if int(waited) < 0 else int(waited) / 1_000_000
+
+    async def refund(self, name: str, *, rate: float, tokens: int) -> None:
+        """Give back ``tokens`` reserved but not used (the waiter was cancelled)."""
+        await self._run("refund", [self.key("rate", name)], [tokens * 1_000_000 / rate])
+
+    def refund_sync(self, name: str, *, rate: float, tokens: int) -> None:
+        """``refund`` for sync callers."""
+        self._run_sync("refund", [self.key("rate", name)], [tokens * 1_000_000 / rate])
+
+    # -- circuit breaker ----------------------------------------------------------------------
+
+    @staticmethod
+    def _breaker_ttl_ms(reset_timeout: float, probe_timeout: float) -> int:
+        # Long enough to outlive an open period and a probe; a quiet circuit is forgotten.
+        return int((2 * max(reset_timeout, probe_timeout) + 60) * 1000)
+
+    async def breaker_before(
+        self, name: str, *, reset_timeout: float, half_open_probes: int, probe_timeout: float
+    ) -> BreakerTicket:
+        """Whether a call may go to the dependency now (one round trip)."""
+        admitted, state, left, probe = await self._run(
+            "before",
+            [self.key("circuit", name)],
+            [
+                int(reset_timeout * 1_000_000),
+                half_open_probes,
+                int(probe_timeout * 1_000_000),
+                self._breaker_ttl_ms(reset_timeout, probe_timeout),
+            ],
+        )
+        return BreakerTicket(
+            bool(admitted), cast(_State, _text(state)), int(left) / 1_000_000, bool(probe)
+        )
+
+    async def breaker_after(
+        self,
+        name: str,
+        ticket: BreakerTicket,
+        outcome: Literal["success", "failure", "neutral"],
+        *,
+        failure_threshold: int,
+        reset_timeout: float,
+        probe_timeout: float,
+    ) -> str:
+        """Record a call's outcome; the circuit's state afterwards."""
+        state = await self._run(
+            "after",
+            [self.key("circuit", name)],
+            [
+                outcome,
+                1 if ticket.probe else 0,
+                failure_threshold,
+                int(reset_timeout * 1_000_000),
+                self._breaker_ttl_ms(reset_timeout, probe_timeout),
+            ],
+        )
+        return _text(state)
+
+    async def breaker_state(self, name: str) -> tuple[str, float]:
+        """The circuit's state as a caller would meet it, and seconds until a probe may pass."""
+        state, left = await self._run("peek", [self.key("circuit", name)], [])
+        return _text(state), int(left) / 1_000_000
+
+    async def breaker_reset(self, name: str) -> None:
+        """Forget the circuit (closed, no failures) in every process."""
+        client = self._async_client().client
+        try:
+            await client.delete(self.key("circuit", name))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._unavailable(error)
+
+    # -- cache ----------------------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """The stored bytes of ``key``, or ``None``."""
+        client = self._async_client().client
+        try:
+            value = await client.get(key)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._unavailable(error)
+        return value.encode() if isinstance(value, str) else value
+
+    async def cache_lock(self, key: str, token: str, hold: float) -> bool:
+        """Take the load lock of ``key`` for ``hold`` seconds; False when another holds it."""
+        client = self._async_client().client
+        try:
+            return bool(await client.set(f"{key}:lock", token, nx=True, px=int(hold * 1000)))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._unavailable(error)
+
+    async def cache_locked(self, key: str) -> bool:
+        """Whether some loader holds the load lock of ``key``."""
+        client = self._async_client().client
+        try:
+            return bool(await client.exists(f"{key}:lock"))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._unavailable(error)
+
+    async def cache_store(self, key: str, value: bytes, ttl: float | None, token: str) -> None:
+        """Store ``value`` under ``key`` (expiring after ``ttl`` s) and release the load lock."""
+        ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
+        await self._run("store", [key, f"{key}:lock"], [value, ttl_ms, token])
+
+    async def cache_unlock(self, key: str, token: str) -> None:
+        """Release the load lock of ``key`` if ``token`` still holds it (a failed load)."""
+        await self._run("unlock", [f"{key}:lock"], [token])
+
+    async def cache_delete(self, key: str) -> None:
+        """Remove ``key`` (not its lock: a load in flight completes and stores its value)."""
+        client = self._async_client().client
+        try:
+            await client.delete(key)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._unavailable(error)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

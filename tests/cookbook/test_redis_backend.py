@@ -1,0 +1,176 @@
+"""The Redis backend's atomic steps, against a real redis-server the suite starts."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import time
+
+import pytest
+from act_operator_lib.cookbook.redis_backend import RedisBackend, RedisUnavailableError
+
+from tests.redis_server import RedisServer
+
+
+async def test_reservations_are_spaced_by_the_rate_after_the_burst(redis_url: str) -> None:
+    shared = RedisBackend(redis_url)
+    try:
+        waits = [
+            await shared.reserve("api", rate=100, capacity=2, tokens=1, blocking=True)
+            for _ in range(5)
+        ]
+    finally:
+        await shared.aclose()
+    assert waits[:2] == [0, 0]  # the burst
+    # each later reservation waits one more interval (10 ms) than the one before
+    for earlier, later in itertools.pairwise(waits):
+        assert later is not None
+        assert earlier is not None
+        assert later - earlier == pytest.approx(0.01, abs=0.003)
+
+
+async def test_a_non_blocking_acquire_takes_nothing_when_refused(redis_url: str) -> None:
+    shared = RedisBackend(redis_url)
+    try:
+        assert await shared.reserve("api", rate=1, capacity=1, tokens=1, blocking=False) == 0
+        assert await shared.reserve("api", rate=1, capacity=1, tokens=1, blocking=False) is None
+        # the refusal reserved nothing: a blocking caller waits one interval, not two
+        wait = await shared.reserve("api", rate=1, capacity=1, tokens=1, blocking=True)
+    finally:
+        await shared.aclose()
+    assert wait is not None
+    assert 0.9 < wait <= 1.0
+
+
+async def test_a_refund_gives_the_place_back(redis_url: str) -> None:
+    shared = RedisBackend(redis_url)
+    try:
+        await shared.reserve("api", rate=10, capacity=1, tokens=1, blocking=True)
+        waited = await shared.reserve("api", rate=10, capacity=1, tokens=1, blocking=True)
+        await shared.refund("api", rate=10, tokens=1)
+        again = await shared.reserve("api", rate=10, capacity=1, tokens=1, blocking=True)
+    finally:
+        await shared.aclose()
+    assert waited is not None
+    assert again is not None
+    assert again <= waited + 0.001
+
+
+def test_sync_and_async_callers_share_one_bucket(redis_url: str) -> None:
+    shared = RedisBackend(redis_url)
+    try:
+        assert shared.reserve_sync("llm", rate=1, capacity=1, tokens=1, blocking=True) == 0
+
+        async def main() -> float | None:
+            try:
+                return await shared.reserve("llm", rate=1, capacity=1, tokens=1, blocking=False)
+            finally:
+                await shared.aclose()
+
+        assert asyncio.run(main()) is None
+    finally:
+        shared.close_sync()
+
+
+async def test_breaker_opens_half_opens_admits_its_probes_and_closes(redis_url: str) -> None:
+    shared = RedisBackend(redis_url)
+    timing = {"reset_timeout": 0.2, "probe_timeout": 5.0}
+    try:
+        for _ in range(2):
+            ticket = await shared.breaker_before("svc", half_open_probes=1, **timing)
+            assert ticket.admitted
+            assert ticket.state == "closed"
+            await shared.breaker_after("svc", ticket, "failure", failure_threshold=2, **timing)
+        refused = await shared.breaker_before("svc", half_open_probes=1, **timing)
+        assert not refused.admitted
+        assert refused.state == "open"
+        assert 0 < refused.retry_after <= 0.2
+        await asyncio.sleep(0.25)
+        probe = await shared.breaker_before("svc", half_open_probes=1, **timing)
+        assert probe.admitted
+        assert probe.probe
+        assert probe.state == "half_open"
+        second = await shared.breaker_before("svc", half_open_probes=1, **timing)
+        assert not second.admitted
+        assert second.state == "half_open"
+        assert await shared.breaker_after(
+            "svc", probe, "success", failure_threshold=2, **timing
+        ) == ("closed")
+        assert await shared.breaker_state("svc") == ("closed", 0)
+    finally:
+        await shared.aclose()
+
+
+async def test_a_probe_that_outlives_its_timeout_reopens_the_circuit(redis_url: str) -> None:
+    shared = RedisBackend(redis_url)
+    timing = {"reset_timeout": 0.1, "probe_timeout": 0.1}
+    try:
+        ticket = await shared.breaker_before("svc", half_open_probes=1, **timing)
+        await shared.breaker_after("svc", ticket, "failure", failure_threshold=1, **timing)
+        await asyncio.sleep(0.15)
+        probe = await shared.breaker_before("svc", half_open_probes=1, **timing)
+        assert probe.probe
+        await asyncio.sleep(0.15)  # the probe hangs past its timeout
+        after = await shared.breaker_before("svc", half_open_probes=1, **timing)
+        assert not after.admitted
+        assert after.state == "open"
+    finally:
+        await shared.aclose()
+
+
+async def test_cache_lock_store_and_unlock(redis_url: str) -> None:
+    shared = RedisBackend(redis_url)
+    try:
+        assert await shared.cache_get("act:cache:k") is None
+        assert await shared.cache_lock("act:cache:k", "a", 5)
+        assert not await shared.cache_lock("act:cache:k", "b", 5)
+        await shared.cache_unlock("act:cache:k", "b")  # not b's lock: still held
+        assert await shared.cache_locked("act:cache:k")
+        await shared.cache_store("act:cache:k", b"42", 10, "a")
+        assert not await shared.cache_locked("act:cache:k")
+        assert await shared.cache_get("act:cache:k") == b"42"
+    finally:
+        await shared.aclose()
+
+
+async def test_a_restart_fails_fast_then_recovers_with_no_code_change() -> None:
+    with RedisServer() as server:
+        shared = RedisBackend(server.url, timeout=0.5)
+        try:
+            await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True)
+            server.stop()
+            with pytest.raises(RedisUnavailableError, match=f"127.0.0.1:{server.port}"):
+                await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True)
+            server.start()
+            assert await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True) == 0
+        finally:
+            await shared.aclose()
+
+
+async def test_a_server_that_never_answers_fails_within_the_timeout() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    shared = RedisBackend(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RedisUnavailableError):
+            await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True)
+        assert time.monotonic() - start < 5
+    finally:
+        await shared.aclose()
+        listener.close()
+
+
+def test_the_url_is_validated_and_its_password_never_shown() -> None:
+    shared = RedisBackend("redis://user:hunter2@127.0.0.1:1/0")
+    assert "hunter2" not in repr(shared)
+    assert "hunter2" not in shared.url
+    with pytest.raises(ValueError, match="RedisBackend url must be"):
+        RedisBackend("http://127.0.0.1:6379")
+    with pytest.raises(TypeError, match="RedisBackend timeout must be a number"):
+        RedisBackend("redis://127.0.0.1:1/0", timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="RedisBackend timeout must be > 0"):
+        RedisBackend("redis://127.0.0.1:1/0", timeout=float("nan"))
