@@ -20,8 +20,21 @@ forwarded items: the node calls ``runtime.heartbeat()`` for each one, so a serve
 the socket busy (comments, keep-alives) without sending anything useful still times out,
 raising LangGraph's ``NodeTimeoutError``. The session's total request timeout does not apply:
 a stream has no natural end, so cap the whole node with ``TimeoutPolicy(run_timeout=...)``.
-A connection closed mid-stream raises ``StreamInterruptedError`` (a ``ConnectionError``, so
-LangGraph's default ``RetryPolicy`` retries it) with how far the stream got.
+A server that accepts the request but never sends the response headers is idle too: it
+raises ``StreamIdleTimeout`` after ``idle_timeout`` (earlier versions let aiohttp's
+``SocketTimeoutError`` escape). A connection closed mid-stream raises
+``StreamInterruptedError`` (a ``ConnectionError``, so LangGraph's default ``RetryPolicy``
+retries it) with how far the stream got: ``last_event_id`` is the id of the last event
+handed to the caller, never of one cut off half-way, so sending it back as
+``Last-Event-ID`` resumes without a gap (earlier versions named the half-received event).
+
+The body is split into lines by the recipe, not by aiohttp's ``readline`` (which refuses
+lines over 512 KiB), so an event carrying a large payload (a base64 image) arrives whole.
+``HttpStreamPolicy.max_event_bytes`` (16 MiB by default) bounds the memory one event may
+take; a larger event, or a longer line in ``format="lines"``, raises ``StreamEventTooLarge``
+(a ``ValueError``: retrying would fetch the same event). Events follow the SSE spec: a block
+without a ``data:`` field (only ``event:``, ``id:``, ``retry:`` or comments) is not
+dispatched, and an event without ``id:`` has no ``"id"`` key; lines end with LF or CRLF.
 
 When to use LangGraph's native tools instead: if the whole body is small and only the
 result matters, ``HttpClient.get_json`` in a plain node with ``RetryPolicy`` and
@@ -45,14 +58,26 @@ from act_operator_lib.metrics import record
 from .http_client import HttpClient, HttpSettings, HTTPStatusError, safe_url
 
 __all__ = [
+    "MAX_EVENT_BYTES",
     "HttpStreamNode",
     "HttpStreamPolicy",
+    "StreamEventTooLarge",
     "StreamIdleTimeout",
     "StreamInterruptedError",
     "stream_http",
 ]
 
 _FORMATS = ("sse", "lines")
+
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+"""Default bound on one event's data (or one line): room for a ~12 MB image in base64."""
+
+
+def _check_max_event_bytes(owner: str, value: object) -> None:
+    if type(value) is not int:
+        raise TypeError(f"{owner} max_event_bytes must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{owner} max_event_bytes must be an int >= 1, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,8 +92,11 @@ class HttpStreamPolicy:
     """State key holding the URL (absolute, or relative to the client's ``base_url``)."""
     output_key: str | None = "stream"
     """State key for ``{"items": n, "last_event_id": id}``; None: return no update."""
+    max_event_bytes: int = MAX_EVENT_BYTES
+    """Most bytes of ``data:`` lines one event may carry (or one line, for ``"lines"``)."""
 
     def __post_init__(self) -> None:
+        _check_max_event_bytes("HttpStreamPolicy", self.max_event_bytes)
         if self.format not in _FORMATS:
             raise ValueError(
                 f"HttpStreamPolicy format must be 'sse' or 'lines', got {self.format!r}"
@@ -91,19 +119,40 @@ class HttpStreamPolicy:
 
 
 class StreamIdleTimeout(TimeoutError):
-    """The server sent nothing for ``idle_timeout`` seconds in the middle of a stream."""
+    """The server sent nothing for ``idle_timeout`` seconds: no headers, or mid-stream."""
 
-    def __init__(self, url: str, idle_timeout: float, items: int) -> None:
+    def __init__(
+        self, url: str, idle_timeout: float, items: int, *, before_headers: bool = False
+    ) -> None:
         self.url = safe_url(url)
         self.idle_timeout = idle_timeout
         self.items = items
+        if before_headers:
+            message = f"sent no response headers for {idle_timeout:g}s (idle_timeout)"
+        else:
+            message = f"sent nothing for {idle_timeout:g}s (idle_timeout) after {items} items"
+        super().__init__(f"GET {self.url} {message}")
+
+
+class StreamEventTooLarge(ValueError):
+    """One event (or line) outgrew ``max_event_bytes``; the items before it were delivered."""
+
+    def __init__(self, url: str, max_event_bytes: int, items: int, *, what: str) -> None:
+        self.url = safe_url(url)
+        self.max_event_bytes = max_event_bytes
+        self.items = items
         super().__init__(
-            f"GET {self.url} sent nothing for {idle_timeout:g}s (idle_timeout) after {items} items"
+            f"GET {self.url} sent {what} larger than {max_event_bytes} bytes"
+            f" (max_event_bytes) after {items} items"
         )
 
 
 class StreamInterruptedError(ConnectionError):
-    """The connection closed before the stream ended; ``last_event_id`` is where to resume."""
+    """The connection closed before the stream ended.
+
+    ``last_event_id`` is the id of the last event handed to the caller (``None`` if none
+    had one): send it as ``Last-Event-ID`` to resume with nothing skipped.
+    """
 
     def __init__(self, url: str, items: int, last_event_id: str | None, reason: str) -> None:
         self.url = safe_url(url)
@@ -122,6 +171,7 @@ async def stream_http(
     format: Literal["sse", "lines"] = "sse",
     idle_timeout: float | None = 30.0,
     headers: Mapping[str, str] | None = None,
+    max_event_bytes: int = MAX_EVENT_BYTES,
 ) -> AsyncGenerator[dict[str, str] | str, None]:
     """Yield the Server-Sent Events (dicts) or lines (strs) of ``GET url`` as they arrive.
 
@@ -130,50 +180,88 @@ async def stream_http(
                 print(event["event"], event["data"])
 
     Usable as the producer of ``stream_pipeline.StreamPipelineNode`` too. Close it (aclosing)
-    to release the connection early.
+    to release the connection early. ``max_event_bytes`` bounds one event's ``data:`` lines
+    (or one line); beyond it ``StreamEventTooLarge`` is raised.
     """
+    _check_max_event_bytes("stream_http", max_event_bytes)
     session = client.session()
     # No total: a stream lasts as long as it lasts. sock_read is the idle timeout.
     timeout = aiohttp.ClientTimeout(
         total=None, connect=client.settings.connect_timeout, sock_read=idle_timeout
     )
     accept = {"Accept": "text/event-stream"} if format == "sse" else {}
+    where = client._full_url(url, None)  # errors name the absolute URL, as requested
     items = 0
-    last_id: str | None = None
-    async with session.get(url, timeout=timeout, headers={**accept, **(headers or {})}) as response:
+    last_id: str | None = None  # the id of the last event yielded: where a resume starts
+    try:
+        response = await session.get(url, timeout=timeout, headers={**accept, **(headers or {})})
+    except aiohttp.SocketTimeoutError:
+        # sock_read also bounds the wait for the headers: a silent server is an idle stream.
+        raise StreamIdleTimeout(where, idle_timeout or 0.0, 0, before_headers=True) from None
+    async with response:
         if response.status >= 300:
             snippet = (await response.content.read(200)).decode("utf-8", "replace")
             raise HTTPStatusError(response.status, "GET", str(response.url), snippet)
         record("http_streams", 1.0, name=client.name)
-        event: dict[str, str] = {}
+        sse = format == "sse"
+        what = "an event" if sse else "a line"
+        block: dict[str, str] = {}  # the "event" and "id" fields of the block being read
         data: list[str] = []
+        data_bytes = 0
+        partial = bytearray()  # the line still arriving
         try:
-            async for raw in response.content:
-                line = raw.decode("utf-8").rstrip("\r\n")
-                if format == "lines":
-                    items += 1
-                    yield line
+            # Split lines here rather than with aiohttp's readline, which caps a line at
+            # 512 KiB; chunks without a line end are only appended, so this stays linear.
+            async for chunk in response.content.iter_any():
+                if b"\n" not in chunk:
+                    partial += chunk
+                    if len(partial) > max_event_bytes:
+                        raise StreamEventTooLarge(where, max_event_bytes, items, what=what)
                     continue
-                if not line:  # a blank line dispatches the event (the SSE spec)
-                    if data or event:
+                lines = chunk.split(b"\n")
+                if partial:
+                    partial += lines[0]
+                    lines[0] = bytes(partial)
+                partial = bytearray(lines.pop())
+                for raw in lines:
+                    if len(raw) > max_event_bytes:
+                        raise StreamEventTooLarge(where, max_event_bytes, items, what=what)
+                    line = raw.decode("utf-8").removesuffix("\r")
+                    if not sse:
                         items += 1
-                        yield {"event": "message", **event, "data": "\n".join(data)}
-                        event, data = {}, []
-                    continue
-                field, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if field == "data":
-                    data.append(value)
-                elif field == "event":
-                    event["event"] = value
-                elif field == "id":
-                    event["id"] = last_id = value
-                # ":comment" lines and "retry:" are ignored: there is no reconnection here.
+                        yield line
+                        continue
+                    if not line:  # a blank line ends the block; only one with data is an event
+                        if data:
+                            items += 1
+                            last_id = block.get("id", last_id)
+                            yield {"event": "message", **block, "data": "\n".join(data)}
+                        block, data, data_bytes = {}, [], 0
+                        continue
+                    field, _, value = line.partition(":")
+                    value = value.removeprefix(" ")
+                    if field == "data":
+                        data_bytes += len(raw)
+                        if data_bytes > max_event_bytes:
+                            raise StreamEventTooLarge(where, max_event_bytes, items, what=what)
+                        data.append(value)
+                    elif field == "event":
+                        block["event"] = value
+                    elif field == "id" and "\0" not in value:  # the spec ignores such ids
+                        block["id"] = value
+                    # ":comment" lines and "retry:" are ignored: there is no reconnection here.
+                if len(partial) > max_event_bytes:
+                    raise StreamEventTooLarge(where, max_event_bytes, items, what=what)
+            # A last line without a line end is a line; an SSE block the body cut short is
+            # not an event (the spec discards it).
+            if partial and not sse:
+                items += 1
+                yield partial.decode("utf-8").removesuffix("\r")
         except aiohttp.ServerTimeoutError:
-            raise StreamIdleTimeout(url, idle_timeout or 0.0, items) from None
+            raise StreamIdleTimeout(where, idle_timeout or 0.0, items) from None
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise StreamInterruptedError(
-                url, items, last_id, str(exc) or type(exc).__name__
+                where, items, last_id, str(exc) or type(exc).__name__
             ) from exc
 
 
@@ -215,7 +303,11 @@ class HttpStreamNode(AsyncBaseNode):
         last_id: str | None = None
         self.log("streaming", url=safe_url(url))
         events = stream_http(
-            self.client, url, format=policy.format, idle_timeout=policy.idle_timeout
+            self.client,
+            url,
+            format=policy.format,
+            idle_timeout=policy.idle_timeout,
+            max_event_bytes=policy.max_event_bytes,
         )
         async with aclosing(events):
             async for item in events:
