@@ -13,7 +13,15 @@ rather than piling up in the executor's queue. A thread call runs in a copy of t
 caller's ``contextvars`` context, as ``asyncio.to_thread`` does. A cancelled caller
 whose call has not started yet never runs it; one already running in a thread cannot be
 interrupted, so its slot stays taken until it returns: the bound always holds.
-The pool is created on first use and shut down by ``aclose()`` (or ``Resources``).
+The pool is created on first use (a process pool off the event loop, so the first call
+does not block it) and shut down by ``aclose()`` (or ``Resources``).
+
+Changed: after ``aclose()`` the offloader stays closed: callers waiting for a slot and
+every later ``run()`` raise ``ResourceClosedError`` (before, they silently started a new
+pool that outlived the close). A process pool whose worker died (``os._exit``, SIGKILL,
+out-of-memory kill) is replaced: the calls it was running fail with ``BrokenProcessPool``,
+later calls run in a fresh pool. A process call that cannot be pickled raises
+``UnpicklableCallError`` (a ``TypeError``) naming the function or argument at fault.
 
 When to use LangGraph's native tools instead: a whole blocking node needs nothing here,
 make it a sync ``def`` node (``BaseNode``); under ``ainvoke`` LangGraph already runs it
@@ -30,18 +38,21 @@ import contextlib
 import contextvars
 import functools
 import multiprocessing
+import pickle
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 
-from .resources import Resources
+from .resources import ResourceClosedError, Resources
 
-__all__ = ["BlockingCall", "OffloadSettings", "Offloader"]
+__all__ = ["BlockingCall", "OffloadSettings", "Offloader", "UnpicklableCallError"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,6 +91,10 @@ class OffloadSettings:
             )
 
 
+class UnpicklableCallError(TypeError):
+    """A process-pool call whose function or arguments cannot be pickled to a worker."""
+
+
 class Offloader:
     """A bounded thread or process pool for sync functions called from async code.
 
@@ -89,7 +104,7 @@ class Offloader:
         size = await pool.run(os.path.getsize, "/etc/hosts")
     """
 
-    __slots__ = ("_executor", "_guard", "_slots", "settings")
+    __slots__ = ("_closed", "_executor", "_guard", "_slots", "settings")
 
     def __init__(
         self, settings: OffloadSettings | None = None, *, resources: Resources | None = None
@@ -100,6 +115,7 @@ class Offloader:
             )
         self.settings = settings or OffloadSettings()
         self._executor: concurrent.futures.Executor | None = None
+        self._closed = False
         self._guard = threading.Lock()
         # Semaphores belong to one loop: one per loop using this pool.
         self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -108,8 +124,14 @@ class Offloader:
         if resources is not None:
             resources.add(self)
 
+    def _closed_error(self) -> ResourceClosedError:
+        return ResourceClosedError(f"Offloader {self.settings.name!r} is closed")
+
     def _pool(self) -> concurrent.futures.Executor:
+        """The open pool, created if needed (a process pool: call this off the loop)."""
         with self._guard:
+            if self._closed:
+                raise self._closed_error()
             if self._executor is None:
                 settings = self.settings
                 if settings.kind == "thread":
@@ -117,15 +139,38 @@ class Offloader:
                         settings.max_workers, thread_name_prefix=settings.name
                     )
                 else:
-                    self._executor = concurrent.futures.ProcessPoolExecutor(
-                        settings.max_workers,
-                        mp_context=multiprocessing.get_context(settings.start_method),
-                    )
+                    self._executor = _start_process_pool(settings)
                 record("pool_size", float(settings.max_workers), name=settings.name)  # a gauge
             return self._executor
 
+    async def _submit(self, call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        executor = self._executor
+        if executor is None:
+            # Starting processes writes to pipes and forks: never on the event loop.
+            executor = self._pool() if self.settings.kind == "thread" else None
+            if executor is None:
+                executor = await asyncio.to_thread(self._pool)
+        try:
+            return executor.submit(call)
+        except BrokenProcessPool:
+            # A worker died since the last call: this call never reached that pool,
+            # so it may run in a fresh one.
+            self._discard(executor)
+            return (await asyncio.to_thread(self._pool)).submit(call)
+        except RuntimeError:  # "cannot schedule new futures after shutdown"
+            if self._closed:
+                raise self._closed_error() from None
+            raise
+
     async def run(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """``fn(*args, **kwargs)`` in the pool; its result, or its exception raised here."""
+        """``fn(*args, **kwargs)`` in the pool; its result, or its exception raised here.
+
+        Raises ``ResourceClosedError`` once ``aclose()`` has started, and for a process
+        pool ``UnpicklableCallError`` when ``fn`` or an argument cannot be pickled and
+        ``BrokenProcessPool`` when the worker running the call died.
+        """
+        if self._closed:
+            raise self._closed_error()
         loop = asyncio.get_running_loop()
         slots = self._slots.get(loop)
         if slots is None:
@@ -134,30 +179,68 @@ class Offloader:
             record("pool_waits", 1.0, name=self.settings.name)
         await slots.acquire()
         try:
+            if self._closed:
+                raise self._closed_error()  # woken by aclose(); the finally wakes the next
             if self.settings.kind == "thread":
                 call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
             else:
                 call = functools.partial(fn, *args, **kwargs)  # must be picklable
-            work = self._pool().submit(call)
+            work = await self._submit(call)
         except BaseException:
             slots.release()
             raise
         # The slot is freed when the work ends, not when the caller stops waiting: a
         # running thread cannot be interrupted and still occupies a worker.
         work.add_done_callback(functools.partial(_release_from_thread, loop, slots))
-        return await asyncio.wrap_future(work)
+        try:
+            return await asyncio.wrap_future(work)
+        except BrokenProcessPool:
+            self._discard(None)
+            raise
+        except (TypeError, AttributeError, pickle.PicklingError) as exc:
+            if self.settings.kind != "process":
+                raise
+            # Pickling failures surface as the error the object raised, like an error of
+            # fn itself: tell them apart by pickling the pieces again (failures only).
+            culprit = await asyncio.to_thread(_unpicklable_part, fn, args, kwargs)
+            if culprit is None:
+                raise
+            raise UnpicklableCallError(
+                f"Offloader {self.settings.name!r} cannot send {culprit} to a worker process:"
+                f" {exc}; a process pool needs a module-level function and picklable arguments"
+            ) from exc
+
+    def _discard(self, broken: concurrent.futures.Executor | None) -> None:
+        """Drop a pool whose worker died (``broken``, or the current one if it is broken)."""
+        with self._guard:
+            executor = self._executor
+            if executor is None or (broken is not None and executor is not broken):
+                return  # already replaced by another caller
+            if broken is None and not getattr(executor, "_broken", False):
+                return
+            self._executor = None
+        record("pool_size", -float(self.settings.max_workers), name=self.settings.name)
+        # Its workers are already terminated; wait=False only marks it shut down.
+        executor.shutdown(wait=False, cancel_futures=True)
 
     def _detach(self) -> concurrent.futures.Executor | None:
-        """Take the pool out of use (the next call starts a new one) and return it."""
+        """Close the offloader for good and return the pool to shut down, if any."""
         with self._guard:
+            self._closed = True
             executor, self._executor = self._executor, None
         if executor is not None:
             record("pool_size", -float(self.settings.max_workers), name=self.settings.name)
+        # Wake one waiter per loop: it sees the close, fails, and wakes the next one.
+        for loop, slots in list(self._slots.items()):
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(slots.release)
         return executor
 
     async def aclose(self) -> None:
-        """Shut the pool down: queued calls are dropped, running ones finish first."""
-        if executor := self._detach():
+        """Shut the pool down for good: callers waiting for a slot and later calls raise
+        ``ResourceClosedError``; calls already running finish first."""
+        # The guard may be held by a thread starting a process pool: wait off the loop.
+        if executor := await asyncio.to_thread(self._detach):
             # shutdown(wait=True) blocks: wait in a helper thread, not on the loop.
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
@@ -169,6 +252,40 @@ class Offloader:
     def __repr__(self) -> str:
         s = self.settings
         return f"Offloader(kind={s.kind!r}, max_workers={s.max_workers}, open={self._executor is not None})"
+
+
+def _start_process_pool(settings: OffloadSettings) -> concurrent.futures.ProcessPoolExecutor:
+    """A process pool with every worker started (this blocks: run it in a thread)."""
+    executor = concurrent.futures.ProcessPoolExecutor(
+        settings.max_workers, mp_context=multiprocessing.get_context(settings.start_method)
+    )
+    # Workers start one per submit while none is idle: overlapping warm-up calls start
+    # them all here, so no later submit forks from the event loop.
+    try:
+        warm_up = [executor.submit(_pause, 0.05) for _ in range(settings.max_workers)]
+        for work in warm_up:
+            work.result()
+    except BaseException:
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    return executor
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)  # by reference: a patched time.sleep (blockbuster) may not pickle
+
+
+def _unpicklable_part(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Which of ``fn``, ``args`` and ``kwargs`` cannot be pickled, or None."""
+    parts = [(f"the function {getattr(fn, '__qualname__', repr(fn))}", fn)]
+    parts += [(f"argument {i} ({type(arg).__name__})", arg) for i, arg in enumerate(args, 1)]
+    parts += [(f"keyword argument {k!r} ({type(v).__name__})", v) for k, v in kwargs.items()]
+    for name, value in parts:
+        try:
+            pickle.dumps(value)
+        except Exception:
+            return name
+    return None
 
 
 def _release_from_thread(

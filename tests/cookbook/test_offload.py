@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import signal
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypedDict
 
 import pytest
-from act_operator_lib.cookbook.offload import BlockingCall, Offloader, OffloadSettings, count_primes
-from act_operator_lib.cookbook.resources import Resources
+from act_operator_lib.cookbook.offload import (
+    BlockingCall,
+    Offloader,
+    OffloadSettings,
+    UnpicklableCallError,
+    count_primes,
+)
+from act_operator_lib.cookbook.resources import ResourceClosedError, Resources
+from blockbuster import blockbuster_ctx
 from langgraph.graph import StateGraph
 
 from act_operator_lib import metrics
@@ -173,6 +182,98 @@ async def test_resources_shut_the_pool_down() -> None:
         assert await pool.run(sum, [1, 2, 3]) == 6
     assert not any(t.name.startswith("res-test") for t in threading.enumerate())
     assert "open=False" in repr(pool)
+
+
+async def test_aclose_fails_queued_callers_and_starts_nothing_new() -> None:
+    pool = Offloader(OffloadSettings(max_workers=1, name="closing-test"))
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def blocking(tag: str) -> str:
+        entered.set()
+        gate.wait(10)
+        return tag
+
+    running = asyncio.create_task(pool.run(blocking, "running"))
+    try:
+        assert await asyncio.to_thread(entered.wait, 5)
+        queued = [asyncio.create_task(pool.run(blocking, f"queued-{i}")) for i in range(3)]
+        await asyncio.sleep(0.05)  # all three wait for the only slot
+        closing = asyncio.create_task(pool.aclose())
+        # The waiters fail at once, while the running call still holds its worker.
+        for task in queued:
+            with pytest.raises(ResourceClosedError, match="Offloader 'closing-test' is closed"):
+                await asyncio.wait_for(task, 5)
+        assert not closing.done()
+    finally:
+        gate.set()
+    assert await running == "running"  # a call already running finishes first
+    await asyncio.wait_for(closing, 10)
+    assert not any(t.name.startswith("closing-test") for t in threading.enumerate())
+    with pytest.raises(ResourceClosedError, match="Offloader 'closing-test' is closed"):
+        await pool.run(len, "abc")
+    assert not any(t.name.startswith("closing-test") for t in threading.enumerate())
+    assert "open=False" in repr(pool)
+
+
+def exit_abruptly() -> None:
+    os._exit(3)
+
+
+def kill_myself() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("die", [exit_abruptly, kill_myself])
+async def test_a_dead_worker_process_is_replaced(die: Any) -> None:
+    pool = Offloader(OffloadSettings(kind="process", max_workers=2))
+    try:
+        first_pid = await pool.run(os.getpid)
+        with pytest.raises(BrokenProcessPool):
+            await pool.run(die)
+        # Later calls get a fresh pool: every one of them works.
+        assert await asyncio.gather(*(pool.run(count_primes, 100) for _ in range(4))) == [25] * 4
+        assert await pool.run(os.getpid) not in (first_pid, os.getpid())
+    finally:
+        await pool.aclose()
+
+
+def first_item(items: Any, *, default: Any = None) -> Any:
+    return next(iter(items), default)
+
+
+async def test_an_unpicklable_call_names_what_could_not_be_pickled() -> None:
+    pool = Offloader(OffloadSettings(kind="process", max_workers=1, name="cpu"))
+    try:
+        with pytest.raises(UnpicklableCallError, match=r"Offloader 'cpu' cannot send argument 1"):
+            await pool.run(first_item, [threading.Lock()])
+        with pytest.raises(UnpicklableCallError, match=r"cannot send keyword argument 'default'"):
+            await pool.run(first_item, [], default=threading.Lock())
+        with pytest.raises(
+            UnpicklableCallError, match=r"cannot send the function test_an_unpicklable.*<lambda>"
+        ):
+            await pool.run(lambda: 1)
+        with pytest.raises(TypeError):  # still a TypeError for code that caught one before
+            await pool.run(first_item, [threading.Lock()])
+        # An error raised by the function itself stays what it was.
+        with pytest.raises(ValueError, match="from a process"):
+            await pool.run(fail, "from a process")
+        assert await pool.run(first_item, [7]) == 7  # the pool still works
+    finally:
+        await pool.aclose()
+
+
+async def test_the_first_process_call_does_not_block_the_event_loop() -> None:
+    # langgraph dev runs graphs under blockbuster: starting the pool on the loop would
+    # fail there with BlockingError (pipe writes, process spawning).
+    pool = Offloader(OffloadSettings(kind="process", max_workers=2))
+    try:
+        with blockbuster_ctx():
+            results = await asyncio.gather(*(pool.run(count_primes, 100) for _ in range(4)))
+            assert results == [25] * 4
+            assert await pool.run(count_primes, 1000) == 168
+    finally:
+        await pool.aclose()
 
 
 def test_invalid_settings() -> None:
