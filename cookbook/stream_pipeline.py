@@ -36,6 +36,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
@@ -56,7 +57,8 @@ class PipelinePolicy:
     queue_size: int = 64
     """Items the producer may have made that the consumer has not taken yet (>= 1)."""
     progress_every: int = 10_000
-    """Emit ``{"node": name, "processed": n}`` every this many items, and at the end; 0: never."""
+    """Emit ``{"node": graph node name, "processed": n}`` every this many items and at the end;
+    0: never."""
     count_key: str | None = "processed"
     """State key the node writes the number of processed items to; None: return no update."""
 
@@ -176,10 +178,23 @@ def _raise_if_cancelled_from_inside(stage: str, item_number: int) -> None:
         )
 
 
+def _graph_node_name(config: RunnableConfig | None) -> str | None:
+    """The name the graph gave the running node (``add_node("rows", ...)``), as metrics use."""
+    if not config:
+        return None
+    name = config.get("metadata", {}).get("langgraph_node")
+    return name if isinstance(name, str) else None
+
+
 class StreamPipelineNode(AsyncBaseNode, Generic[Item, Result]):
     """Run ``produce(state)`` into ``consume`` with backpressure, streaming results and progress.
 
     builder.add_node(StreamPipelineNode(rows, score))  # state update: {"processed": n}
+
+    Progress events and the ``stream_pipeline_items`` metric are named after the graph's node
+    (``add_node("rows", StreamPipelineNode(...))`` reports ``"rows"``, like the per-node
+    metrics and the blocking detector); earlier versions used the node's own ``name``, which
+    is still used when the node is called directly, outside a graph.
     """
 
     def __init__(
@@ -205,7 +220,9 @@ class StreamPipelineNode(AsyncBaseNode, Generic[Item, Result]):
         self.consume = consume
         self.policy = policy or PipelinePolicy()
 
-    async def execute(self, state: Any, runtime: Runtime[Any]) -> dict[str, Any] | None:
+    async def execute(
+        self, state: Any, config: RunnableConfig, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
         policy = self.policy
         source = self.produce(state)
         if not isinstance(source, AsyncIterable):
@@ -214,7 +231,7 @@ class StreamPipelineNode(AsyncBaseNode, Generic[Item, Result]):
                 f" got {type(source).__name__}"
             )
         write = runtime.stream_writer if runtime is not None else None
-        name = self.name
+        name = _graph_node_name(config) or self.name
 
         def progress(processed: int) -> None:
             if write is not None:

@@ -18,6 +18,7 @@ from langgraph.errors import NodeTimeoutError
 from langgraph.graph import START, StateGraph
 from langgraph.types import TimeoutPolicy
 
+from act_operator_lib import metrics
 from tests.helpers import other_tasks_after, run_example
 
 
@@ -61,6 +62,49 @@ async def test_results_and_progress_stream_live_and_the_count_lands_in_state() -
         {**progress, "processed": 10},
     ]
     assert final == {"upto": 10, "processed": 10}
+
+
+async def test_progress_names_the_graph_node_so_two_pipelines_are_told_apart() -> None:
+    class Halves(TypedDict, total=False):
+        upto: int
+        evens: int
+        odds: int
+
+    async def evens(state: Halves) -> AsyncIterator[int]:
+        for n in range(0, state["upto"], 2):
+            yield n
+
+    async def odds(state: Halves) -> AsyncIterator[int]:
+        for n in range(1, state["upto"], 2):
+            yield n
+
+    async def nothing(n: int) -> None:
+        return None
+
+    builder = StateGraph(Halves)
+    for name, source in (("evens", evens), ("odds", odds)):
+        policy = PipelinePolicy(progress_every=2, count_key=name)
+        builder.add_node(name, StreamPipelineNode(source, nothing, policy))  # one class, twice
+        builder.add_edge(START, name)
+    graph = builder.compile()
+    metrics.reset()
+    with metrics.collecting():
+        chunks = [chunk async for chunk in graph.astream({"upto": 8}, stream_mode="custom")]
+        recorded = metrics.snapshot()
+    metrics.reset()
+    by_node: dict[str, list[int]] = {}
+    for chunk in chunks:
+        by_node.setdefault(chunk["node"], []).append(chunk["processed"])
+    assert by_node == {"evens": [2, 4], "odds": [2, 4]}
+    # The same names the per-node metrics (and the blocking detector) use.
+    assert {"evens", "odds"} <= set(recorded.nodes)
+    assert recorded.value("stream_pipeline_items", name="evens") == 4
+    assert recorded.value("stream_pipeline_items", name="odds") == 4
+
+    # Called directly, outside a graph, the node reports under its own name.
+    node = StreamPipelineNode(numbers, double, name="direct")
+    assert node.name == "direct"
+    assert await node({"upto": 3}) == {"processed": 3}
 
 
 async def test_a_slow_consumer_slows_the_producer_to_the_queue_size() -> None:
