@@ -143,7 +143,9 @@ class Offloader:
                 record("pool_size", float(settings.max_workers), name=settings.name)  # a gauge
             return self._executor
 
-    async def _submit(self, call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    async def _submit(
+        self, call: Callable[[], Any]
+    ) -> tuple[concurrent.futures.Executor, concurrent.futures.Future[Any]]:
         executor = self._executor
         if executor is None:
             # Starting processes writes to pipes and forks: never on the event loop.
@@ -151,12 +153,13 @@ class Offloader:
             if executor is None:
                 executor = await asyncio.to_thread(self._pool)
         try:
-            return executor.submit(call)
+            return executor, executor.submit(call)
         except BrokenProcessPool:
             # A worker died since the last call: this call never reached that pool,
             # so it may run in a fresh one.
             self._discard(executor)
-            return (await asyncio.to_thread(self._pool)).submit(call)
+            executor = await asyncio.to_thread(self._pool)
+            return executor, executor.submit(call)
         except RuntimeError:  # "cannot schedule new futures after shutdown"
             if self._closed:
                 raise self._closed_error() from None
@@ -185,7 +188,7 @@ class Offloader:
                 call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
             else:
                 call = functools.partial(fn, *args, **kwargs)  # must be picklable
-            work = await self._submit(call)
+            executor, work = await self._submit(call)
         except BaseException:
             slots.release()
             raise
@@ -195,7 +198,7 @@ class Offloader:
         try:
             return await asyncio.wrap_future(work)
         except BrokenProcessPool:
-            self._discard(None)
+            self._discard(executor)
             raise
         except (TypeError, AttributeError, pickle.PicklingError) as exc:
             if self.settings.kind != "process":
@@ -210,18 +213,15 @@ class Offloader:
                 f" {exc}; a process pool needs a module-level function and picklable arguments"
             ) from exc
 
-    def _discard(self, broken: concurrent.futures.Executor | None) -> None:
-        """Drop a pool whose worker died (``broken``, or the current one if it is broken)."""
+    def _discard(self, broken: concurrent.futures.Executor) -> None:
+        """Drop a pool whose worker died, so the next call starts a fresh one."""
         with self._guard:
-            executor = self._executor
-            if executor is None or (broken is not None and executor is not broken):
+            if self._executor is not broken:
                 return  # already replaced by another caller
-            if broken is None and not getattr(executor, "_broken", False):
-                return
             self._executor = None
         record("pool_size", -float(self.settings.max_workers), name=self.settings.name)
         # Its workers are already terminated; wait=False only marks it shut down.
-        executor.shutdown(wait=False, cancel_futures=True)
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def _detach(self) -> concurrent.futures.Executor | None:
         """Close the offloader for good and return the pool to shut down, if any."""
