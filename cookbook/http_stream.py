@@ -44,6 +44,7 @@ or the body is too big to hold.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -102,10 +103,18 @@ class HttpStreamPolicy:
                 f"HttpStreamPolicy format must be 'sse' or 'lines', got {self.format!r}"
             )
         idle = self.idle_timeout
-        if idle is not None and (
-            not isinstance(idle, int | float) or isinstance(idle, bool) or idle <= 0
-        ):
-            raise ValueError(f"HttpStreamPolicy idle_timeout must be > 0 or None, got {idle!r}")
+        if idle is not None:
+            if not isinstance(idle, int | float) or isinstance(idle, bool):
+                raise TypeError(
+                    f"HttpStreamPolicy idle_timeout must be a number or None,"
+                    f" got {type(idle).__name__}"
+                )
+            if not idle > 0:
+                raise ValueError(f"HttpStreamPolicy idle_timeout must be > 0 or None, got {idle!r}")
+            if not math.isfinite(idle):
+                raise ValueError(
+                    f"HttpStreamPolicy idle_timeout must be finite (None: no limit), got {idle!r}"
+                )
         if not isinstance(self.url_key, str) or not self.url_key:
             raise ValueError(
                 f"HttpStreamPolicy url_key must be a non-empty str, got {self.url_key!r}"

@@ -212,6 +212,19 @@ def test_max_event_bytes_is_checked(value: Any, error: type[Exception], message:
         HttpStreamPolicy(max_event_bytes=value)
 
 
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ("5", TypeError, "HttpStreamPolicy idle_timeout must be a number or None, got str"),
+        (float("nan"), ValueError, "HttpStreamPolicy idle_timeout must be > 0 or None, got nan"),
+        (float("inf"), ValueError, r"idle_timeout must be finite \(None: no limit\), got inf"),
+    ],
+)
+def test_idle_timeout_is_checked(value: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        HttpStreamPolicy(idle_timeout=value)
+
+
 # -- 19: no response headers at all is an idle stream too --------------------------------
 
 
