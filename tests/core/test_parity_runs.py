@@ -1,5 +1,6 @@
 """Parity: interrupts and resume, every stream mode, checkpoints, history and time travel."""
 
+import functools
 import operator
 from typing import Annotated, Any, TypedDict
 
@@ -76,7 +77,9 @@ def test_interrupt_and_resume() -> None:
         return paused, snapshot.next, snapshot.tasks[0].interrupts, resumed
 
     for written in (None, Ask):
-        paused, pending, interrupts, resumed = run_pair(lambda nodes: scenario(nodes, written))
+        paused, pending, interrupts, resumed = run_pair(
+            functools.partial(scenario, written=written)
+        )
         assert paused["log"] == ["first"]
         assert [i.value for i in paused["__interrupt__"]] == [{"question": "name?", "seen": 1}]
         assert pending == ("ask",)
