@@ -139,9 +139,9 @@ class Resources:
             return 0
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
-            control = self._runs.get(task)
-            if control is not None:
-                control.request_drain(f"{reason}: drain timed out after {timeout:g}s")
+            straggler = self._runs.get(task)
+            if straggler is not None:
+                straggler.request_drain(f"{reason}: drain timed out after {timeout:g}s")
             task.cancel()
         if pending:
             await asyncio.wait(pending)
@@ -262,7 +262,10 @@ async def run_worker(
         report = await run_worker(graph, jobs_from_queue(), resources, concurrency=8)
 
     ``on_result(job, result_or_exception)`` sees every finished run. Install no other
-    handler for ``signals`` meanwhile; they are restored on return.
+    handler for ``signals`` meanwhile. On return each signal gets back exactly the handler
+    it had before: a ``signal.signal`` handler (the application's own, or ``asyncio.run``'s
+    Ctrl-C handler) or a ``loop.add_signal_handler`` callback. (Changed: before, they were
+    reset to the default action, which lost the application's handler.)
     """
     if not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"run_worker concurrency must be an int >= 1, got {concurrency!r}")
@@ -275,6 +278,7 @@ async def run_worker(
         report.signal = sig.name
         stop.set()
 
+    previous = {sig: _installed_handler(loop, sig) for sig in signals}
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
 
@@ -324,11 +328,31 @@ async def run_worker(
         stopping.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
+            _reinstall(loop, sig, previous[sig])
         aclose_jobs = getattr(iterator, "aclose", None)
         if aclose_jobs is not None:
             await aclose_jobs()
         await resources.aclose()
     return report
+
+
+def _installed_handler(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> Any:
+    """What handles ``sig`` now: the loop's callback handle, or the ``signal`` handler."""
+    # asyncio keeps add_signal_handler callbacks in a private dict (no public getter);
+    # other loops without it fall back to the process-level handler.
+    loop_handlers = getattr(loop, "_signal_handlers", None)
+    if isinstance(loop_handlers, dict) and sig in loop_handlers:
+        return loop_handlers[sig]
+    return signal.getsignal(sig)
+
+
+def _reinstall(loop: asyncio.AbstractEventLoop, sig: signal.Signals, handler: Any) -> None:
+    if isinstance(handler, asyncio.Handle):
+        if not handler.cancelled():
+            callback, args = handler._callback, handler._args  # type: ignore[attr-defined]
+            loop.add_signal_handler(sig, callback, *args)
+    elif handler is not None:  # None: installed outside Python, nothing to restore
+        signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -306,6 +306,72 @@ def test_worker_drains_and_exits_cleanly_on_signal(
     assert "ResourceWarning" not in err
 
 
+SIGNALS_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, os, signal
+    from langgraph.graph import StateGraph
+    from act_operator_lib.cookbook.resources import Job, Resources, run_worker
+
+    seen = []
+
+    def app_sigterm(signum, frame):
+        seen.append("app SIGTERM")
+
+    async def main():
+        builder = StateGraph(dict)
+        builder.add_node("step", lambda state: {})
+        builder.add_edge("__start__", "step")
+        graph = builder.compile()
+
+        async def jobs():
+            yield Job({})
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, lambda: seen.append("loop SIGUSR1"))
+        before = {s.name: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        await run_worker(
+            graph, jobs(), Resources(),
+            signals=(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1),
+        )
+        after = {s.name: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(100):
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.01)
+        loop.remove_signal_handler(signal.SIGUSR1)
+        print(json.dumps({
+            "same": {name: after[name] is before[name] for name in before}, "seen": sorted(seen),
+        }))
+
+    signal.signal(signal.SIGTERM, app_sigterm)
+    asyncio.run(main())
+    """
+)
+
+
+def test_worker_restores_the_signal_handlers_installed_before(tmp_path: Path) -> None:
+    # In a subprocess: a handler left at the default action would kill the test run.
+    script = tmp_path / "signals.py"
+    script.write_text(SIGNALS_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    # The application's own SIGTERM handler, asyncio.run's SIGINT handler (Ctrl-C cancels
+    # the main task) and a handler added with loop.add_signal_handler all survive.
+    assert report == {
+        "same": {"SIGTERM": True, "SIGINT": True},
+        "seen": ["app SIGTERM", "loop SIGUSR1"],
+    }
+
+
 def test_example_runs() -> None:
     out = run_example("resources")
     assert "run stopped: Graph drained: shutdown" in out
