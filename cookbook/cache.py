@@ -17,21 +17,42 @@ be persistent and shared between processes. Prefer it whenever the node's whole 
 a function of its input. Use this recipe for an operation *inside* a node (one lookup among
 other work, a key you choose), for values shared across different nodes and graphs, and when
 concurrent identical calls must not all run: ``CachePolicy`` does not merge calls in flight.
+
+Shared by several worker processes (``shared=RedisBackend(...)``, see ``redis_backend``):
+
+    cache = AsyncCache(CacheSettings(ttl=300, name="geo"), shared=RedisBackend(REDIS_URL))
+    where = await cache.get_or_load(city, lambda: geocode(city))   # one geocode per city, fleet-wide
+
+values then live in Redis under ``<prefix>cache:<name>:<key>`` (JSON by default; pass a
+``serializer`` with ``dumps``/``loads`` for anything else), always with a TTL, and a miss takes
+a load lock that expires after ``lock_timeout``: concurrent loads of one key in any number of
+processes run the loader once, and a loader that crashed blocks the key for at most
+``lock_timeout``. Keys must print the same in every process (``str``, ``int``, tuples of
+them). For whole-node results across processes, LangGraph's ``CachePolicy`` with
+``compile(cache=RedisCache(...))`` is the better choice (no code in the node at all);
+this cache is for a value inside a node, and for merging concurrent loads, which
+``CachePolicy`` does not do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 
-__all__ = ["AsyncCache", "CacheSettings", "CachedNode"]
+__all__ = ["AsyncCache", "CacheSettings", "CachedNode", "JsonSerializer", "SharedCacheStore"]
+
+logger = logging.getLogger("act_operator_lib.cookbook.cache")
 
 V = TypeVar("V")
 
@@ -51,9 +72,17 @@ class CacheSettings:
     maxsize: int = 1024
     """Most values kept; >= 1. Beyond it the least recently used value is dropped."""
     name: str = "cache"
-    """The name metrics use."""
+    """The name metrics use, and the key space in a shared store."""
+    lock_timeout: float = 30.0
+    """With a shared store: seconds a loader's lock lasts (a crashed loader frees the key
+    after it); longer than a load takes; > 0."""
 
     def __post_init__(self) -> None:
+        lock = self.lock_timeout
+        if isinstance(lock, bool) or not isinstance(lock, int | float):
+            raise TypeError(f"CacheSettings lock_timeout must be a number, got {lock!r}")
+        if not 0 < lock < float("inf"):
+            raise ValueError(f"CacheSettings lock_timeout must be > 0 and finite, got {lock!r}")
         ttl = self.ttl
         if ttl is not None:
             if isinstance(ttl, bool) or not isinstance(ttl, int | float):
@@ -64,6 +93,33 @@ class CacheSettings:
             raise TypeError(f"CacheSettings maxsize must be an int, got {self.maxsize!r}")
         if self.maxsize < 1:
             raise ValueError(f"CacheSettings maxsize must be >= 1, got {self.maxsize!r}")
+
+
+class SharedCacheStore(Protocol):
+    """What the cache needs from a store shared by processes (``RedisBackend`` has it)."""
+
+    fallback: str
+    url: str
+
+    def key(self, kind: str, name: str) -> str: ...
+    async def cache_get(self, key: str) -> bytes | None: ...
+    async def cache_lock(self, key: str, token: str, hold: float) -> bool: ...
+    async def cache_locked(self, key: str) -> bool: ...
+    async def cache_store(self, key: str, value: bytes, ttl: float | None, token: str) -> None: ...
+    async def cache_unlock(self, key: str, token: str) -> None: ...
+    async def cache_delete(self, key: str) -> None: ...
+
+
+class JsonSerializer:
+    """The shared cache's default serializer: JSON values (dicts, lists, str, numbers)."""
+
+    @staticmethod
+    def dumps(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return json.loads(data)
 
 
 class _Entry(NamedTuple):
@@ -92,17 +148,48 @@ class AsyncCache(Generic[V]):
     and serve the next ``asyncio.run``. Use it from one event loop at a time.
     """
 
-    __slots__ = ("_flights", "_values", "settings")
+    __slots__ = ("_flights", "_values", "serializer", "settings", "shared")
 
     settings: CacheSettings
     """The TTL and size bound."""
 
-    def __init__(self, settings: CacheSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: CacheSettings | None = None,
+        *,
+        shared: SharedCacheStore | None = None,
+        serializer: Any = None,
+    ) -> None:
         if settings is None:
             settings = CacheSettings()
         if not isinstance(settings, CacheSettings):
             raise TypeError(f"AsyncCache settings must be a CacheSettings, got {settings!r}")
+        if shared is not None:
+            missing = [
+                m for m in ("cache_get", "cache_lock", "cache_store") if not hasattr(shared, m)
+            ]
+            if missing:
+                raise TypeError(
+                    f"AsyncCache shared must be a shared store such as RedisBackend, got {shared!r}"
+                )
+            if settings.ttl is None:
+                raise ValueError(
+                    "AsyncCache with a shared store needs CacheSettings ttl (keys must expire),"
+                    " got ttl=None"
+                )
+        serializer = JsonSerializer() if serializer is None else serializer
+        if not (
+            callable(getattr(serializer, "dumps", None))
+            and callable(getattr(serializer, "loads", None))
+        ):
+            raise TypeError(
+                f"AsyncCache serializer must have dumps(value) -> bytes and loads(bytes), got {serializer!r}"
+            )
         self.settings = settings
+        self.shared = shared
+        """The store shared with other processes, or ``None`` (this process only)."""
+        self.serializer = serializer
+        """How values are stored in the shared store."""
         self._values: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._flights: dict[Hashable, _Flight] = {}
 
@@ -144,10 +231,38 @@ class AsyncCache(Generic[V]):
         """Forget ``key``'s value (a load in flight still completes and is cached)."""
         self._values.pop(key, None)
 
+    async def aget(self, key: Hashable) -> V | None:
+        """``get`` that also reads the shared store."""
+        if self.shared is None:
+            return self.get(key)
+        raw = await self.shared.cache_get(self._shared_key(key))
+        return None if raw is None else self.serializer.loads(raw)
+
+    async def aset(self, key: Hashable, value: V) -> None:
+        """``set`` that also writes the shared store."""
+        if self.shared is None:
+            self.set(key, value)
+            return
+        shared_key = self._shared_key(key)
+        await self.shared.cache_store(
+            shared_key, self.serializer.dumps(value), self.settings.ttl, token=""
+        )
+
+    async def ainvalidate(self, key: Hashable) -> None:
+        """``invalidate`` that also removes the value from the shared store, for every process."""
+        self._values.pop(key, None)
+        if self.shared is not None:
+            await self.shared.cache_delete(self._shared_key(key))
+
+    def _shared_key(self, key: Hashable) -> str:
+        assert self.shared is not None
+        text = key if isinstance(key, str) else repr(key)
+        return self.shared.key("cache", f"{self.settings.name}:{text}")
+
     async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
         """The value for ``key``: cached, joined from a load in flight, or ``await load()``."""
         name = self.settings.name
-        entry = self._fresh(key)
+        entry = None if self.shared is not None else self._fresh(key)
         if entry is not None:
             record("cache_hits", name=name)
             return entry.value  # type: ignore[no-any-return]
@@ -181,6 +296,8 @@ class AsyncCache(Generic[V]):
 
     async def _load(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
         try:
+            if self.shared is not None:
+                return await self._load_shared(key, load)
             value = await load()
             self.set(key, value)  # only successes are cached
             return value
@@ -188,6 +305,65 @@ class AsyncCache(Generic[V]):
             flight = self._flights.get(key)
             if flight is not None and flight.task is asyncio.current_task():
                 del self._flights[key]
+
+    async def _load_shared(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
+        """Read ``key`` from the shared store, or load it once across every process."""
+        shared = self.shared
+        assert shared is not None
+        shared_key = self._shared_key(key)
+        try:
+            found, token = await self._find_or_lock(shared, shared_key)
+        except ConnectionError as error:
+            if shared.fallback != "local":
+                raise
+            logger.warning(
+                "cache %r: shared store %s unavailable, loading in this process: %s",
+                self.settings.name,
+                shared.url,
+                error,
+            )
+            return await load()
+        if token is None:
+            return found  # type: ignore[no-any-return]
+        try:
+            value = await load()
+        except BaseException:
+            # Failures are not cached: free the key for the next caller at once (a crashed
+            # process frees it when the lock expires).
+            with contextlib.suppress(ConnectionError):
+                await asyncio.shield(shared.cache_unlock(shared_key, token))
+            raise
+        try:
+            await shared.cache_store(
+                shared_key, self.serializer.dumps(value), self.settings.ttl, token
+            )
+        except ConnectionError as error:
+            # The value is loaded: hand it over; only its caching was lost.
+            logger.warning(
+                "cache %r: value not stored in %s: %s", self.settings.name, shared.url, error
+            )
+        return value
+
+    async def _find_or_lock(
+        self, shared: SharedCacheStore, shared_key: str
+    ) -> tuple[Any, str | None]:
+        """``(value, None)`` for a hit, or ``(None, token)`` once this process holds the lock."""
+        name = self.settings.name
+        pause = 0.002
+        while True:
+            raw = await shared.cache_get(shared_key)
+            if raw is not None:
+                record("cache_hits", name=name)
+                return self.serializer.loads(raw), None
+            token = uuid.uuid4().hex
+            if await shared.cache_lock(shared_key, token, self.settings.lock_timeout):
+                return None, token
+            # Another process is loading it: wait for its value (or for its lock to go, when
+            # it failed or died), then look again.
+            record("singleflight_joins", name=name)
+            while await shared.cache_locked(shared_key):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
 
 
 class CachedNode(AsyncBaseNode):
