@@ -17,6 +17,12 @@ import time
 from typing import Any, TypedDict
 
 from act_operator_lib.cookbook.cache import AsyncCache, CachedNode, CacheSettings
+from act_operator_lib.cookbook.circuit_breaker import (
+    BreakerPolicy,
+    CircuitOpenError,
+    circuit_breaker,
+)
+from act_operator_lib.cookbook.rate_limit import RateLimit, rate_limiter
 from act_operator_lib.cookbook.redis_backend import RedisBackend
 from langgraph.graph import START, StateGraph
 
@@ -24,6 +30,7 @@ from langgraph.graph import START, StateGraph
 class State(TypedDict, total=False):
     key: str
     value: str
+    at: float
 
 
 def log_line(path: str, line: str) -> None:
@@ -58,6 +65,70 @@ async def cache_mode(url: str, log: str, callers: int, load_seconds: float, cras
     return sorted({r["value"] for r in results})
 
 
+async def rate_mode(url: str, waiters: int, rate: float, seconds: float, shared: bool) -> int:
+    """``waiters`` callers run a graph whose node takes one token each time; grants counted
+    while the ``seconds`` window is open."""
+    backend = RedisBackend(url)
+    limiter = rate_limiter(
+        "bench-rate", RateLimit(rate=rate, capacity=1), shared=backend if shared else None
+    )
+
+    async def call(state: State) -> dict[str, Any]:
+        await limiter.aacquire()
+        return {"at": time.time()}
+
+    builder = StateGraph(State)
+    builder.add_node("call", call)
+    builder.add_edge(START, "call")
+    graph = builder.compile()
+    end = time.time() + seconds
+    granted = 0
+
+    async def waiter() -> None:
+        nonlocal granted
+        while True:
+            result = await graph.ainvoke({})
+            if result["at"] >= end:
+                return
+            granted += 1
+
+    try:
+        await asyncio.gather(*(waiter() for _ in range(waiters)))
+    finally:
+        await backend.aclose()
+    return granted
+
+
+async def breaker_mode(url: str, log: str, threshold: int) -> int:
+    """Calls a failing dependency through a shared breaker until the circuit refuses."""
+    backend = RedisBackend(url)
+    breaker = circuit_breaker(
+        "bench-dependency",
+        BreakerPolicy(failure_threshold=threshold, reset_timeout=60),
+        shared=backend,
+    )
+
+    async def dependency() -> None:
+        log_line(log, f"call {time.time()!r} {os.getpid()}")
+        await asyncio.sleep(0.01)
+        raise ConnectionError("dependency down")
+
+    calls = 0
+    try:
+        while True:
+            try:
+                async with breaker.guard():
+                    calls += 1
+                    await dependency()
+            except CircuitOpenError:
+                return calls
+            except ConnectionError:
+                if await breaker.astate() == "open":
+                    log_line(log, f"open {time.time()!r} {os.getpid()}")
+    finally:
+        await backend.aclose()
+
+
 def main() -> None:
     mode, url, start_at, log, *args = sys.argv[1:]
     delay = float(start_at) - time.time()
@@ -66,6 +137,12 @@ def main() -> None:
     if mode == "cache":
         callers, load_seconds, crash = int(args[0]), float(args[1]), args[2] == "crash"
         result = asyncio.run(cache_mode(url, log, callers, load_seconds, crash))
+    elif mode == "rate":
+        waiters, rate, seconds = int(args[0]), float(args[1]), float(args[2])
+        shared = len(args) < 4 or args[3] != "local"
+        result = asyncio.run(rate_mode(url, waiters, rate, seconds, shared))
+    elif mode == "breaker":
+        result = asyncio.run(breaker_mode(url, log, int(args[0])))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print(json.dumps(result), flush=True)

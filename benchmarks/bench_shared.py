@@ -1,0 +1,180 @@
+"""State shared by several worker processes through one local redis-server, one run.
+
+    python benchmarks/bench_shared.py
+
+    shared_rate_error_pct=     aggregate rate vs 200/s over 5 s, 4 processes x 100 waiters (<= 2)
+    shared_acquire_vs_ping=    median uncontended acquire / bare PING round trip           (<= 1.30)
+    shared_acquire_vs_floor=   median uncontended acquire / bare EVALSHA of a minimal GCRA (<= 1.10)
+    shared_vs_limits=          median acquire / the `limits` library's fastest async Redis
+                               strategy on the same server                                  (<= 1.0)
+    shared_breaker_extra_calls= calls reaching the dependency after the breaker opened,
+                               summed over 4 processes                                      (<= 4)
+    shared_cache_loads=        loader runs for 200 concurrent callers of one key, 4 processes (= 1)
+
+The latency figures interleave rounds of every contender and take medians, so a noisy
+machine moves them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import redis.asyncio  # noqa: E402
+from act_operator_lib.cookbook.rate_limit import RateLimit, rate_limiter  # noqa: E402
+from act_operator_lib.cookbook.redis_backend import RedisBackend  # noqa: E402
+from limits import RateLimitItemPerSecond  # noqa: E402
+from limits.aio.storage import RedisStorage  # noqa: E402
+from limits.aio.strategies import (  # noqa: E402
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+
+from tests.redis_server import RedisServer  # noqa: E402
+
+# The floor: the least a shared GCRA acquire can be, one EVALSHA of a minimal script.
+FLOOR_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], new_tat, 'PX', 60000)
+return 0
+"""
+
+ROUNDS = 15
+PER_ROUND = 200
+
+
+async def per_call(operation: Callable[[], Awaitable[object]]) -> float:
+    start = time.perf_counter()
+    for _ in range(PER_ROUND):
+        await operation()
+    return (time.perf_counter() - start) / PER_ROUND
+
+
+async def latencies(url: str) -> dict[str, float]:
+    shared = RedisBackend(url)
+    # a rate no benchmark round can exhaust: every acquire is uncontended
+    limiter = rate_limiter("bench-uncontended", RateLimit(rate=1e7, capacity=10**6), shared=shared)
+    client = redis.asyncio.Redis.from_url(url)
+    sha = await client.script_load(FLOOR_GCRA)
+    storage = RedisStorage(url.replace("redis://", "async+redis://"), implementation="redispy")
+    item = RateLimitItemPerSecond(10**6)
+    strategies = {
+        "moving": MovingWindowRateLimiter(storage),
+        "fixed": FixedWindowRateLimiter(storage),
+        "sliding": SlidingWindowCounterRateLimiter(storage),
+    }
+
+    async def ping() -> None:
+        await client.ping()
+
+    async def floor() -> None:
+        await client.evalsha(sha, 1, "bench:floor", 1)
+
+    async def acquire() -> None:
+        await limiter.aacquire()
+
+    def limits_hit(strategy: object) -> Callable[[], Awaitable[object]]:
+        return lambda: strategy.hit(item, "bench")  # type: ignore[attr-defined]
+
+    contenders: dict[str, Callable[[], Awaitable[object]]] = {
+        "ping": ping,
+        "floor": floor,
+        "acquire": acquire,
+        **{f"limits_{name}": limits_hit(s) for name, s in strategies.items()},
+    }
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    try:
+        for operation in contenders.values():  # warm-up: connections, scripts
+            await per_call(operation)
+        for _ in range(ROUNDS):
+            for name, operation in contenders.items():
+                samples[name].append(await per_call(operation))
+    finally:
+        await client.aclose()
+        await shared.aclose()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run_workers(mode: str, url: str, count: int, *args: str) -> list[object]:
+    log = Path(tempfile.mkdtemp(prefix="bench-shared-")) / "events.log"
+    start_at = time.time() + 6  # after every worker has imported
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.cookbook.shared_worker",
+                mode,
+                url,
+                str(start_at),
+                str(log),
+                *args,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    results = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=180)
+        if worker.returncode != 0:
+            raise RuntimeError(f"{mode} worker failed with {worker.returncode}")
+        results.append(json.loads(out))
+    results.append(log.read_text().splitlines() if log.exists() else [])
+    return results
+
+
+def main() -> None:
+    with RedisServer() as server:
+        # 4 processes x 100 waiters share 200/s for 5 s
+        *counts, _ = run_workers("rate", server.url, 4, "100", "200", "5")
+        granted = sum(int(c) for c in counts)  # type: ignore[call-overload]
+        expected = 200 * 5
+        print(f"shared_rate_error_pct={abs(granted - expected) / expected * 100:.2f}", flush=True)
+
+        server.flush()
+        figures = asyncio.run(latencies(server.url))
+        best_limits = min(v for k, v in figures.items() if k.startswith("limits_"))
+        print(f"shared_acquire_vs_ping={figures['acquire'] / figures['ping']:.3f}")
+        print(f"shared_acquire_vs_floor={figures['acquire'] / figures['floor']:.3f}")
+        print(f"shared_vs_limits={figures['acquire'] / best_limits:.3f}")
+        print(
+            f"# per call: ping={figures['ping'] * 1e6:.1f}us floor={figures['floor'] * 1e6:.1f}us"
+            f" acquire={figures['acquire'] * 1e6:.1f}us limits_best={best_limits * 1e6:.1f}us",
+            flush=True,
+        )
+
+        server.flush()
+        *_, events = run_workers("breaker", server.url, 4, "5")
+        opened = min(float(e.split()[1]) for e in events if e.startswith("open"))  # type: ignore[union-attr]
+        extra = sum(
+            1
+            for e in events
+            if e.startswith("call") and float(e.split()[1]) > opened  # type: ignore[union-attr]
+        )
+        print(f"shared_breaker_extra_calls={extra}", flush=True)
+
+        server.flush()
+        *_, loads = run_workers("cache", server.url, 4, "50", "1.0", "ok")
+        print(f"shared_cache_loads={len(loads)}", flush=True)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()
