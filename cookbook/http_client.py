@@ -12,10 +12,28 @@ per (running event loop, settings), so a graph run many times from one loop reus
 connections, and a graph run from several ``asyncio.run`` calls (or under uvloop) never
 touches a session made on another loop; a session is closed when its loop shuts down.
 
-A non-2xx answer raises ``HTTPStatusError`` (status, method, URL without credentials,
-a short body snippet). 429 and 503 honour ``Retry-After`` for idempotent methods
-(GET, HEAD, OPTIONS, PUT, DELETE) up to ``max_attempts``; POST/PATCH are never
-retried unless a call passes ``retry=True``.
+Every failure is an ``HttpError`` (each names the method and the URL without credentials):
+``HTTPStatusError`` for a non-2xx answer (status, a short body snippet), ``HTTPTimeoutError``
+(a ``TimeoutError``), ``HTTPConnectionError`` (a ``ConnectionError``: refused, reset, closed
+mid-body; before, these surfaced as raw aiohttp errors), ``HTTPContentError`` (an unusable
+body), ``HTTPRedirectError`` and ``EgressBlockedError`` (both ``ValueError``: never retried).
+429 and 503 honour ``Retry-After`` for idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE)
+up to ``max_attempts``; POST/PATCH are never retried unless a call passes ``retry=True``.
+
+``base_url`` is a prefix: ``http://h/api`` (or ``http://h/api/``) with ``"/items"`` or
+``"items"`` requests ``http://h/api/items``; a base URL with a query or fragment is refused.
+Redirects are followed by the client, hop by hop, up to ``max_redirects``; credentials
+(``Authorization``, ``Cookie``, API-key headers) are never sent to another origin.
+
+Untrusted URLs (see ``egress.py``): ``HttpSettings(egress=EgressPolicy(...))`` checks every
+request, redirect hop and resolved address of the client. ``FetchJSON`` takes its URL from
+state, so it is guarded by default (``client.for_untrusted_urls()``): with a ``base_url``,
+only that origin is reached (an absolute URL in state never replaces it); without one, any
+public host, never loopback, private or link-local addresses.
+
+Sessions are shared by clients with equal settings on a loop; ``aclose()`` ends this
+client's use, and the session closes when the last client using it closes (or its loop
+ends), so closing one client never breaks another's request.
 
 When to use LangGraph's native ``RetryPolicy`` instead: for retrying a whole node on
 5xx or connection errors, put ``RetryPolicy(retry_on=is_retryable)`` on the node (or
@@ -29,29 +47,45 @@ Likewise prefer the node's ``TimeoutPolicy`` for a deadline on the whole node an
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import json as jsonlib
 import re
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 
+from .egress import (
+    EgressBlockedError,
+    EgressPolicy,
+    GuardedResolver,
+    HttpError,
+    is_credential_header,
+    safe_url,
+)
 from .resources import Resources, close_at_loop_shutdown
 
 __all__ = [
+    "EgressBlockedError",
+    "EgressPolicy",
     "FetchJSON",
+    "HTTPConnectionError",
     "HTTPContentError",
+    "HTTPRedirectError",
     "HTTPStatusError",
     "HTTPTimeoutError",
     "HttpClient",
+    "HttpError",
     "HttpSettings",
     "is_retryable",
     "safe_url",
@@ -59,9 +93,14 @@ __all__ = [
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
-_SECRET_PARAM = re.compile(r"(token|key|secret|password|passwd|pwd|auth|sig|signature)", re.I)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SECONDS = re.compile(r"[0-9]+(\.[0-9]+)?")
+_HAS_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _SNIPPET = 200
+# The (scheme, host, port) a request's credentials belong to: hops elsewhere drop them.
+_CREDENTIALS_FOR: contextvars.ContextVar[tuple[str, str | None, int | None] | None] = (
+    contextvars.ContextVar("http_credentials_for", default=None)
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +125,23 @@ class HttpSettings:
     """Longest ``Retry-After`` wait honoured; a longer one raises at once."""
     max_body: int = 10 * 1024 * 1024
     """Largest body read into memory, in bytes; larger raises ``HTTPContentError``."""
+    max_redirects: int = 5
+    """Redirect hops followed per request (0: none; a 3xx then raises ``HTTPStatusError``)."""
+    egress: EgressPolicy | None = None
+    """Where requests may go (``egress.py``); None: anywhere, unchecked."""
+    resolver: Callable[[], AbstractResolver] | None = None
+    """Makes the connector's DNS resolver (default: aiohttp's); checked when ``egress`` is set."""
+
+    def __repr__(self) -> str:
+        shown = []
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if name == "headers":
+                value = tuple((k, "***" if is_credential_header(k) else v) for k, v in value)
+            elif name == "base_url" and value is not None:
+                value = safe_url(value)
+            shown.append(f"{name}={value!r}")
+        return f"HttpSettings({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         if isinstance(self.headers, Mapping):
@@ -103,29 +159,30 @@ class HttpSettings:
             ("limit_per_host", 0),
             ("max_attempts", 1),
             ("max_body", 1),
+            ("max_redirects", 0),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"HttpSettings {name} must be an int >= {low}, got {value!r}")
-        if self.base_url is not None and not URL(self.base_url).absolute:
-            raise ValueError(
-                f"HttpSettings base_url must be an absolute URL, got {self.base_url!r}"
+        if self.base_url is not None:
+            base = URL(self.base_url)
+            if not base.absolute or base.scheme not in ("http", "https"):
+                raise ValueError(
+                    "HttpSettings base_url must be an absolute http or https URL,"
+                    f" got {safe_url(self.base_url)!r}"
+                )
+            if base.query_string or base.fragment:
+                raise ValueError(
+                    "HttpSettings base_url must have no query or fragment (it is a prefix),"
+                    f" got {safe_url(self.base_url)!r}"
+                )
+        if self.egress is not None and not isinstance(self.egress, EgressPolicy):
+            raise TypeError(
+                f"HttpSettings egress must be an EgressPolicy or None, got {self.egress!r}"
             )
 
 
-def safe_url(url: str | URL) -> str:
-    """``url`` without user/password and with secret-looking query values masked."""
-    url = URL(url)
-    if url.user is not None or url.password is not None:
-        url = url.with_user(None)
-    if url.query and any(_SECRET_PARAM.search(key) for key in url.query):
-        url = url.with_query(
-            [(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in url.query.items()]
-        )
-    return str(url)
-
-
-class HTTPStatusError(Exception):
+class HTTPStatusError(HttpError):
     """A non-2xx answer: ``status``, ``method``, ``url`` (no credentials), a body ``snippet``."""
 
     def __init__(
@@ -148,7 +205,7 @@ class HTTPStatusError(Exception):
         return f"{self.method} {self.url} returned {self.status}{detail}"
 
 
-class HTTPContentError(ValueError):
+class HTTPContentError(HttpError, ValueError):
     """A 2xx answer whose body could not be used: undecodable text, invalid JSON, or larger
     than ``max_body``."""
 
@@ -158,7 +215,7 @@ class HTTPContentError(ValueError):
         super().__init__(f"{method} {self.url}: {message}")
 
 
-class HTTPTimeoutError(TimeoutError):
+class HTTPTimeoutError(HttpError, TimeoutError):
     """A request that did not complete within its timeout."""
 
     def __init__(self, method: str, url: str, timeout: float) -> None:
@@ -168,13 +225,54 @@ class HTTPTimeoutError(TimeoutError):
         super().__init__(f"{method} {self.url} timed out after {timeout:g}s")
 
 
+class HTTPConnectionError(HttpError, ConnectionError):
+    """The connection failed: refused, reset, or closed before the whole answer arrived."""
+
+    def __init__(self, method: str, url: str, reason: str) -> None:
+        self.method = method
+        self.url = safe_url(url)
+        self.reason = reason
+        super().__init__(f"{method} {self.url} failed: {reason}")
+
+
+class HTTPRedirectError(HttpError, ValueError):
+    """Too many redirect hops, or a ``Location`` that is not an http(s) URL."""
+
+    def __init__(self, message: str, method: str, url: str) -> None:
+        self.method = method
+        self.url = safe_url(url)
+        super().__init__(f"{method} {self.url}: {message}")
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """For ``RetryPolicy(retry_on=is_retryable)``: 5xx/429, timeouts, connection failures."""
+    """For ``RetryPolicy(retry_on=is_retryable)``: 5xx/429, timeouts, connection failures.
+
+    Never ``EgressBlockedError``, ``HTTPRedirectError`` or ``HTTPContentError`` (ValueErrors).
+    """
     if isinstance(exc, HTTPStatusError):
         return exc.status >= 500 or exc.status == 429
     return isinstance(
-        exc, TimeoutError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
+        exc,
+        TimeoutError | ConnectionError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError,
     )
+
+
+def _origin(url: URL) -> tuple[str, str | None, int | None]:
+    return (url.scheme, url.host, url.port)
+
+
+async def _credentials_stay_home(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """Client middleware: a hop to another origin than the request's carries no credentials.
+
+    Session default headers are merged into every hop, so they are removed here, per hop.
+    """
+    home = _CREDENTIALS_FOR.get()
+    if home is not None and _origin(request.url) != home:
+        for name in [k for k in request.headers if is_credential_header(k)]:
+            del request.headers[name]
+    return await handler(request)
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -204,11 +302,13 @@ class HttpClient:
     _sessions: ClassVar[
         dict[tuple[asyncio.AbstractEventLoop, HttpSettings], aiohttp.ClientSession]
     ] = {}
-    # id(session) -> (cancel its loop-shutdown close, the creating client's name)
-    _disarms: ClassVar[dict[int, tuple[Any, str]]] = {}
+    # id(session) -> (cancel its loop-shutdown close, the creating client's name, its resolver)
+    _disarms: ClassVar[dict[int, tuple[Any, str, AbstractResolver | None]]] = {}
+    # id(session) -> the clients using it; the last one to aclose() closes it.
+    _holders: ClassVar[dict[int, weakref.WeakSet[HttpClient]]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    __slots__ = ("_recent", "name", "settings")
+    __slots__ = ("__weakref__", "_guarded", "_prefix", "_recent", "name", "settings")
 
     def __init__(
         self,
@@ -225,6 +325,10 @@ class HttpClient:
         self.name = name
         # The last session used: skips hashing the registry key on every request.
         self._recent: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
+        self._guarded: HttpClient | None = None
+        self._prefix: str | None = None
+        if self.settings.base_url is not None:
+            self._prefix = str(URL(self.settings.base_url)).rstrip("/") + "/"
         if resources is not None:
             resources.add(self)
 
@@ -237,6 +341,8 @@ class HttpClient:
         key = (loop, self.settings)
         session = self._sessions.get(key)
         if session is not None and not session.closed:
+            with self._lock:
+                self._holders.setdefault(id(session), weakref.WeakSet()).add(self)
             self._recent = (loop, session)
             return session
         # Creating a session never awaits, so holding a thread lock keeps concurrent
@@ -244,28 +350,42 @@ class HttpClient:
         with self._lock:
             session = self._sessions.get(key)
             if session is not None and not session.closed:
+                self._holders.setdefault(id(session), weakref.WeakSet()).add(self)
+                self._recent = (loop, session)
                 return session
             for stale in [k for k in self._sessions if k[0].is_closed()]:
                 # Its loop ended without shutdown_asyncgens: forget the session.
                 self._forget(stale, self._sessions[stale])
-            session = self._new_session()
+            session, resolver = self._new_session()
             self._sessions[key] = session
+            self._holders[id(session)] = weakref.WeakSet([self])
         disarm = close_at_loop_shutdown(lambda: self._close_session(key, session))
-        self._disarms[id(session)] = (disarm, self.name)
+        self._disarms[id(session)] = (disarm, self.name, resolver)
         record(
             "pool_size", float(self.settings.limit), name=self.name
         )  # a gauge: + now, - on close
         self._recent = (loop, session)
         return session
 
-    def _new_session(self) -> aiohttp.ClientSession:
+    def _new_session(self) -> tuple[aiohttp.ClientSession, AbstractResolver | None]:
         settings = self.settings
+        policy = settings.egress
+        resolver = settings.resolver() if settings.resolver is not None else None
+        middlewares: list[Any] = [_credentials_stay_home]
+        if policy is not None:
+            # Checked at connect time, on the very addresses connected to (DNS rebinding).
+            resolver = GuardedResolver(policy, resolver or aiohttp.DefaultResolver())
+            middlewares.insert(0, policy.middleware())
         connector = aiohttp.TCPConnector(
-            limit=settings.limit, limit_per_host=settings.limit_per_host
+            limit=settings.limit, limit_per_host=settings.limit_per_host, resolver=resolver
         )
-        return aiohttp.ClientSession(
-            base_url=settings.base_url,
+        session = aiohttp.ClientSession(
+            # For direct users of session(): aiohttp joins relative URLs to it (RFC 3986).
+            base_url=self._prefix,
             connector=connector,
+            middlewares=tuple(middlewares),
+            # A jar would send a host's cookies to its other ports (cookies ignore ports).
+            cookie_jar=aiohttp.DummyCookieJar() if policy is not None else None,
             # sock_connect, not connect: aiohttp arms a connect timer on every request,
             # even one served by a pooled connection; this one only times new sockets.
             timeout=aiohttp.ClientTimeout(
@@ -274,6 +394,7 @@ class HttpClient:
             headers=dict(settings.headers),
             raise_for_status=False,
         )
+        return session, resolver
 
     @classmethod
     def _forget(
@@ -282,9 +403,10 @@ class HttpClient:
         """Unregister ``session`` and cancel its loop-shutdown close; the caller holds the lock."""
         if cls._sessions.get(key) is session:
             del cls._sessions[key]
+        cls._holders.pop(id(session), None)
         owner = cls._disarms.pop(id(session), None)
         if owner is not None:
-            disarm, name = owner
+            disarm, name, _ = owner
             disarm()
             record("pool_size", -float(key[1].limit), name=name)
 
@@ -293,15 +415,69 @@ class HttpClient:
         cls, key: tuple[asyncio.AbstractEventLoop, HttpSettings], session: aiohttp.ClientSession
     ) -> None:
         with cls._lock:
+            owner = cls._disarms.get(id(session))
             cls._forget(key, session)
         await session.close()
+        if owner is not None and owner[2] is not None:
+            await owner[2].close()  # a resolver we made: the connector does not own it
 
     async def aclose(self) -> None:
-        """Close this loop's session for these settings (the next call opens a new one)."""
+        """End this client's use of this loop's session; the last client using it closes it.
+
+        Changed: it used to close the session shared with every client of equal settings,
+        breaking their requests in flight. The client stays usable (the next call rejoins
+        or opens a session). Also closes the guarded twin of ``for_untrusted_urls()``.
+        """
+        if self._guarded is not None:
+            await self._guarded.aclose()
+        self._recent = None
         key = (asyncio.get_running_loop(), self.settings)
-        session = self._sessions.get(key)
-        if session is not None:
-            await self._close_session(key, session)
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                return
+            holders = self._holders.get(id(session))
+            if holders is not None:
+                holders.discard(self)
+                if holders:
+                    return  # others still use it
+        await self._close_session(key, session)
+
+    def for_untrusted_urls(self) -> HttpClient:
+        """This client, guarded for URLs taken from state (nodes call this).
+
+        Itself if its settings have an ``egress`` policy; otherwise a twin (same settings,
+        its own session, closed with this client) whose policy allows only ``base_url``'s
+        origin, or, without a base URL, any public host (``EgressPolicy()``).
+        """
+        if self.settings.egress is not None:
+            return self
+        if self._guarded is None:
+            base = self.settings.base_url
+            policy = EgressPolicy() if base is None else EgressPolicy.only(base)
+            settings = replace(self.settings, egress=policy)
+            self._guarded = HttpClient(settings, name=self.name)
+        return self._guarded
+
+    def url(self, url: str | URL) -> URL:
+        """The absolute URL a request for ``url`` goes to: ``base_url`` is a prefix, and
+        with an ``egress`` policy the URL is checked and its host made canonical."""
+        prefix = self._prefix
+        if prefix is not None and isinstance(url, str) and not _HAS_SCHEME.match(url):
+            if url.startswith("//"):  # a scheme-relative URL names its own host
+                target = URL(prefix.partition(":")[0] + ":" + url)
+            else:
+                target = URL(prefix + url.lstrip("/"))
+        else:
+            target = URL(url)
+            if not target.absolute:
+                if prefix is None:
+                    raise ValueError(
+                        f"HttpClient url must be absolute when there is no base_url, got {url!r}"
+                    )
+                target = URL(prefix + str(target).lstrip("/"))
+        policy = self.settings.egress
+        return target if policy is None else policy.check_url(target)
 
     async def request(
         self,
@@ -329,11 +505,20 @@ class HttpClient:
         retry = method in IDEMPOTENT_METHODS if retry is None else retry
         attempts = self.settings.max_attempts if retry else 1
         total = request_timeout if request_timeout is not None else self.settings.timeout
+        target = self.url(url)  # EgressBlockedError here: before any connection
         for attempt in range(1, attempts + 1):
             try:
                 # Asked each attempt: a close() while waiting out Retry-After means a new one.
                 return await self._send(
-                    self.session(), method, url, read, params, json, data, headers, request_timeout
+                    self.session(),
+                    method,
+                    target,
+                    read,
+                    params,
+                    json,
+                    data,
+                    headers,
+                    request_timeout,
                 )
             except HTTPStatusError as exc:
                 wait = exc.retry_after
@@ -346,24 +531,75 @@ class HttpClient:
                     raise
                 record("http_retries", 1.0, name=self.name)
                 await asyncio.sleep(wait)
+            except HttpError:
+                raise
             except TimeoutError as exc:  # aiohttp's, from ClientTimeout
-                raise HTTPTimeoutError(method, self._full_url(url, params), total) from exc
+                raise HTTPTimeoutError(method, _with_params(target, params), total) from exc
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                reason = str(exc) or type(exc).__name__
+                raise HTTPConnectionError(method, _with_params(target, params), reason) from exc
+            except aiohttp.ClientError as exc:
+                raise HttpError(
+                    f"{method} {safe_url(_with_params(target, params))}: {exc}"
+                ) from exc
         raise AssertionError("unreachable")
 
-    def _full_url(self, url: str, params: Mapping[str, Any] | None) -> str:
-        """The URL a request went to, for error messages."""
-        full = URL(url)
-        if not full.absolute and self.settings.base_url:
-            full = URL(self.settings.base_url).join(full)
-        if params:
-            full = full.update_query({k: str(v) for k, v in params.items()})
-        return str(full)
+    async def _follow(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Any,
+        headers: Mapping[str, str] | None,
+        kwargs: dict[str, Any],
+    ) -> aiohttp.ClientResponse:
+        """The final response after following redirects hop by hop, each hop checked."""
+        policy = self.settings.egress
+        token = _CREDENTIALS_FOR.set(_origin(url))
+        try:
+            for hop in range(self.settings.max_redirects + 1):
+                response = await session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    data=data,
+                    headers=headers,
+                    allow_redirects=False,
+                    **kwargs,
+                )
+                location = (
+                    response.headers.get("Location") if response.status in _REDIRECTS else None
+                )
+                if location is None or hop == self.settings.max_redirects:
+                    return response
+                response.release()
+                try:
+                    target = response.url.join(URL(location))
+                except ValueError:
+                    target = None
+                if target is None or target.scheme not in ("http", "https"):
+                    raise HTTPRedirectError(
+                        f"redirected to {location!r}, not an http(s) URL", method, str(url)
+                    )
+                if policy is not None:
+                    target = policy.check_url(target)  # before any connection to it
+                if (response.status == 303 and method != "HEAD") or (
+                    response.status in (301, 302) and method == "POST"
+                ):
+                    method, json, data = "GET", None, None
+                url, params = target, None  # the Location is the whole next URL
+        finally:
+            _CREDENTIALS_FOR.reset(token)
+        raise AssertionError("unreachable")
 
     async def _send(
         self,
         session: aiohttp.ClientSession,
         method: str,
-        url: str,
+        url: URL,
         read: str,
         params: Mapping[str, Any] | None,
         json: Any,
@@ -376,10 +612,16 @@ class HttpClient:
             kwargs["timeout"] = aiohttp.ClientTimeout(
                 total=request_timeout, sock_connect=self.settings.connect_timeout
             )
-        async with session.request(
-            method, url, params=params, json=json, data=data, headers=headers, **kwargs
-        ) as response:
+        response = await self._follow(session, method, url, params, json, data, headers, kwargs)
+        async with response:
             record("http_requests", 1.0, name=self.name)
+            if response.status in _REDIRECTS and "Location" in response.headers:
+                response.release()
+                raise HTTPRedirectError(
+                    f"more than max_redirects={self.settings.max_redirects} redirects",
+                    method,
+                    str(response.url),
+                )
             if response.status >= 300:
                 snippet = (await response.content.read(_SNIPPET)).decode("utf-8", "replace")
                 raise HTTPStatusError(
@@ -456,6 +698,13 @@ class HttpClient:
         return f"HttpClient(name={self.name!r}{base})"
 
 
+def _with_params(url: URL, params: Mapping[str, Any] | None) -> str:
+    """The URL a request went to, for error messages."""
+    if params:
+        url = url.update_query({k: str(v) for k, v in params.items()})
+    return str(url)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FetchSettings:
     """What ``FetchJSON`` reads from the state and writes back."""
@@ -466,6 +715,9 @@ class FetchSettings:
     """State key the decoded JSON is written to."""
     params: tuple[tuple[str, str], ...] = field(default=())
     """Query parameters added to every request."""
+    trust_state_urls: bool = False
+    """True: the URL in state is trusted and goes through the client unguarded. Only for
+    state no model or user can write; the default guards it (``for_untrusted_urls``)."""
 
 
 class FetchJSON(AsyncBaseNode):
@@ -490,12 +742,15 @@ class FetchJSON(AsyncBaseNode):
         self.client = client
         self.settings = settings or FetchSettings()
         self._params = dict(self.settings.params) or None
+        # The URL comes from state: untrusted, so guarded (see HttpClient.for_untrusted_urls).
+        self._guarded = client if self.settings.trust_state_urls else client.for_untrusted_urls()
 
     async def execute(self, state: Mapping[str, Any]) -> dict[str, Any]:
         url = state[self.settings.url_key]
         if self.verbose:  # safe_url parses the URL: only pay for it when logging
             self.log("GET", url=safe_url(url))
-        return {self.settings.output_key: await self.client.get_json(url, params=self._params)}
+        response = await self._guarded.get_json(url, params=self._params)
+        return {self.settings.output_key: response}
 
 
 if __name__ == "__main__":

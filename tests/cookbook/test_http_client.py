@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
+import socket
 import time
 from typing import Any, TypedDict
 
@@ -14,7 +16,9 @@ from act_operator_lib.cookbook.http_client import (
     FetchJSON,
     FetchSettings,
     HttpClient,
+    HTTPConnectionError,
     HTTPContentError,
+    HttpError,
     HttpSettings,
     HTTPStatusError,
     HTTPTimeoutError,
@@ -41,6 +45,13 @@ def fetch_graph(client: HttpClient, retry: RetryPolicy | None = None) -> Any:
     builder.add_node(FetchJSON(client), retry_policy=retry)
     builder.add_edge("__start__", "FetchJSON")
     return builder.compile()
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def sessions_on_this_loop() -> list[aiohttp.ClientSession]:
@@ -193,8 +204,10 @@ async def test_reset_mid_body_is_retried_by_langgraph_retry_policy(
     graph = fetch_graph(
         client, RetryPolicy(max_attempts=3, initial_interval=0.01, retry_on=is_retryable)
     )
-    with pytest.raises(aiohttp.ClientPayloadError):
+    # A connection error of the client's own (a ConnectionError), the aiohttp cause chained.
+    with pytest.raises(HTTPConnectionError) as caught:
         await graph.ainvoke({"url": "/reset"})
+    assert isinstance(caught.value.__cause__, aiohttp.ClientPayloadError)
     assert http_server.hits["/reset"] == 3
     assert (await graph.ainvoke({"url": "/json"}))["response"]["ok"]  # the pool still works
     await client.aclose()
@@ -330,7 +343,7 @@ async def test_fetch_settings_choose_keys(http_server: HttpTestServer) -> None:
         ({"limit": -1}, "HttpSettings limit must be an int >= 0, got -1"),
         ({"max_attempts": 0}, "HttpSettings max_attempts must be an int >= 1, got 0"),
         ({"connect_timeout": -2}, "connect_timeout must be > 0 or None"),
-        ({"base_url": "/relative"}, "base_url must be an absolute URL"),
+        ({"base_url": "/relative"}, "base_url must be an absolute http or https URL"),
     ],
 )
 def test_invalid_settings_fail_at_construction(kwargs: dict[str, Any], message: str) -> None:
@@ -352,3 +365,99 @@ def test_example_runs() -> None:
     out = run_example("http_client")
     assert "response: {'hello': 'world', 'path': '/hello'}" in out
     assert "returned 404" in out
+
+
+# --- issue 11, points 13-16 ---
+
+
+async def test_closing_one_client_does_not_break_another_sharing_the_session(
+    http_server: HttpTestServer,
+) -> None:
+    settings = HttpSettings(base_url=http_server.url)
+    first, second = HttpClient(settings), HttpClient(settings)
+    await first.get_json("/json")
+    assert second.session() is first.session()  # equal settings: one shared session
+    in_flight = asyncio.create_task(second.get_json("/slow", params={"delay": 0.3}))
+    await asyncio.sleep(0.1)
+    await first.aclose()  # first is done with it; second is still using it
+    assert (await in_flight)["ok"] is True
+    assert not second.session().closed
+    assert (await first.get_json("/json"))["ok"]  # a closed client may be used again
+    await first.aclose()
+    session = second.session()
+    await second.aclose()  # the last user: now the session closes
+    assert session.closed
+    assert sessions_on_this_loop() == []
+
+
+def test_settings_repr_redacts_secret_headers() -> None:
+    settings = HttpSettings(
+        base_url="http://alice:pw@h/api",
+        headers={
+            "Authorization": "Bearer sk-live-123",
+            "Cookie": "session=c00kie",
+            "X-API-Key": "k-456",
+            "Proxy-Authorization": "Basic cHJveHk=",
+            "Accept": "application/json",
+        },
+    )
+    text = repr(settings)
+    for secret in ("sk-live-123", "c00kie", "k-456", "cHJveHk=", "pw", "alice"):
+        assert secret not in text
+    assert "'Authorization', '***'" in text
+    assert "'Accept', 'application/json'" in text  # not a secret: shown
+    assert "timeout=30.0" in text
+
+
+async def test_base_url_with_a_path_is_a_prefix(http_server: HttpTestServer) -> None:
+    # "/json" and "json" both go under the prefix, with or without a trailing slash.
+    for base in (http_server.url + "/status", http_server.url + "/status/"):
+        client = HttpClient(HttpSettings(base_url=base))
+        for path in ("/404", "404"):
+            with pytest.raises(HTTPStatusError) as caught:
+                await client.get_json(path)
+            assert caught.value.status == 404
+            assert caught.value.url == http_server.url + "/status/404"
+            assert "status 404 from the test server" in caught.value.snippet
+        await client.aclose()
+    assert http_server.hits["/status/404"] == 4
+    assert http_server.hits["/404"] == 0
+    root = HttpClient(HttpSettings(base_url=http_server.url))
+    assert (await root.get_json("json"))["path"] == "/json"
+    assert (await root.get_json("/json?x=1"))["query"] == {"x": "1"}
+    await root.aclose()
+
+
+@pytest.mark.parametrize(
+    ("base_url", "message"),
+    [
+        ("http://h/api?x=1", "HttpSettings base_url must have no query or fragment"),
+        ("ftp://h/", "HttpSettings base_url must be an absolute http or https URL"),
+        ("/api", "HttpSettings base_url must be an absolute http or https URL"),
+    ],
+)
+def test_ambiguous_base_urls_are_refused(base_url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        HttpSettings(base_url=base_url)
+
+
+async def test_every_failure_is_an_http_error(http_server: HttpTestServer) -> None:
+    client = HttpClient(HttpSettings(base_url=http_server.url))
+    refused = HttpClient(HttpSettings(base_url=f"http://127.0.0.1:{unused_port()}"))
+    failures: list[tuple[Any, type[BaseException]]] = [
+        (client.get_json("/reset"), HTTPConnectionError),  # a reset mid-body
+        (refused.get_json("/json"), HTTPConnectionError),  # nothing listening
+        (client.get_json("/status/500"), HTTPStatusError),
+        (client.get_json("/malformed"), HTTPContentError),
+        (client.get_json("/slow", params={"delay": 2}, request_timeout=0.1), HTTPTimeoutError),
+    ]
+    for call, kind in failures:
+        with pytest.raises(HttpError) as caught:
+            await call
+        assert isinstance(caught.value, kind), caught.value
+        assert http_server.url.split(":")[1] in str(caught.value)  # names the URL
+    reset = HTTPConnectionError("GET", "http://h/x", "reset")
+    assert isinstance(reset, ConnectionError)  # LangGraph's default RetryPolicy retries it
+    assert is_retryable(reset)
+    await client.aclose()
+    await refused.aclose()
