@@ -6,13 +6,16 @@
     builder.add_node(RateLimitedNode(search_node, limiter))  # the same thing as a node
     model = ChatOpenAI(rate_limiter=limiter)  # a langchain-core BaseRateLimiter as well
 
-Every ``rate_limiter(name, ...)`` call with the same name returns the same limiter, so node
-instances, graphs and graph runs (every run on a server's event loop) draw from one budget.
-Waiters are served strictly in arrival order, the limiter never sleeps while holding a lock,
-and a waiter cancelled while queued takes no token. Each event loop has its own bucket
-(futures belong to one loop), so the same graph can be run from several ``asyncio.run``
-calls; synchronous callers (a chat model's ``invoke`` in a worker thread) share one
-thread-safe bucket per limiter.
+Every ``rate_limiter(name, ...)`` call with the same name returns the same limiter, and a
+limiter is one budget for the whole process: node instances, graphs, concurrent runs, every
+``asyncio.run`` / ``run_sync`` call, other threads with their own event loops, and
+synchronous callers (a chat model's ``invoke`` as well as its ``ainvoke``) all draw from
+it. Waiters are served strictly in arrival order, whatever loop or thread they wait in; the
+limiter never sleeps or awaits while holding its lock; a waiter cancelled while queued takes
+no token. After an event-loop stall it releases at most ``capacity`` tokens at once and then
+goes on at the rate: overdue grants are not made up in a burst.
+(Until this version each event loop, and synchronous callers, had a bucket of their own, so
+every ``asyncio.run`` started with a full bucket; and a stall was made up at once.)
 
 When to use LangGraph's native tools instead: to bound how many nodes run at once, use
 ``max_concurrency`` in the run config (a concurrency limit, not a rate); to slow down
@@ -25,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,7 +56,7 @@ class RateLimit:
     rate: float
     """Tokens added per second; > 0."""
     capacity: int = 1
-    """Most tokens the bucket holds (the largest burst); >= 1. A full bucket starts a loop."""
+    """Most tokens the bucket holds (the largest burst); >= 1. A new limiter starts full."""
 
     def __post_init__(self) -> None:
         if isinstance(self.rate, bool) or not isinstance(self.rate, int | float):
@@ -67,22 +69,85 @@ class RateLimit:
             raise ValueError(f"RateLimit capacity must be >= 1, got {self.capacity!r}")
 
 
-class _Bucket:
-    """One event loop's tokens and its queue of waiting futures."""
+# A grant served late (a busy loop, a coarse timer) is dated back to when it was due by at
+# most this much, and by less than half a token: timer jitter then costs no rate, while the
+# tokens a stall made overdue are never released together to make up for it.
+_LATE_GRACE = 0.005
 
-    __slots__ = ("level", "loop", "timer", "updated", "waiters")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
+class _TokenBucket:
+    """The budget of one limiter, and the one step that touches it.
+
+        wait = bucket.take(tokens, at=time.monotonic())  # 0.0: taken; else seconds to wait
+
+    The limiter reaches this state only through ``take`` and ``refund``, under its lock. A
+    store shared by several processes (Redis, one server-side script per step) can take
+    its place by implementing the same two steps; the waiter queue stays in the process.
+    """
+
+    __slots__ = ("capacity", "level", "rate", "updated")
+
+    def __init__(self, policy: RateLimit, now: float) -> None:
+        self.rate = float(policy.rate)
+        self.capacity = float(policy.capacity)
+        self.level = self.capacity  # a new limiter starts full
+        self.updated = now  # the time `level` was last brought up to date
+
+    def take(self, tokens: int, at: float) -> float:
+        """Take ``tokens`` as of ``at`` (``time.monotonic()``): 0.0 if taken, else the seconds
+        from ``at`` until they will be there (nothing is taken then)."""
+        if at > self.updated:
+            level = self.level + (at - self.updated) * self.rate
+            self.level = level if level < self.capacity else self.capacity
+            self.updated = at
+        if self.level >= tokens - 1e-9:  # a wait computed below must be enough
+            self.level -= tokens
+            return 0.0
+        return self.updated + (tokens - self.level) / self.rate - at
+
+    def refund(self, tokens: int) -> None:
+        """Give back ``tokens`` taken for a caller that was cancelled before it could use them."""
+        level = self.level + tokens
+        self.level = level if level < self.capacity else self.capacity
+
+
+class _Waiter:
+    """One queued caller: a future on its own event loop, or an event a thread sleeps on."""
+
+    __slots__ = ("due", "event", "future", "gone", "granted", "loop", "tokens")
+
+    def __init__(
+        self,
+        tokens: int,
+        arrived: float,
+        loop: asyncio.AbstractEventLoop | None = None,
+        future: asyncio.Future[None] | None = None,
+        event: threading.Event | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.due = arrived  # when it can be served (known once it heads the queue)
         self.loop = loop
-        self.level = float(capacity)
-        self.updated = loop.time()
-        # (future, tokens wanted, loop.time() it arrived), first come first served.
-        self.waiters: deque[tuple[asyncio.Future[None], int, float]] = deque()
-        self.timer: asyncio.TimerHandle | None = None
+        self.future = future
+        self.event = event
+        self.granted = False  # its tokens were taken for it (set under the limiter's lock)
+        self.gone = False  # it left the queue (cancelled) before being granted
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a waiter cancelled meanwhile hands its tokens back itself
+        future.set_result(None)
 
 
 class RateLimiter(BaseRateLimiter):
-    """A FIFO-fair token bucket; ``async with limiter`` or ``await limiter.aacquire()``.
+    """A FIFO-fair token bucket; ``async with limiter``, ``await limiter.aacquire()`` or
+    ``limiter.acquire()`` from synchronous code.
 
         limiter = RateLimiter(RateLimit(rate=10))  # private; rate_limiter(name, ...) shares
         async with limiter:
@@ -90,12 +155,25 @@ class RateLimiter(BaseRateLimiter):
         await limiter.aacquire(tokens=3)  # a call that costs three tokens
         limiter.try_acquire()  # take a token only if one is free now
 
-    The design follows aiolimiter: ``loop.time()`` for the clock, a future per waiter, one
-    timer for the head of the queue. Tokens pass straight from the timer to the waiter, so
-    a newcomer can never take a token a queued waiter was promised.
+    One budget, whoever draws from it: the bucket (its level and the time it was last
+    refilled, on ``time.monotonic()``) is process-wide under a ``threading.Lock``, and so is
+    the single FIFO queue of waiters. Each waiter is woken on its own terms: a future on the
+    event loop it waits in (resolved with ``call_soon_threadsafe`` from another thread), or
+    an event a synchronous caller's thread sleeps on. Only the head of the queue has a
+    wake-up set (a timer on its loop, or its own timed sleep), and serving it hands the
+    next head its wake-up, so a caller on one loop never waits for a loop it cannot see to
+    run. This was chosen over per-loop buckets or per-loop queues: those give every
+    ``asyncio.run`` a fresh budget, or let callers on a busy loop be overtaken by later
+    ones elsewhere. The lock is held for a few arithmetic steps only, never across a
+    sleep or an await, so the uncontended ``aacquire`` is one lock round trip.
+
+    Tokens pass straight from the bucket to the head waiter, so a newcomer can never take
+    a token a queued waiter was promised. A waiter cancelled while queued takes nothing;
+    one cancelled just after being granted gives its tokens back. A waiter whose event
+    loop was closed without cancelling it is skipped.
     """
 
-    __slots__ = ("_buckets", "_last", "_lock", "_sync_due", "name", "policy")
+    __slots__ = ("_armed", "_armed_due", "_bucket", "_grace", "_lock", "_queue", "name", "policy")
 
     policy: RateLimit
     """The rate and burst capacity."""
@@ -107,25 +185,15 @@ class RateLimiter(BaseRateLimiter):
             raise TypeError(f"RateLimiter policy must be a RateLimit, got {policy!r}")
         self.policy = policy
         self.name = name
-        self._lock = threading.Lock()  # guards bucket creation and the sync bucket, never a sleep
-        self._buckets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Bucket] = (
-            weakref.WeakKeyDictionary()
-        )
-        # The bucket last used: the common case (one loop) skips the weak-dict lookup.
-        self._last: _Bucket | None = None
-        # Synchronous callers: the theoretical time (time.monotonic) the next token is due.
-        self._sync_due = 0.0
+        self._lock = threading.Lock()  # guards the bucket and the queue, never a sleep
+        self._bucket = _TokenBucket(policy, time.monotonic())
+        self._queue: deque[_Waiter] = deque()  # first come, first served, every caller
+        self._armed: _Waiter | None = None  # the head whose wake-up is set, and for when
+        self._armed_due = 0.0
+        self._grace = min(_LATE_GRACE, 0.5 / policy.rate)
 
     def __repr__(self) -> str:
         return f"RateLimiter(name={self.name!r}, rate={self.policy.rate}, capacity={self.policy.capacity})"
-
-    def _bucket(self, loop: asyncio.AbstractEventLoop) -> _Bucket:
-        with self._lock:
-            bucket = self._buckets.get(loop)
-            if bucket is None:
-                bucket = self._buckets[loop] = _Bucket(loop, self.policy.capacity)
-            self._last = bucket
-            return bucket
 
     def _check_tokens(self, tokens: int) -> None:
         if not 1 <= tokens <= self.policy.capacity:
@@ -140,75 +208,81 @@ class RateLimiter(BaseRateLimiter):
         With ``blocking=False`` it takes them only if free now and nobody is queued,
         returning ``False`` otherwise.
         """
-        loop = asyncio.get_running_loop()
-        bucket = self._last
-        if bucket is None or bucket.loop is not loop:
-            bucket = self._bucket(loop)
         if tokens != 1:
             self._check_tokens(tokens)
-        now = loop.time()
-        if not bucket.waiters:
-            level = bucket.level + (now - bucket.updated) * self.policy.rate
-            bucket.level = level if level < self.policy.capacity else self.policy.capacity
-            bucket.updated = now
-            if bucket.level >= tokens:
-                bucket.level -= tokens
-                record("rate_limiter_wait_seconds", 0.0, name=self.name)
-                return True
-        if not blocking:
-            return False
-
-        future: asyncio.Future[None] = loop.create_future()
-        bucket.waiters.append((future, tokens, now))
-        if len(bucket.waiters) == 1:
-            self._grant(bucket)
+        with self._lock:
+            now = time.monotonic()
+            if not self._queue and self._bucket.take(tokens, now) == 0.0:
+                future = None
+            elif not blocking:
+                return False
+            else:
+                loop = asyncio.get_running_loop()
+                future = loop.create_future()
+                waiter = _Waiter(tokens, now, loop, future)
+                self._queue.append(waiter)
+                self._serve(now)
+        if future is None:
+            record("rate_limiter_wait_seconds", 0.0, name=self.name)
+            return True
         try:
             await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                # Granted just before the cancel landed: hand the tokens back.
-                bucket.level = min(bucket.level + tokens, self.policy.capacity)
-                self._grant(bucket)
-            else:
-                future.cancel()  # marks it skipped, if the cancel did not come through it
-                # A _grant run between the cancel and now (a timer, a try_acquire) may have
-                # dropped it already, leaving the queue empty.
-                if bucket.waiters and bucket.waiters[0][0] is future:
-                    self._grant(bucket)  # drops it and serves (or times) the new head
+        except BaseException:  # cancelled, or torn down with its loop
+            with self._lock:
+                self._leave(waiter)
             raise
-        record("rate_limiter_wait_seconds", loop.time() - now, name=self.name)
+        record("rate_limiter_wait_seconds", time.monotonic() - now, name=self.name)
         return True
 
-    def _grant(self, bucket: _Bucket) -> None:
-        """Hand tokens to waiters in order; set a timer for when the head can be served."""
-        if bucket.timer is not None:
-            bucket.timer.cancel()
-            bucket.timer = None
-        rate, capacity = self.policy.rate, self.policy.capacity
-        now = bucket.loop.time()
-        level, updated = bucket.level, bucket.updated  # the level at time `updated`
-        waiters = bucket.waiters
-        while waiters:
-            future, tokens, arrived = waiters[0]
-            if future.done():  # cancelled while queued: it takes nothing
-                waiters.popleft()
-                continue
-            # Serve the head at the moment a punctual limiter would have (enough tokens, and
-            # not before it arrived), not when this callback happens to run: a late timer
-            # then loses no tokens to the capacity cap, and the long-run rate stays exact.
-            if arrived > updated:
-                level = min(level + (arrived - updated) * rate, capacity)
-                updated = arrived
-            ready = updated + (tokens - level) / rate if level < tokens else updated
-            if ready > now:
-                bucket.timer = bucket.loop.call_at(ready, self._grant, bucket)
-                break
-            level = max(level + (ready - updated) * rate - tokens, 0.0)
-            updated = ready
-            waiters.popleft()
-            future.set_result(None)
-        bucket.level = min(level + (now - updated) * rate, capacity)
-        bucket.updated = now
+    def acquire(self, *, blocking: bool = True, tokens: int = 1) -> bool:
+        """Take ``tokens`` from synchronous code (any thread), sleeping for them if needed.
+
+        The same budget and the same queue as ``aacquire``: a chat model's ``invoke`` and
+        ``ainvoke`` share one rate.
+        """
+        if tokens != 1:
+            self._check_tokens(tokens)
+        with self._lock:
+            arrived = time.monotonic()
+            if not self._queue and self._bucket.take(tokens, arrived) == 0.0:
+                record("rate_limiter_wait_seconds", 0.0, name=self.name)
+                return True
+            if not blocking:
+                return False
+            waiter = _Waiter(tokens, arrived, event=threading.Event())
+            self._queue.append(waiter)
+            self._serve(arrived)
+        event = waiter.event
+        assert event is not None
+        try:
+            while True:
+                with self._lock:
+                    if waiter.granted:
+                        break
+                    timeout = None
+                    if self._armed is waiter:  # the head times its own wait
+                        now = time.monotonic()
+                        if now >= waiter.due:
+                            self._armed = None
+                            self._serve(now)
+                            continue
+                        timeout = waiter.due - now
+                    event.clear()  # any set() after this, under the lock, ends the wait
+                event.wait(timeout)
+        except BaseException:  # KeyboardInterrupt while sleeping
+            with self._lock:
+                self._leave(waiter)
+            raise
+        record("rate_limiter_wait_seconds", time.monotonic() - arrived, name=self.name)
+        return True
+
+    def try_acquire(self, tokens: int = 1) -> bool:
+        """Take ``tokens`` only if they are free now and nobody is waiting (never blocks)."""
+        self._check_tokens(tokens)
+        with self._lock:
+            now = time.monotonic()
+            self._serve(now)  # anyone queued and due is served first
+            return not self._queue and self._bucket.take(tokens, now) == 0.0
 
     async def __aenter__(self) -> None:
         await self.aacquire()
@@ -221,39 +295,93 @@ class RateLimiter(BaseRateLimiter):
     ) -> None:
         return None
 
-    def try_acquire(self, tokens: int = 1) -> bool:
-        """Take ``tokens`` only if they are free now on this loop and nobody is waiting."""
-        self._check_tokens(tokens)
-        loop = asyncio.get_running_loop()
-        bucket = self._last
-        if bucket is None or bucket.loop is not loop:
-            bucket = self._bucket(loop)
-        self._grant(bucket)  # refills the bucket and serves anyone due first
-        if bucket.waiters or bucket.level < tokens:
+    # Everything below runs under self._lock.
+
+    def _serve(self, now: float) -> None:
+        """Grant waiters in order while the bucket allows; set the head's wake-up."""
+        queue = self._queue
+        while queue:
+            waiter = queue[0]
+            future, loop = waiter.future, waiter.loop
+            if (
+                waiter.gone
+                or (future is not None and future.done())  # cancelled while queued
+                or (loop is not None and loop.is_closed())  # nobody left to wake
+            ):
+                queue.popleft()
+                continue
+            # A head served late is served as of when it was due, but never earlier than
+            # the grace allows: jitter is absorbed, a stall is not paid back in a burst.
+            at = max(min(waiter.due, now), now - self._grace)
+            wait = self._bucket.take(waiter.tokens, at)
+            if wait > 0.0:
+                waiter.due = at + wait
+                if self._arm(waiter):
+                    return
+                queue.popleft()  # its loop closed just now
+                continue
+            queue.popleft()
+            waiter.granted = True
+            if not self._wake(waiter):
+                waiter.granted = False
+                self._bucket.refund(waiter.tokens)
+        self._armed = None
+
+    def _wake(self, waiter: _Waiter) -> bool:
+        """Tell a granted waiter; ``False`` if its event loop is closed."""
+        if waiter.event is not None:
+            waiter.event.set()
+            return True
+        assert waiter.loop is not None
+        assert waiter.future is not None
+        if _running_loop() is waiter.loop:
+            _resolve(waiter.future)
+            return True
+        try:
+            waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+        except RuntimeError:  # closed since we looked
             return False
-        bucket.level -= tokens
         return True
 
-    def acquire(self, *, blocking: bool = True) -> bool:
-        """Take a token from a synchronous caller (any thread), sleeping for it if needed.
+    def _arm(self, head: _Waiter) -> bool:
+        """Make sure ``head`` is woken at ``head.due``; ``False`` if its loop is closed."""
+        if self._armed is head and self._armed_due <= head.due:
+            return True  # an earlier (or the same) wake-up is already set
+        self._armed, self._armed_due = head, head.due
+        if head.event is not None:
+            head.event.set()  # a synchronous head times its own sleep
+            return True
+        assert head.loop is not None
+        if _running_loop() is head.loop:
+            head.loop.call_later(head.due - time.monotonic(), self._on_timer, head, head.due)
+            return True
+        try:
+            head.loop.call_soon_threadsafe(self._set_timer, head, head.due)
+        except RuntimeError:
+            self._armed = None
+            return False
+        return True
 
-        Synchronous callers are queued by reservation: each takes the next due slot under
-        a lock, then sleeps outside it.
-        """
-        interval = 1.0 / self.policy.rate
-        burst = (self.policy.capacity - 1) * interval
+    def _set_timer(self, head: _Waiter, due: float) -> None:
+        # On the head's own loop: the delay is measured here, after the thread hop.
+        assert head.loop is not None
+        head.loop.call_later(due - time.monotonic(), self._on_timer, head, due)
+
+    def _on_timer(self, head: _Waiter, due: float) -> None:
         with self._lock:
-            now = time.monotonic()
-            slot = max(self._sync_due, now)
-            start = max(slot - burst, now)  # a full bucket lets `capacity` calls start now
-            if start > now and not blocking:
-                return False
-            self._sync_due = slot + interval
-        waited = start - now
-        if waited > 0:
-            time.sleep(waited)
-        record("rate_limiter_wait_seconds", waited, name=self.name)
-        return True
+            if self._armed is not head or self._armed_due != due:
+                return  # superseded: another wake-up is set for the current head
+            self._armed = None
+            self._serve(time.monotonic())
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """A waiter stops waiting (cancelled): tokens granted to it go back to the bucket."""
+        if waiter.granted:
+            waiter.granted = False
+            self._bucket.refund(waiter.tokens)
+        else:
+            waiter.gone = True
+        self._serve(time.monotonic())
 
 
 _registry: dict[str, RateLimiter] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import threading
 import time
 import uuid
 from typing import Annotated, Any, TypedDict
@@ -21,7 +22,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from act_operator_lib import metrics
+from act_operator_lib import metrics, run_sync
 from tests.helpers import run_example
 
 # A timer may fire up to a clock tick early; never faster than the rate minus this.
@@ -337,3 +338,147 @@ async def test_waits_are_recorded_as_metrics() -> None:
     assert recorded.count("rate_limiter_wait_seconds", name=name) == 3
     # Three calls at 50/s: the second waits about 0.02 s and the third about 0.04 s.
     assert recorded.value("rate_limiter_wait_seconds", name=name) >= 0.06 - 2 * EARLY
+
+
+# One name is one budget, whatever event loop, thread or sync caller draws from it.
+
+
+def test_successive_asyncio_run_and_run_sync_calls_share_one_budget() -> None:
+    limiter = rate_limiter(unique("one-budget"), RateLimit(rate=20, capacity=1))
+    started = time.monotonic()
+    for index in range(5):  # each call on a fresh event loop, as scripts do
+        if index % 2:
+            assert run_sync(limiter.aacquire())
+        else:
+            assert asyncio.run(limiter.aacquire())
+    elapsed = time.monotonic() - started
+    # One token to start with, then four more at 20/s: the fifth is due at 0.2 s.
+    assert 4 / 20 - EARLY <= elapsed < 4 / 20 + 2.0
+
+
+def test_a_chat_model_invoked_sync_and_async_gets_one_rate() -> None:
+    limiter = rate_limiter(unique("llm-both"), RateLimit(rate=20, capacity=1))
+    model = GenericFakeChatModel(
+        messages=iter([AIMessage(content=f"reply {i}") for i in range(6)]), rate_limiter=limiter
+    )
+    started = time.monotonic()
+    replies = []
+    for index in range(6):
+        if index % 2:
+            replies.append(asyncio.run(model.ainvoke("hi")).content)
+        else:
+            replies.append(model.invoke("hi").content)
+    elapsed = time.monotonic() - started
+    assert replies == [f"reply {i}" for i in range(6)]
+    assert 5 / 20 - EARLY <= elapsed < 5 / 20 + 2.0  # not twice the rate
+
+
+def test_threads_with_their_own_loops_and_sync_callers_share_one_budget() -> None:
+    limiter = rate_limiter(unique("threads"), RateLimit(rate=40, capacity=2))
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        for _ in range(3):
+            if index % 2:
+                asyncio.run(limiter.aacquire())
+            else:
+                limiter.acquire()
+            with lock:
+                stamps.append(time.monotonic())
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    assert len(stamps) == 12
+    # Two at once, then ten more at 40/s: the last is due at 0.25 s.
+    assert 10 / 40 - EARLY <= elapsed < 10 / 40 + 3.0
+
+
+def test_waiters_from_different_loops_and_threads_are_served_in_arrival_order() -> None:
+    limiter = rate_limiter(unique("fifo"), RateLimit(rate=10, capacity=1))
+    assert limiter.acquire(blocking=False)  # empty the bucket
+    served: list[str] = []
+
+    def on_own_loop(label: str) -> None:
+        asyncio.run(limiter.aacquire())
+        served.append(label)
+
+    def sync_caller(label: str) -> None:
+        limiter.acquire()
+        served.append(label)
+
+    threads = [
+        threading.Thread(target=on_own_loop, args=("loop-a",)),
+        threading.Thread(target=sync_caller, args=("sync-b",)),
+        threading.Thread(target=on_own_loop, args=("loop-c",)),
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.03)  # each is queued before the next arrives; a token is 0.1 s away
+    for thread in threads:
+        thread.join()
+    assert served == ["loop-a", "sync-b", "loop-c"]
+
+
+def test_a_waiter_cancelled_on_another_loop_takes_no_token_from_the_next() -> None:
+    limiter = rate_limiter(unique("cancel-across"), RateLimit(rate=4, capacity=1))
+    assert limiter.acquire(blocking=False)  # the next token is due 0.25 s from now
+    started = time.monotonic()
+    queued = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def first_in_line() -> None:
+        holder["loop"] = asyncio.get_running_loop()
+        holder["task"] = asyncio.current_task()
+        queued.set()
+        await limiter.aacquire()
+
+    def run_first() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(first_in_line())
+
+    first = threading.Thread(target=run_first)
+    first.start()
+    queued.wait(5)
+    time.sleep(0.03)  # the first waiter is queued on its loop
+    waited: list[float] = []
+    second = threading.Thread(target=lambda: waited.append(float(limiter.acquire())))
+    second.start()
+    time.sleep(0.03)  # the sync caller is queued behind it
+    holder["loop"].call_soon_threadsafe(holder["task"].cancel)
+    second.join()
+    first.join()
+    # The token due at 0.25 s goes to the sync caller; had the cancelled waiter taken
+    # it, the caller would wait for the one due at 0.5 s.
+    assert waited == [1.0]
+    assert time.monotonic() - started < 0.42
+
+
+# After a stall, never more than `capacity` at once.
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+async def test_an_event_loop_stall_releases_at_most_capacity_at_once(capacity: int) -> None:
+    rate = 50.0
+    limiter = RateLimiter(RateLimit(rate=rate, capacity=capacity))
+    assert await limiter.aacquire(tokens=capacity)  # empty
+    stamps: list[float] = []
+
+    async def call() -> None:
+        await limiter.aacquire()
+        stamps.append(time.monotonic())
+
+    tasks = [asyncio.create_task(call()) for _ in range(10)]
+    await asyncio.sleep(0)  # all queued
+    time.sleep(0.2)  # noqa: ASYNC251 - a deliberate stall: every token is overdue after it
+    await asyncio.gather(*tasks)
+    stamps.sort()
+    # A full bucket (capacity) may go at once; the rest are spaced at the rate again, not
+    # released together to make up for the stall (a late timer may keep a few ms of it).
+    for k in range(capacity, len(stamps)):
+        assert stamps[k] - stamps[0] >= (k - capacity + 1) / rate - 0.005 - EARLY, (k, stamps)
