@@ -7,21 +7,38 @@
         await fetch()
     builder.add_node(GatherByDeadline({"a": fetch_a, "b": fetch_b}))  # partial at the deadline
 
-Where a deadline comes from, first match wins (``current_deadline()``):
+Where a deadline comes from (``current_deadline()``); when several apply, the earliest wins:
 
 1. an enclosing ``deadline_scope(...)`` (narrows, never widens, the run's deadline);
-2. the runtime context's ``deadline`` (attribute or mapping key), then
-   ``config["configurable"]["deadline"]``: an absolute time on the ``time.monotonic()``
-   clock, normally made by ``deadline_after(seconds)`` or ``with_deadline(seconds)``
-   when the caller invokes the graph, so every node sees the same instant. That clock
-   only means something inside one process: across processes (a client of the LangGraph
-   server, a run resumed elsewhere) pass ``deadline_seconds``;
-3. ``deadline_seconds`` in the context or ``configurable``: a relative budget. It is
-   turned into an absolute deadline once per run, the first time a node asks, and
-   remembered under the run's ``RunControl`` (LangGraph creates one per invoke and hands
-   the same object to every node and subgraph of that run), so a second node sees the
-   same deadline rather than a fresh budget, and the next invoke gets a fresh one.
-   Prefer an absolute ``deadline``: its clock starts when the caller invokes.
+2. ``deadline`` in the runtime context (attribute or mapping key) or in
+   ``config["configurable"]``: an absolute time on the ``time.monotonic()`` clock, normally
+   made by ``deadline_after(seconds)`` or ``with_deadline(seconds)`` when the caller
+   invokes the graph, so the clock starts at invoke and every node sees the same instant.
+   That clock only means something inside one process: across processes (a client of the
+   LangGraph server, a run resumed elsewhere) pass ``deadline_seconds``;
+3. ``deadline_seconds`` in the context or ``configurable``: a relative budget. LangGraph
+   offers no hook at invoke time, so the budget starts when a node of the run (or of a
+   graph it invokes) first reads the deadline (``current_deadline()``, ``remaining()``,
+   ``clamp_timeout()``, or a recipe primitive that uses them): time spent before that, by
+   nodes that never ask, is not counted. The instant is then remembered for the run, so
+   later nodes see the same deadline and the next invoke gets a fresh budget.
+
+A graph invoked inside a node (``subgraph.ainvoke(...)``, sync or async) is a run of its
+own: if its invoke sets a budget, it gets that budget, which never replaces the caller's
+and is clamped by it (the caller's deadline as far as the caller's run has read it). One
+that sets none inherits the caller's. A compiled graph added as a node shares its parent's.
+Runs are told apart by LangGraph's ``RunControl`` (the same object for a run and every
+graph invoked inside it) together with the run's checkpoint namespace (distinct for every
+nested invoke, numbered when a node invokes a graph more than once).
+
+A run's remembered budget is forgotten when its deadline passes or when the run has ended
+(nothing but the table still holds its ``RunControl``), whichever comes first, so the table
+never outgrows the runs in flight. A node that first asks only after its run's deadline
+passed starts a new budget.
+
+(Until this version budgets were keyed by the ``RunControl`` alone, so a nested invoke's
+budget replaced its caller's; a scope always beat the run's deadline, and an absolute
+``deadline`` beat a ``deadline_seconds`` even when later.)
 
 The primitives of the other recipes (``bounded_map``, ``race``, ``retry_call``) call
 ``current_deadline()`` themselves, so inside a node they honour the run's deadline
@@ -37,6 +54,10 @@ instead of failing when time runs out.
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
+import itertools
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -74,13 +95,56 @@ BUDGET_KEY = "deadline_seconds"
 """Key (configurable or context) of a relative budget, anchored once per run."""
 
 _scope: ContextVar[float | None] = ContextVar("act_operator_lib_deadline", default=None)
-# Budgets anchored per run, keyed by id(RunControl). RunControl has no __weakref__, so
-# an entry keeps the control itself (to tell a reused id apart) and is dropped, oldest
-# first, once its deadline is _FORGET_AFTER past: only a run still asking that long after
-# its deadline would re-anchor. The lock is for sync nodes, which run in threads.
-_anchored: dict[int, tuple[object, float]] = {}
-_anchored_lock = threading.Lock()
-_FORGET_AFTER = 60.0
+
+
+class _RunBudget:
+    """What the table knows of one run: its deadline, or (not read yet) when it started."""
+
+    __slots__ = ("control", "deadline", "forget_at", "started")
+
+    def __init__(
+        self, control: object, started: float, deadline: float | None, forget_at: float
+    ) -> None:
+        self.control = control  # held to tell a reused id() apart; see _sweep_ended
+        self.started = started
+        self.deadline = deadline
+        self.forget_at = forget_at
+
+
+# Runs' deadlines by (id(RunControl), run namespace). RunControl has __slots__ and no
+# __weakref__, so entries hold it strongly; _sweep_ended drops the runs nobody else holds,
+# and _forget_at_deadlines those whose deadline passed, in deadline order (a heap), so one
+# long run never keeps later, shorter ones alive. The lock is for sync nodes in threads.
+_runs: dict[tuple[int, str], _RunBudget] = {}
+_forget_heap: list[tuple[float, int, tuple[int, str]]] = []
+_order = itertools.count()
+_runs_lock = threading.Lock()
+_swept_size = 0  # table size after the last sweep: sweep again once it has doubled
+
+# LangGraph's checkpoint namespace: one "node:task_id" segment per nesting level, joined by
+# "|", plus a counter segment when one task invokes a graph for the second time and on.
+_NS_SEP = "|"
+_NS_END = ":"
+
+
+def _run_namespace(config: RunnableConfig | None, runtime: Runtime[Any] | None) -> str:
+    """The namespace of the run a node belongs to: its task's namespace minus the task."""
+    info = runtime.execution_info if runtime is not None else None
+    task_ns = info.checkpoint_ns if info is not None else None
+    if task_ns is None:
+        task_ns = ((config or {}).get("configurable") or {}).get("checkpoint_ns") or ""
+    return str(task_ns).rpartition(_NS_SEP)[0]
+
+
+def _caller_namespace(run_ns: str) -> str | None:
+    """The namespace of the run whose node invoked the run at ``run_ns``; None at the root."""
+    if not run_ns:
+        return None
+    parts = run_ns.split(_NS_SEP)
+    if _NS_END not in parts[-1]:
+        parts.pop()  # the counter of a repeated invoke
+    parts.pop()  # the calling task
+    return _NS_SEP.join(parts)
 
 
 def deadline_after(seconds: float) -> float:
@@ -99,9 +163,9 @@ def with_deadline(seconds: float, config: RunnableConfig | None = None) -> Runna
     await graph.ainvoke(inputs, with_deadline(2.0, {"configurable": {"thread_id": "1"}}))
     """
     deadline = deadline_after(seconds)
-    config = dict(config or {})  # type: ignore[assignment]
-    config["configurable"] = {**config.get("configurable", {}), DEADLINE_KEY: deadline}
-    return config
+    copied: RunnableConfig = {**(config or {})}
+    copied["configurable"] = {**copied.get("configurable", {}), DEADLINE_KEY: deadline}
+    return copied
 
 
 def _lookup(source: Any, key: str) -> Any:
@@ -112,60 +176,139 @@ def _lookup(source: Any, key: str) -> Any:
     return getattr(source, key, None)
 
 
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return a if b is None else b if a is None or b < a else a
+
+
 def resolve_deadline(
     config: RunnableConfig | None = None, runtime: Runtime[Any] | None = None
 ) -> float | None:
     """The run's absolute deadline from ``runtime.context`` / ``config``, or ``None``.
 
     deadline = resolve_deadline(config, runtime)  # inside a node that takes both
+
+    The earliest of the ``deadline`` / ``deadline_seconds`` values found, clamped by the
+    deadline of the run that invoked this one, if any (see the module docstring).
     """
     context = runtime.context if runtime is not None else None
     configurable = (config or {}).get("configurable") or {}
+    absolute: float | None = None
+    budget: float | None = None
     for source in (context, configurable):
-        deadline = _lookup(source, DEADLINE_KEY)
-        if deadline is not None:
-            return float(deadline)
-    for source in (context, configurable):
-        budget = _lookup(source, BUDGET_KEY)
-        if budget is not None:
-            return _anchor_budget(float(budget), runtime)
-    return None
-
-
-def _anchor_budget(budget: float, runtime: Runtime[Any] | None) -> float:
-    if not budget > 0:
-        raise ValueError(f"{BUDGET_KEY} must be > 0 seconds, got {budget!r}")
-    now = time.monotonic()
+        found = _lookup(source, DEADLINE_KEY)
+        if found is not None:
+            absolute = _earliest(absolute, float(found))
+        found = _lookup(source, BUDGET_KEY)
+        if found is not None:
+            if not float(found) > 0:
+                raise ValueError(f"{BUDGET_KEY} must be > 0 seconds, got {found!r}")
+            budget = _earliest(budget, float(found))
     control = runtime.control if runtime is not None else None
-    if control is None:  # called outside a run: the budget starts now
-        return now + budget
-    with _anchored_lock:
-        entry = _anchored.get(id(control))
-        if entry is not None and entry[0] is control:
-            return entry[1]
-        while _anchored:  # insertion order is roughly deadline order: prune from the front
-            oldest, (_, deadline) = next(iter(_anchored.items()))
-            if deadline + _FORGET_AFTER >= now:
-                break
-            del _anchored[oldest]
-        _anchored[id(control)] = (control, now + budget)
-        return now + budget
+    if control is None:  # called outside a run: a budget starts now
+        return _earliest(absolute, None if budget is None else time.monotonic() + budget)
+    run_ns = _run_namespace(config, runtime)
+    if absolute is None and budget is None and not run_ns:
+        return None  # a top-level run without a deadline: nothing to look up
+    return _run_deadline(control, run_ns, absolute, budget)
+
+
+def _run_deadline(
+    control: object, run_ns: str, absolute: float | None, budget: float | None
+) -> float | None:
+    key = (id(control), run_ns)
+    with _runs_lock:
+        now = time.monotonic()
+        _forget_at_deadlines(now)
+        entry = _runs.get(key)
+        if entry is not None and entry.control is not control:
+            entry = None  # cannot happen while the entry holds its control; be safe
+        if entry is not None and entry.deadline is not None:
+            return entry.deadline
+        if absolute is None and budget is None:  # nothing of its own: its callers' deadline
+            return _callers_deadline(control, run_ns, None)
+        started = entry.started if entry is not None else now
+        own = _earliest(absolute, None if budget is None else started + budget)
+        assert own is not None
+        deadline = _earliest(own, _callers_deadline(control, run_ns, (now, own)))
+        assert deadline is not None
+        _remember(key, _RunBudget(control, started, deadline, deadline))
+        return deadline
+
+
+def _callers_deadline(
+    control: object, run_ns: str, started: tuple[float, float] | None
+) -> float | None:
+    """The earliest deadline of the runs that (transitively) invoked ``run_ns``.
+
+    With ``started`` (now, until), callers whose budget nobody has read yet are marked as
+    started now, until then, so their budget counts from no later than this nested run's.
+    """
+    deadline = None
+    caller_ns = _caller_namespace(run_ns)
+    while caller_ns is not None:
+        key = (id(control), caller_ns)
+        entry = _runs.get(key)
+        if entry is not None and entry.control is control:
+            if entry.deadline is not None:
+                deadline = _earliest(deadline, entry.deadline)
+            elif started is not None and started[1] > entry.forget_at:
+                entry.forget_at = started[1]
+                heapq.heappush(_forget_heap, (entry.forget_at, next(_order), key))
+        elif started is not None:
+            _remember(key, _RunBudget(control, started[0], None, started[1]))
+        caller_ns = _caller_namespace(caller_ns)
+    return deadline
+
+
+def _remember(key: tuple[int, str], entry: _RunBudget) -> None:
+    global _swept_size
+    _runs[key] = entry
+    heapq.heappush(_forget_heap, (entry.forget_at, next(_order), key))
+    if len(_runs) > max(2 * _swept_size, 64) or len(_runs) <= 64:
+        _sweep_ended()
+        _swept_size = len(_runs)
+
+
+def _forget_at_deadlines(now: float) -> None:
+    while _forget_heap and _forget_heap[0][0] <= now:
+        forget_at, _, key = heapq.heappop(_forget_heap)
+        entry = _runs.get(key)
+        if entry is not None and entry.forget_at == forget_at:
+            del _runs[key]
+
+
+def _sweep_ended() -> None:
+    """Forget the runs that have ended: those whose RunControl only this table still holds.
+
+    No node can ask with such a control again, so its entries can go. (A weak reference
+    would say the same, but RunControl does not take one.)
+    """
+    held: dict[int, int] = {}
+    for control_id, _ in _runs:
+        held[control_id] = held.get(control_id, 0) + 1
+    ended = {
+        key
+        for key, entry in _runs.items()
+        # References: one per entry of this control, plus getrefcount's own argument.
+        if sys.getrefcount(entry.control) <= held[key[0]] + 1
+    }
+    for key in ended:
+        del _runs[key]
 
 
 def current_deadline() -> float | None:
     """The deadline in effect here, or ``None`` when there is none.
 
-    An enclosing ``deadline_scope`` wins; inside a LangGraph node the run's deadline
-    (``resolve_deadline``) applies; elsewhere there is none.
+    The earlier of an enclosing ``deadline_scope`` and, inside a LangGraph node, the run's
+    deadline (``resolve_deadline``); elsewhere there is none.
     """
     scoped = _scope.get()
-    if scoped is not None:
-        return scoped
     try:
         config = get_config()
     except RuntimeError:  # not inside a runnable
-        return None
-    return resolve_deadline(config, get_runtime() if config.get("configurable") else None)
+        return scoped
+    run = resolve_deadline(config, get_runtime() if config.get("configurable") else None)
+    return _earliest(scoped, run)
 
 
 def remaining(deadline: float | None = None) -> float | None:
@@ -304,7 +447,7 @@ class GatherByDeadline(AsyncBaseNode):
             own = time.monotonic() + self.budget
             deadline = own if deadline is None else min(deadline, own)
         found = await gather_by_deadline(
-            {key: (lambda op=op: op(state)) for key, op in self.operations.items()}, deadline
+            {key: functools.partial(op, state) for key, op in self.operations.items()}, deadline
         )
         self.log("gathered", finished=len(found.results), cancelled=found.cancelled)
         return {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -21,6 +23,7 @@ from act_operator_lib.cookbook.deadline import (
 )
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import RunControl
 
 from tests.helpers import run_example
 
@@ -256,3 +259,178 @@ def test_the_recipe_example_runs() -> None:
     out = run_example("deadline")
     assert "'cancelled': ['slow'], 'partial': True" in out
     assert "'quick': 'quick answer about deadlines'" in out
+
+
+# Nested runs: each invoke that sets a budget gets its own, clamped by its caller's.
+
+
+class Seen(TypedDict, total=False):
+    seen: list[float | None]
+    caller: list[float | None]
+
+
+def budget_subgraph() -> CompiledStateGraph[Any]:
+    """A graph whose one node writes down how much of its run's budget is left."""
+    builder = StateGraph(Seen)
+    builder.add_node("look", lambda state: {"seen": [remaining()]})
+    builder.add_edge(START, "look")
+    return builder.compile()
+
+
+def caller_graph(*, ask_first: bool, nested_budgets: list[float]) -> CompiledStateGraph[Any]:
+    """A node that invokes the subgraph once per nested budget, then reads its own budget."""
+    subgraph = budget_subgraph()
+
+    async def call_subgraphs(state: Seen) -> dict[str, Any]:
+        caller = [remaining()] if ask_first else []
+        seen = []
+        for budget in nested_budgets:
+            out = await subgraph.ainvoke({}, {"configurable": {"deadline_seconds": budget}})
+            seen += out["seen"]
+        return {"seen": seen, "caller": [*caller, remaining()]}
+
+    builder = StateGraph(Seen)
+    builder.add_node("call", call_subgraphs)
+    builder.add_edge(START, "call")
+    return builder.compile()
+
+
+@pytest.mark.parametrize("ask_first", [False, True])
+async def test_each_nested_invoke_gets_its_own_budget_and_the_caller_keeps_its_own(
+    ask_first: bool,
+) -> None:
+    graph = caller_graph(ask_first=ask_first, nested_budgets=[0.5, 0.5, 0.3])
+    out = await graph.ainvoke({}, {"configurable": {"deadline_seconds": 30}})
+    first, second, third = out["seen"]
+    assert 0.4 < first <= 0.5
+    assert 0.4 < second <= 0.5  # a fresh 0.5 s, not what the first one left
+    assert 0.2 < third <= 0.3
+    assert all(25 < left <= 30 for left in out["caller"])  # still its own ~30 s
+
+
+async def test_a_nested_budget_is_clamped_by_the_callers() -> None:
+    graph = caller_graph(ask_first=True, nested_budgets=[5.0])
+    out = await graph.ainvoke({}, context={"deadline_seconds": 0.4})
+    (nested,) = out["seen"]
+    caller_before, caller_after = out["caller"]
+    assert nested <= caller_before <= 0.4  # 5 s asked for, but the caller has less
+    assert caller_after <= nested
+
+
+def test_sync_nested_invokes_get_their_own_budgets() -> None:
+    subgraph = budget_subgraph()
+
+    def call_subgraphs(state: Seen) -> dict[str, Any]:
+        seen = []
+        for _ in range(2):
+            seen += subgraph.invoke({}, {"configurable": {"deadline_seconds": 0.5}})["seen"]
+        return {"seen": seen, "caller": [remaining()]}
+
+    builder = StateGraph(Seen)
+    builder.add_node("call", call_subgraphs)
+    builder.add_edge(START, "call")
+    out = builder.compile().invoke({}, {"configurable": {"deadline_seconds": 30}})
+    assert all(0.4 < left <= 0.5 for left in out["seen"])
+    (caller,) = out["caller"]
+    assert 25 < caller <= 30
+
+
+async def test_a_subgraph_node_shares_its_parents_budget() -> None:
+    def subgraph_then_parent(parent_asks_first: bool) -> CompiledStateGraph[Any]:
+        builder = StateGraph(Seen)
+        builder.add_node("sub", budget_subgraph())  # inherits the run's deadline_seconds
+        builder.add_node("before", lambda state: {"caller": [current_deadline()]})
+        builder.add_node("after", lambda state: {"caller": [*state["caller"], current_deadline()]})
+        if parent_asks_first:
+            builder.add_edge(START, "before")
+            builder.add_edge("before", "sub")
+        else:
+            builder.add_edge(START, "sub")
+            builder.add_node("skip", lambda state: {"caller": []})
+            builder.add_edge("sub", "skip")
+            builder.add_edge("skip", "after")
+            return builder.compile()
+        builder.add_edge("sub", "after")
+        return builder.compile()
+
+    for parent_asks_first in (True, False):
+        graph = subgraph_then_parent(parent_asks_first)
+        out = await graph.ainvoke({}, {"configurable": {"deadline_seconds": 5}})
+        (left,) = out["seen"]
+        deadlines = set(out["caller"])
+        assert len(deadlines) == 1  # one deadline for the parent's nodes
+        (deadline,) = deadlines
+        assert deadline is not None
+        # The subgraph's budget started no earlier than the parent's: it has no more left.
+        assert 0 < left <= deadline - time.monotonic() + 0.05
+
+
+async def test_a_scope_around_a_nested_invoke_does_not_widen_its_budget() -> None:
+    subgraph = budget_subgraph()
+
+    async def call(state: Seen) -> dict[str, Any]:
+        with deadline_scope(deadline_after(10)):
+            out = await subgraph.ainvoke({}, {"configurable": {"deadline_seconds": 0.5}})
+        return {"seen": out["seen"]}
+
+    builder = StateGraph(Seen)
+    builder.add_node("call", call)
+    builder.add_edge(START, "call")
+    out = await builder.compile().ainvoke({})
+    (left,) = out["seen"]
+    assert 0 < left <= 0.5
+
+
+# The table of anchored budgets lets go of runs.
+
+
+class TrackedControl(RunControl):
+    """LangGraph's RunControl, weak-referenceable so the test can see it released."""
+
+
+def asking_graph() -> CompiledStateGraph[Any]:
+    builder = StateGraph(Seen)
+    builder.add_node("look", lambda state: {"seen": [current_deadline()]})
+    builder.add_edge(START, "look")
+    return builder.compile()
+
+
+async def test_budgets_of_finished_runs_are_forgotten_while_a_long_run_goes_on() -> None:
+    release = asyncio.Event()
+    asked = asyncio.Event()
+
+    async def long_node(state: Seen) -> dict[str, Any]:
+        seen = [current_deadline()]
+        asked.set()
+        await release.wait()
+        return {"seen": seen}
+
+    builder = StateGraph(Seen)
+    builder.add_node("long", long_node)
+    builder.add_edge(START, "long")
+    long_run = asyncio.create_task(
+        builder.compile().ainvoke({}, {"configurable": {"deadline_seconds": 600}})
+    )
+    await asked.wait()
+
+    graph = asking_graph()
+    finished = []
+    for _ in range(3):  # runs that end well before their own (long) budget
+        control = TrackedControl()
+        await graph.ainvoke({}, {"configurable": {"deadline_seconds": 300}}, control=control)
+        finished.append(weakref.ref(control))
+        del control
+    expired = []
+    for _ in range(3):  # runs whose short budget passes (they end anyway)
+        control = TrackedControl()
+        await graph.ainvoke({}, {"configurable": {"deadline_seconds": 0.05}}, control=control)
+        expired.append(weakref.ref(control))
+        del control
+    await asyncio.sleep(0.1)
+    gc.collect()  # LangGraph's own reference cycles, not the budget table
+    # The next budget anchored sweeps the table; the long run's entry does not hold it up.
+    await graph.ainvoke({}, {"configurable": {"deadline_seconds": 300}})
+    gc.collect()
+    assert [ref() for ref in finished + expired] == [None] * 6
+    release.set()
+    await long_run
