@@ -71,16 +71,24 @@ async def test_a_context_deadline_reaches_every_node() -> None:
     assert out["seen"] == [deadline, deadline]
 
 
-async def test_a_mapping_context_deadline_wins_over_the_configurable_one() -> None:
+async def test_the_earliest_of_the_context_and_configurable_deadlines_applies() -> None:
     builder = StateGraph(State)  # no context_schema: the context is a plain mapping
     builder.add_node("look", lambda state: {"seen": [current_deadline()]})
     builder.add_edge(START, "look")
+    graph = builder.compile()
     deadline = deadline_after(5.0)
     config = with_deadline(60.0)
-    out = await builder.compile().ainvoke({"seen": []}, config, context={"deadline": deadline})
+    out = await graph.ainvoke({"seen": []}, config, context={"deadline": deadline})
     assert out["seen"] == [deadline]
-    out = await builder.compile().ainvoke({"seen": []}, config, context={"other": 1})
+    out = await graph.ainvoke({"seen": []}, config, context={"other": 1})
     assert out["seen"] == [config["configurable"]["deadline"]]
+    # A later absolute deadline does not undo an earlier budget, nor the other way round.
+    out = await graph.ainvoke({"seen": []}, config, context={"deadline_seconds": 1.0})
+    (seen,) = out["seen"]
+    assert seen < deadline
+    out = await graph.ainvoke({"seen": []}, with_deadline(0.5), context={"deadline_seconds": 60})
+    (seen,) = out["seen"]
+    assert seen - time.monotonic() <= 0.5
 
 
 async def test_a_budget_is_anchored_once_per_run() -> None:
