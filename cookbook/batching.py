@@ -1,0 +1,563 @@
+"""Micro-batching: many concurrent single lookups become a few batched calls.
+
+    async def fetch_users(ids: list[int]) -> list[User]:        # one request for many ids
+        return await api.post_json("/users:batchGet", json={"ids": ids})
+
+    users = BatchLoader(fetch_users, BatchPolicy(max_batch=64, max_delay=0.005))
+    user = await users.load(42)              # from any node of any run on this loop
+    builder.add_node(BatchLookupNode(users, input_key="user_id", output_key="user"))
+    builder.add_node(EmbedNode())            # embeddings in batches (offline fake by default)
+
+``load(key)`` joins the open batch; ``batch_fn(keys)`` is called once per batch and its
+results are handed back key by key. A batch is sent when it holds ``max_batch`` keys or
+when ``max_delay`` seconds have passed since its first key, whichever comes first, so a
+lone caller waits at most ``max_delay``. Semantics:
+
+- a key asked for twice in one batch window is loaded once; ``load_many`` returns results
+  in the caller's own order;
+- ``batch_fn`` returns a sequence aligned with ``keys`` or a mapping by key; an
+  ``Exception`` instance in place of a value fails only that key's callers (a key missing
+  from a mapping fails with ``KeyError``); ``batch_fn`` raising fails every caller of that
+  batch, and the next batch tries again (failures are not remembered);
+- cancelling one caller never cancels a batch others wait on: a key nobody waits for any
+  more leaves the open batch, and a sent batch whose callers have all gone is cancelled;
+- at most ``max_in_flight`` batches run at once; while they all run, the open batch keeps
+  filling up to ``max_batch`` and further callers wait for room (backpressure: memory is
+  bounded by ``(max_in_flight + 1) * max_batch`` keys, never an unbounded queue).
+
+Compared with aiodataloader (one batch per event-loop tick, no delay window, every batch
+sent at once), callers that arrive a few ticks apart, as independent graph runs do, still
+share a batch, and a burst cannot open unbounded requests to the dependency. There is no
+cross-window cache: put ``cache.AsyncCache`` in front when values may be reused.
+
+When to use LangGraph's native tools instead: when the items are already together in one
+state (a list to process), batch them in one node or fan out with ``Send`` +
+``max_concurrency``, and give the node a ``RetryPolicy`` for transient failures; nothing
+needs to be collected across runs. Use this recipe when many separate runs or branches
+each need one item from a dependency that is much cheaper per item in batches (a bulk
+lookup endpoint, a database ``WHERE id = ANY($1)``, an embeddings model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from langchain_core.embeddings import Embeddings
+
+from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.metrics import record
+
+__all__ = ["BatchLoader", "BatchLookupNode", "BatchPolicy", "EmbedNode", "embedding_loader"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchPolicy:
+    """When a batch is sent and how many may run at once.
+
+        BatchPolicy(max_batch=64, max_delay=0.005)    # up to 64 keys, at most 5 ms late
+        BatchPolicy(max_batch=100, max_delay=0)       # whatever arrived in this loop tick
+
+    Validated once, here: a bad value fails where the loader is configured.
+    """
+
+    max_batch: int = 64
+    """Most keys in one ``batch_fn`` call; >= 1. A full batch is sent at once."""
+    max_delay: float = 0.005
+    """Seconds a batch waits for more keys after its first one; >= 0 and finite."""
+    max_in_flight: int = 8
+    """Most batches running at once (per event loop); >= 1."""
+
+    def __post_init__(self) -> None:
+        for field, value in (("max_batch", self.max_batch), ("max_in_flight", self.max_in_flight)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"BatchPolicy {field} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"BatchPolicy {field} must be >= 1, got {value!r}")
+        delay = self.max_delay
+        if isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise TypeError(f"BatchPolicy max_delay must be a number of seconds, got {delay!r}")
+        if not 0 <= delay < math.inf:  # also refuses NaN
+            raise ValueError(f"BatchPolicy max_delay must be >= 0 and finite, got {delay!r}")
+
+
+class _Batch:
+    """One batch: its keys, each with the futures of the callers waiting for it."""
+
+    __slots__ = ("callers", "due", "opened", "slots", "task", "timer")
+
+    def __init__(self, opened: float) -> None:
+        self.slots: dict[Hashable, list[asyncio.Future[Any]]] = {}
+        self.callers = 0  # futures not yet resolved nor abandoned
+        self.opened = opened
+        self.due = False  # max_delay has passed; sent as soon as a slot is free
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None  # set once sent
+
+
+class _Window:
+    """A loader's state on one event loop: the open batch, batches running, callers
+    waiting for room. Batches never mix callers of different loops."""
+
+    __slots__ = ("open", "room", "running")
+
+    def __init__(self) -> None:
+        self.open: _Batch | None = None
+        self.running: set[_Batch] = set()
+        self.room: deque[asyncio.Future[None]] = deque()
+
+
+class BatchLoader(Generic[K, V]):
+    """Collects concurrent ``load(key)`` calls into ``batch_fn(keys)`` calls.
+
+        loader = BatchLoader(fetch_many, BatchPolicy(max_batch=64, max_delay=0.005))
+        one = await loader.load("a")
+        some = await loader.load_many(["b", "a", "c"])     # in this order; "a" loaded once
+
+    One loader serves every node and run on a loop (and keeps a separate window per loop
+    when several loops use it). ``batch_fn`` runs in a task of its own, in the context of
+    the caller that opened the batch.
+    """
+
+    __slots__ = ("__weakref__", "_recent", "_windows", "batch_fn", "name", "policy")
+
+    def __init__(
+        self,
+        batch_fn: Callable[
+            [list[K]], Awaitable[Sequence[V | Exception] | Mapping[K, V | Exception]]
+        ],
+        policy: BatchPolicy | None = None,
+        *,
+        name: str = "batch",
+    ) -> None:
+        if not callable(batch_fn):
+            raise TypeError(
+                f"BatchLoader batch_fn must be an async callable taking a list of keys, got {batch_fn!r}"
+            )
+        policy = BatchPolicy() if policy is None else policy
+        if not isinstance(policy, BatchPolicy):
+            raise TypeError(f"BatchLoader policy must be a BatchPolicy, got {policy!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"BatchLoader name must be a non-empty string, got {name!r}")
+        self.batch_fn = batch_fn
+        self.policy = policy
+        self.name = name
+        """The name metrics use."""
+        self._windows: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Window] = (
+            weakref.WeakKeyDictionary()
+        )
+        # The last loop used and its window: skips the dictionary on the common path.
+        self._recent: tuple[asyncio.AbstractEventLoop, _Window] | None = None
+
+    def __repr__(self) -> str:
+        p = self.policy
+        return (
+            f"BatchLoader(name={self.name!r}, max_batch={p.max_batch},"
+            f" max_delay={p.max_delay}, max_in_flight={p.max_in_flight})"
+        )
+
+    def _window(self) -> _Window:
+        loop = asyncio.get_running_loop()
+        recent = self._recent
+        if recent is not None and recent[0] is loop:
+            return recent[1]
+        window = self._windows.get(loop)
+        if window is None:
+            window = self._windows[loop] = _Window()
+        self._recent = (loop, window)
+        return window
+
+    async def load(self, key: K) -> V:
+        """The value ``batch_fn`` gives for ``key``, loaded in a batch with other callers'."""
+        window = self._window()
+        batch, future = self._join(window, key) or await self._join_when_room(window, key)
+        try:
+            value: V = await future
+        except asyncio.CancelledError:
+            await self._leave(window, batch, key, future)
+            raise
+        return value
+
+    async def load_many(self, keys: Iterable[K]) -> list[V]:
+        """``load`` for each key, results in the order given; the first failing key's error
+        (in that order) is raised once every key has an answer."""
+        window = self._window()
+        joined: list[tuple[_Batch, K, asyncio.Future[Any]]] = []
+        try:
+            for key in keys:
+                batch, future = self._join(window, key) or await self._join_when_room(window, key)
+                joined.append((batch, key, future))
+            results: list[V] = []
+            failure: BaseException | None = None
+            for _, _, future in joined:
+                try:
+                    results.append(await future)
+                except Exception as error:
+                    failure = failure or error
+            if failure is not None:
+                raise failure
+            return results
+        except asyncio.CancelledError:
+            for batch, key, future in joined:
+                await self._leave(window, batch, key, future)
+            raise
+
+    # -- joining and leaving a batch (no await between a check and its update) --------
+
+    def _join(self, window: _Window, key: K) -> tuple[_Batch, asyncio.Future[Any]] | None:
+        """Add a caller for ``key`` to the open batch; ``None`` when it is full and no
+        batch can be sent (the caller must wait for room)."""
+        loop = asyncio.get_running_loop()
+        batch = window.open
+        if batch is None:
+            if window.room:  # callers already wait for room: no overtaking them
+                return None
+            batch = window.open = _Batch(loop.time())
+            batch.timer = loop.call_later(self.policy.max_delay, self._on_due, window, batch)
+        slots = batch.slots.get(key)
+        if slots is None:
+            if len(batch.slots) >= self.policy.max_batch:
+                return None
+            slots = batch.slots[key] = []
+        else:
+            record("batch_joins", name=self.name)  # a duplicate key: loaded once
+        future: asyncio.Future[Any] = loop.create_future()
+        slots.append(future)
+        batch.callers += 1
+        if len(batch.slots) >= self.policy.max_batch:
+            self._send(window, batch, "full")
+        return batch, future
+
+    async def _join_when_room(self, window: _Window, key: K) -> tuple[_Batch, asyncio.Future[Any]]:
+        record("batch_room_waits", name=self.name)
+        loop = asyncio.get_running_loop()
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            window.room.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in window.room:
+                    window.room.remove(waiter)
+                elif not waiter.cancelled():
+                    self._make_room(window)  # woken just now: hand the wake-up on
+                raise
+            joined = self._join_woken(window, key)
+            if joined is not None:
+                return joined
+
+    def _join_woken(self, window: _Window, key: K) -> tuple[_Batch, asyncio.Future[Any]] | None:
+        # A woken caller goes first, even if others are still queued behind it.
+        queued, window.room = window.room, deque()
+        try:
+            return self._join(window, key)
+        finally:
+            queued.extend(window.room)
+            window.room = queued
+
+    async def _leave(
+        self, window: _Window, batch: _Batch, key: K, future: asyncio.Future[Any]
+    ) -> None:
+        """A caller gave up (cancelled): drop its key if nobody else wants it, or cancel
+        its batch if nobody else waits for it."""
+        if future.done() and not future.cancelled():
+            future.exception()  # answered already; marked as read, since nobody will
+            return
+        future.cancel()
+        batch.callers -= 1
+        if batch.task is None:  # not sent yet
+            slots = batch.slots.get(key)
+            if slots is not None and future in slots:
+                slots.remove(future)
+                if not slots:
+                    del batch.slots[key]
+                    if not batch.slots and window.open is batch:
+                        window.open = None
+                        if batch.timer is not None:
+                            batch.timer.cancel()
+                    self._make_room(window)
+            return
+        task = batch.task
+        if batch.callers == 0 and not task.done():
+            # The last caller is leaving: stop the call and wait for it, so nothing runs on
+            # unobserved after the caller has gone.
+            task.cancel()
+            await asyncio.wait([task])
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _on_due(self, window: _Window, batch: _Batch) -> None:
+        batch.timer = None
+        batch.due = True
+        if window.open is batch:
+            self._send(window, batch, "delay")
+
+    def _send(self, window: _Window, batch: _Batch, trigger: str) -> None:
+        """Start ``batch`` if fewer than ``max_in_flight`` run; else it waits (and fills)."""
+        if len(window.running) >= self.policy.max_in_flight:
+            return  # sent when a running batch ends (see _finished)
+        window.open = None
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        window.running.add(batch)
+        loop = asyncio.get_running_loop()
+        record("batch_in_flight", 1, name=self.name)
+        record("batch_calls", name=self.name, trigger=trigger)
+        record("batch_keys", len(batch.slots), name=self.name)
+        record("batch_fill_seconds", loop.time() - batch.opened, name=self.name)
+        batch.task = loop.create_task(self._run(window, batch))
+        self._make_room(window)
+
+    def _make_room(self, window: _Window) -> None:
+        """Wake callers waiting for room, as many as the open batch can take."""
+        room = window.room
+        if not room:
+            return
+        batch = window.open
+        free = self.policy.max_batch - (0 if batch is None else len(batch.slots))
+        while room and free > 0:
+            waiter = room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+    async def _run(self, window: _Window, batch: _Batch) -> None:
+        keys: list[Any] = list(batch.slots)
+        try:
+            try:
+                results = await self.batch_fn(keys)
+            except asyncio.CancelledError:
+                for slots in batch.slots.values():
+                    for future in slots:
+                        future.cancel()
+                raise
+            except Exception as error:
+                record("batch_errors", name=self.name)
+                self._answer_all(batch, error)
+                return
+            try:
+                answers = self._answers(keys, results)
+            except Exception as error:
+                self._answer_all(batch, error)
+                return
+            for key, answer in zip(keys, answers, strict=True):
+                for future in batch.slots[key]:
+                    if future.done():
+                        continue
+                    if isinstance(answer, Exception):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+        finally:
+            self._finished(window, batch)
+
+    def _answers(self, keys: list[Any], results: Any) -> list[Any]:
+        if isinstance(results, Mapping):
+            missing = KeyError
+            return [
+                results[key]
+                if key in results
+                else missing(f"BatchLoader {self.name!r}: batch_fn returned no result for {key!r}")
+                for key in keys
+            ]
+        if not isinstance(results, Sequence) or isinstance(results, str | bytes):
+            raise TypeError(
+                f"BatchLoader {self.name!r}: batch_fn must return a sequence aligned with"
+                f" its keys or a mapping by key, got {type(results).__name__}"
+            )
+        if len(results) != len(keys):
+            raise ValueError(
+                f"BatchLoader {self.name!r}: batch_fn returned {len(results)} results"
+                f" for {len(keys)} keys"
+            )
+        return list(results)
+
+    @staticmethod
+    def _answer_all(batch: _Batch, error: Exception) -> None:
+        for slots in batch.slots.values():
+            for future in slots:
+                if not future.done():
+                    future.set_exception(error)
+
+    def _finished(self, window: _Window, batch: _Batch) -> None:
+        window.running.discard(batch)
+        record("batch_in_flight", -1, name=self.name)
+        waiting = window.open
+        if waiting is not None and (waiting.due or len(waiting.slots) >= self.policy.max_batch):
+            self._send(window, waiting, "delay" if waiting.due else "full")
+        else:
+            self._make_room(window)
+
+
+class BatchLookupNode(AsyncBaseNode):
+    """A node that loads ``state[input_key]`` through a shared ``BatchLoader``.
+
+        users = BatchLoader(fetch_users, BatchPolicy(max_batch=100))
+        builder.add_node("user", BatchLookupNode(users, input_key="user_id", output_key="user"))
+
+    ``state[input_key]`` is one key, or a list of keys (results in that order). Concurrent
+    runs of the graph (and other nodes using the same loader) share batches.
+    """
+
+    def __init__(
+        self,
+        loader: BatchLoader[Any, Any],
+        *,
+        input_key: str = "key",
+        output_key: str = "value",
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if not isinstance(loader, BatchLoader):
+            raise TypeError(f"BatchLookupNode loader must be a BatchLoader, got {loader!r}")
+        for field, value in (("input_key", input_key), ("output_key", output_key)):
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"BatchLookupNode {field} must be a non-empty str, got {value!r}")
+        super().__init__(name=name, verbose=verbose)
+        self.loader = loader
+        self.input_key = input_key
+        self.output_key = output_key
+
+    async def execute(self, state: Any) -> dict[str, Any]:
+        try:  # a TypedDict state, or a dataclass / pydantic one
+            wanted = (
+                state[self.input_key]
+                if isinstance(state, Mapping)
+                else getattr(state, self.input_key)
+            )
+        except (KeyError, AttributeError):
+            raise KeyError(
+                f"{self.name} looks up state[{self.input_key!r}], which is missing"
+            ) from None
+        if isinstance(wanted, list):
+            return {self.output_key: await self.loader.load_many(wanted)}
+        return {self.output_key: await self.loader.load(wanted)}
+
+
+def embedding_loader(
+    embeddings: Embeddings | None = None,
+    policy: BatchPolicy | None = None,
+    *,
+    name: str = "embeddings",
+) -> BatchLoader[str, list[float]]:
+    """A loader embedding texts with ``embeddings.aembed_documents`` in batches.
+
+        vectors = embedding_loader(OpenAIEmbeddings(), BatchPolicy(max_batch=256))
+        vector = await vectors.load("a sentence")
+
+    ``None`` uses langchain-core's ``DeterministicFakeEmbedding(size=32)``: offline and
+    repeatable, for examples and tests (it needs numpy).
+    """
+    if embeddings is None:
+        try:
+            import numpy  # noqa: F401  # the fake model fails late without it: fail here
+        except ModuleNotFoundError as missing:
+            raise ModuleNotFoundError(
+                "embedding_loader's default embeddings (langchain-core's DeterministicFakeEmbedding)"
+                f" need numpy ({missing}); pip install numpy, or pass embeddings="
+            ) from missing
+        from langchain_core.embeddings import DeterministicFakeEmbedding
+
+        embeddings = DeterministicFakeEmbedding(size=32)
+    if not isinstance(embeddings, Embeddings):
+        raise TypeError(
+            f"embedding_loader embeddings must be a langchain-core Embeddings, got {embeddings!r}"
+        )
+    model = embeddings
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        return [list(map(float, vector)) for vector in await model.aembed_documents(texts)]
+
+    return BatchLoader(embed, policy, name=name)
+
+
+class EmbedNode(AsyncBaseNode):
+    """A node embedding ``state[input_key]`` (a text or a list of texts) in shared batches.
+
+        builder.add_node("embed", EmbedNode(OpenAIEmbeddings(), BatchPolicy(max_batch=256)))
+        # {"text": "..."} -> {"embedding": [...]};  {"text": ["a", "b"]} -> {"embedding": [[...], [...]]}
+
+    Every run of the graph on a loop shares one ``embed_documents`` call per batch, and a
+    text asked for twice in one window is embedded once. Without ``embeddings`` it uses
+    langchain-core's deterministic fake model (offline). Pass ``loader=`` to share one
+    ``embedding_loader`` between several nodes.
+    """
+
+    def __init__(
+        self,
+        embeddings: Embeddings | None = None,
+        policy: BatchPolicy | None = None,
+        *,
+        loader: BatchLoader[str, list[float]] | None = None,
+        input_key: str = "text",
+        output_key: str = "embedding",
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if loader is None:
+            loader = embedding_loader(embeddings, policy)
+        elif embeddings is not None or policy is not None:
+            raise ValueError("EmbedNode takes either loader= or embeddings/policy, got both")
+        self.lookup = BatchLookupNode(loader, input_key=input_key, output_key=output_key)
+        super().__init__(name=name, verbose=verbose)
+        self.loader = loader
+
+    async def execute(self, state: Any) -> dict[str, Any]:
+        return await self.lookup.execute(state)
+
+
+if __name__ == "__main__":
+    from typing import TypedDict
+
+    from langgraph.graph import START, StateGraph
+
+    class State(TypedDict, total=False):
+        user_id: int
+        user: dict[str, Any]
+        text: str
+        embedding: list[float]
+
+    requests: list[list[int]] = []
+
+    async def fetch_users(ids: list[int]) -> dict[int, dict[str, Any] | Exception]:
+        requests.append(ids)
+        await asyncio.sleep(0.01)  # one round trip for the whole batch
+        return {i: {"id": i, "name": f"user {i}"} if i >= 0 else LookupError(i) for i in ids}
+
+    async def main() -> None:
+        users = BatchLoader(fetch_users, BatchPolicy(max_batch=32, max_delay=0.005))
+        builder = StateGraph(State)
+        builder.add_node("user", BatchLookupNode(users, input_key="user_id", output_key="user"))
+        builder.add_node("embed", EmbedNode(policy=BatchPolicy(max_batch=100)))
+        builder.add_edge(START, "user")
+        builder.add_edge("user", "embed")
+        graph = builder.compile()
+        started = time.perf_counter()
+        runs = [graph.ainvoke({"user_id": i % 40, "text": f"bio {i % 40}"}) for i in range(200)]
+        results = await asyncio.gather(*runs)
+        elapsed = time.perf_counter() - started
+        print(
+            f"200 runs, 40 distinct users: {len(requests)} batch calls {[len(r) for r in requests]}"
+        )
+        print(
+            results[7]["user"],
+            "embedding[:3] =",
+            [round(x, 3) for x in results[7]["embedding"][:3]],
+        )
+        try:
+            await users.load(-1)
+        except LookupError as error:
+            print(f"a per-key error reaches only its caller: LookupError({error})")
+        print(f"{elapsed:.2f}s")
+
+    asyncio.run(main())
