@@ -183,10 +183,10 @@ def blocked_network(address: IPAddress) -> str | None:
         return "multicast"
     if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
         return "CGNAT (100.64.0.0/10)"
-    if address.is_private:
-        return "private network"
     if address.is_reserved:
         return "reserved"
+    if address.is_private:
+        return "private network"
     if not address.is_global:
         return "not globally routable"
     return None

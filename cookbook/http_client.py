@@ -462,6 +462,15 @@ class HttpClient:
     def url(self, url: str | URL) -> URL:
         """The absolute URL a request for ``url`` goes to: ``base_url`` is a prefix, and
         with an ``egress`` policy the URL is checked and its host made canonical."""
+        target = self._join(url)
+        policy = self.settings.egress
+        return target if policy is None else policy.check_url(target)
+
+    def _full_url(self, url: str | URL, params: Mapping[str, Any] | None) -> str:
+        """The URL a request for ``url`` goes to, for error messages (nothing checked)."""
+        return _with_params(self._join(url), params)
+
+    def _join(self, url: str | URL) -> URL:
         prefix = self._prefix
         if prefix is not None and isinstance(url, str) and not _HAS_SCHEME.match(url):
             if url.startswith("//"):  # a scheme-relative URL names its own host
@@ -476,8 +485,7 @@ class HttpClient:
                         f"HttpClient url must be absolute when there is no base_url, got {url!r}"
                     )
                 target = URL(prefix + str(target).lstrip("/"))
-        policy = self.settings.egress
-        return target if policy is None else policy.check_url(target)
+        return target
 
     async def request(
         self,

@@ -311,9 +311,12 @@ class HttpStreamNode(AsyncBaseNode):
         items = 0
         last_id: str | None = None
         self.log("streaming", url=safe_url(url))
+        # The URL comes from state, so it is untrusted: the client's egress guard checks it
+        # (only base_url's origin by default; see HttpClient.for_untrusted_urls).
+        client = self.client.for_untrusted_urls()
         events = stream_http(
-            self.client,
-            url,
+            client,
+            str(client.url(url)),
             format=policy.format,
             idle_timeout=policy.idle_timeout,
             max_event_bytes=policy.max_event_bytes,

@@ -25,6 +25,12 @@ Endpoints:
     /chunked?n=&delay=       n chunks ``chunk {i}\\n`` with chunked transfer encoding
     /sse-drop?n=             n events, then the connection is dropped mid-stream
     /stall?seconds=          one chunk, then nothing for `seconds` (default 60)
+    /redirect?to=URL&status= a redirect (default 302) to URL
+    /headers                 the request's headers as JSON
+    /secret                  {"secret": "internal"}: what no guarded request may bring back
+
+``http_server_b`` is a second server on 127.0.0.2, on the same port as ``http_server``: a
+request meant for one never lands on the other by accident (egress tests).
 """
 
 from __future__ import annotations
@@ -182,6 +188,16 @@ def build_app(hits: Counter[str] | None = None) -> web.Application:
         await response.write_eof()
         return response
 
+    async def redirect(request: web.Request) -> web.Response:
+        status = _int(request, "status", 302)
+        return web.Response(status=status, headers={"Location": request.query["to"]})
+
+    async def headers(request: web.Request) -> web.Response:
+        return web.json_response(dict(request.headers))
+
+    async def secret(request: web.Request) -> web.Response:
+        return web.json_response({"secret": "internal"})
+
     app = web.Application(middlewares=[count])
     app.router.add_get("/json", json_ok)
     app.router.add_get("/text", text)
@@ -197,6 +213,9 @@ def build_app(hits: Counter[str] | None = None) -> web.Application:
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/sse-drop", sse_drop)
     app.router.add_get("/stall", stall)
+    app.router.add_route("*", "/redirect", redirect)
+    app.router.add_get("/headers", headers)
+    app.router.add_get("/secret", secret)
     app[RETRY_COUNTERS] = counters
     return app
 
@@ -288,6 +307,19 @@ def http_server(_http_server_session: HttpTestServer) -> HttpTestServer:
     """The session's test HTTP server (``.url``, ``.hits``), counters reset for this test."""
     _http_server_session.reset()
     return _http_server_session
+
+
+@pytest.fixture(scope="session")
+def _http_server_b_session(_http_server_session: HttpTestServer) -> Iterator[HttpTestServer]:
+    with HttpTestServer(host="127.0.0.2", port=_http_server_session.port) as server:
+        yield server
+
+
+@pytest.fixture
+def http_server_b(_http_server_b_session: HttpTestServer) -> HttpTestServer:
+    """A second server, on 127.0.0.2 and ``http_server``'s port, counters reset."""
+    _http_server_b_session.reset()
+    return _http_server_b_session
 
 
 def main() -> None:
