@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from contextlib import aclosing
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import TypedDict
 import pytest
 from act_operator_lib.cookbook.files import FileSettings, FileStore, PathEscapeError, WriteFiles
 from act_operator_lib.cookbook.resources import Resources
+from blockbuster import blockbuster_ctx
 from langgraph.graph import StateGraph
 
 from tests.helpers import run_example
@@ -30,6 +33,10 @@ class State(TypedDict, total=False):
 
 def leftovers(base: Path) -> list[str]:
     return sorted(p.name for p in base.rglob("*.tmp"))
+
+
+def entries(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
 
 
 async def test_graph_writes_files_atomically_with_a_limit(tmp_path: Path) -> None:
@@ -96,7 +103,10 @@ async def test_paths_are_confined_to_the_base_directory(tmp_path: Path) -> None:
         store.resolve("")
     assert (tmp_path / "secret.txt").read_text() == "top secret"
     assert await store.read_text("inside-link") == "fine"  # a symlink staying inside is fine
+    (base / "sub").mkdir()
     assert await store.read_text("sub/../inside.txt") == "fine"
+    os.symlink("sub/../inside.txt", base / "relative-link")
+    assert await store.read_text("relative-link") == "fine"
 
     # A node refuses the whole batch before writing any file.
     builder = StateGraph(State)
@@ -106,6 +116,142 @@ async def test_paths_are_confined_to_the_base_directory(tmp_path: Path) -> None:
         await builder.compile().ainvoke({"files": {"ok.txt": "x", "../evil.txt": "x"}})
     assert not (base / "ok.txt").exists()
     assert not (tmp_path / "evil.txt").exists()
+
+
+async def test_paths_naming_the_base_directory_itself_are_refused(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    (base / "sub").mkdir(parents=True)
+    os.symlink(".", base / "here")
+    store = FileStore(FileSettings(base_dir=base))
+    for itself in (".", "sub/..", "./", "sub/../.", "here", "here/sub/.."):
+        with pytest.raises(PathEscapeError, match="names the base directory"):
+            await store.write_text(itself, "where does this go?")
+        with pytest.raises(PathEscapeError, match="names the base directory"):
+            await store.read_text(itself)
+        with pytest.raises(PathEscapeError, match="names the base directory"):
+            store.resolve(itself)
+    # Nothing was written next to the base directory, nor in it.
+    assert entries(tmp_path) == ["base"]
+    assert entries(base) == ["here", "sub"]
+
+
+async def test_a_directory_swapped_for_a_symlink_while_waiting_cannot_escape(
+    tmp_path: Path,
+) -> None:
+    base, outside = tmp_path / "base", tmp_path / "outside"
+    (base / "sub").mkdir(parents=True)
+    (base / "sub" / "notes.txt").write_text("inside")
+    outside.mkdir()
+    (outside / "notes.txt").write_text("outside secret")
+    store = FileStore(FileSettings(base_dir=base, max_concurrency=1))
+
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_the_only_slot() -> None:
+        async with store.open_atomic("held.txt") as f:
+            await f.write(b"held")
+            holding.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold_the_only_slot())
+    await holding.wait()
+    # Both calls pass any check made now, then wait for the slot...
+    writer = asyncio.create_task(store.write_text("sub/notes.txt", "overwritten"))
+    reader = asyncio.create_task(store.read_text("sub/notes.txt"))
+    await asyncio.sleep(0.05)
+    # ...while "sub" becomes a symlink to a directory outside.
+    (base / "sub").rename(base / "sub-before")
+    os.symlink(outside, base / "sub")
+    release.set()
+    await holder
+    with pytest.raises(PathEscapeError, match=r"'sub/notes\.txt' leads outside"):
+        await writer
+    with pytest.raises(PathEscapeError, match=r"'sub/notes\.txt' leads outside"):
+        await reader
+    assert entries(outside) == ["notes.txt"]
+    assert (outside / "notes.txt").read_text() == "outside secret"
+    assert (base / "sub-before" / "notes.txt").read_text() == "inside"
+
+
+async def test_a_rewrite_keeps_the_mode_and_owner_of_the_replaced_file(tmp_path: Path) -> None:
+    store = FileStore(FileSettings(base_dir=tmp_path))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    await store.write_text("new.txt", "fresh")
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o666 & ~umask
+
+    for name, mode in (("secret.env", 0o600), ("run.sh", 0o755), ("shared.txt", 0o664)):
+        (tmp_path / name).write_text("v1")
+        (tmp_path / name).chmod(mode)
+        await store.write_text(name, "v2")
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+        assert (tmp_path / name).read_text() == "v2"
+
+    owned = tmp_path / "owned.txt"
+    owned.write_text("v1")
+    if os.geteuid() == 0:  # only root may give a file away; others keep their own
+        os.chown(owned, 4321, 4321)
+    before = owned.stat()
+    await store.write_text("owned.txt", "v2")
+    after = owned.stat()
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+    assert after.st_ino != before.st_ino  # it was really replaced
+
+
+async def test_names_up_to_the_filesystem_limit_are_writable(tmp_path: Path) -> None:
+    store = FileStore(FileSettings(base_dir=tmp_path))
+    longest = "n" * 251 + ".txt"  # 255 bytes
+    multibyte = "\u00e9" * 127  # 254 bytes in UTF-8
+    for name in (longest, "d" * 218, multibyte, f"sub/{longest}"):
+        await store.write_text(name, name)
+        await store.write_text(name, name.upper())  # and replaced
+        assert await store.read_text(name) == name.upper()
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_failing_cleanup_keeps_the_original_error(tmp_path: Path) -> None:
+    store = FileStore(FileSettings(base_dir=tmp_path))
+    await store.write_text("data.txt", "version 1")
+    temp_name = ""  # known once the write below created it
+
+    async def write_then_fail() -> None:
+        nonlocal temp_name
+        async with store.open_atomic("data.txt") as f:
+            await f.write(b"version 2")
+            # Something takes the temporary file's place: removing it will fail.
+            (temp_name,) = leftovers(tmp_path)
+            os.unlink(tmp_path / temp_name)
+            os.mkdir(tmp_path / temp_name)
+            raise RuntimeError("the original failure")
+
+    with pytest.raises(RuntimeError, match="the original failure") as caught:
+        await write_then_fail()
+    assert any("could not remove" in note for note in caught.value.__notes__)
+    os.rmdir(tmp_path / temp_name)
+    assert await store.read_text("data.txt") == "version 1"
+
+
+async def test_a_cancellation_during_the_rename_reports_the_true_outcome(tmp_path: Path) -> None:
+    store = FileStore(FileSettings(base_dir=tmp_path))
+    await store.write_text("data.txt", "version 1")
+    old_inode = (tmp_path / "data.txt").stat().st_ino
+    outcome: list[str] = []
+
+    async def write() -> None:
+        await store.write_text("data.txt", "version 2")
+        outcome.append("written")
+
+    task = asyncio.create_task(write())
+    # Cancel in the first loop iteration that can see the rename: the call is then
+    # still waiting for its rename thread (or for the directory fsync after it).
+    while (tmp_path / "data.txt").stat().st_ino == old_inode:
+        assert not task.done()
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert (tmp_path / "data.txt").read_text() == "version 2"
+    assert outcome == ["written"]  # the call said what happened: the write succeeded
+    assert leftovers(tmp_path) == []
 
 
 async def test_a_failed_or_cancelled_write_keeps_the_old_file(tmp_path: Path) -> None:
@@ -185,7 +331,49 @@ def test_a_killed_writer_never_leaves_a_half_written_file(tmp_path: Path) -> Non
     assert writer.returncode == -signal.SIGKILL
     assert (tmp_path / "data.txt").read_text() == "old content"
     # The crash left only an orphan temporary file, never a torn data.txt.
-    assert all(name.startswith(".data.txt.") for name in leftovers(tmp_path))
+    (orphan,) = leftovers(tmp_path)
+    assert orphan.startswith(".data.txt.")
+
+    # The next store on this directory sweeps it once it is old enough (a young one may
+    # belong to a write still running in another process), and nothing else.
+    (tmp_path / "keep.tmp").write_text("a user's file")
+    (tmp_path / ".data.txt.backup.tmp").write_text("a user's file")
+    stale = time.time() - 7200
+    for name in (orphan, "keep.tmp", ".data.txt.backup.tmp"):
+        os.utime(tmp_path / name, (stale, stale))
+    store = FileStore(FileSettings(base_dir=tmp_path, stale_temp_age=3600))
+    assert asyncio.run(store.read_text("data.txt")) == "old content"
+    assert leftovers(tmp_path) == [".data.txt.backup.tmp", "keep.tmp"]
+
+
+async def test_stale_temporaries_are_swept_in_subdirectories_only_when_old(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    old = tmp_path / "a" / "b" / f".x.txt.{'0f' * 16}.tmp"
+    young = tmp_path / "a" / f".y.txt.{'1e' * 16}.tmp"
+    old.write_text("torn")
+    young.write_text("being written")
+    os.utime(old, (time.time() - 600, time.time() - 600))
+    await FileStore(FileSettings(base_dir=tmp_path, stale_temp_age=300)).exists("a")
+    assert not old.exists()
+    assert young.exists()
+    await FileStore(FileSettings(base_dir=tmp_path, stale_temp_age=None)).exists("a")
+    assert young.exists()
+
+
+async def test_construction_and_first_use_do_not_block_the_event_loop(tmp_path: Path) -> None:
+    # langgraph dev runs graphs under blockbuster: a mkdir on the loop fails there.
+    with blockbuster_ctx():
+        store = FileStore(FileSettings(base_dir=tmp_path / "made" / "lazily"))
+    assert not (tmp_path / "made").exists()
+    with blockbuster_ctx():
+        await store.write_text("a/b.txt", "text")
+        assert await store.read_text("a/b.txt") == "text"
+        assert await store.exists("a/b.txt")
+        async with aclosing(store.iter_chunks("a/b.txt")) as chunks:
+            assert [chunk async for chunk in chunks] == [b"text"]
+    assert (tmp_path / "made" / "lazily" / "a" / "b.txt").read_text() == "text"
 
 
 async def test_large_file_is_processed_in_chunks_with_bounded_memory(tmp_path: Path) -> None:
@@ -235,6 +423,10 @@ async def test_resources_and_validation(tmp_path: Path) -> None:
         FileSettings(base_dir=tmp_path, max_concurrency=0)
     with pytest.raises(ValueError, match="FileSettings chunk_size must be an int >= 1"):
         FileSettings(base_dir=tmp_path, chunk_size=-5)
+    with pytest.raises(ValueError, match="FileSettings stale_temp_age must be a number > 0"):
+        FileSettings(base_dir=tmp_path, stale_temp_age=float("nan"))
+    with pytest.raises(TypeError, match="FileSettings stale_temp_age must be a number"):
+        FileSettings(base_dir=tmp_path, stale_temp_age="1h")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="FileSettings base_dir must be a path, got int"):
         FileSettings(base_dir=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="FileStore settings must be FileSettings"):
