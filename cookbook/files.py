@@ -411,7 +411,7 @@ class FileStore:
                 if replacing:
                     assert existing is not None
                     _copy_owner_and_mode(fd, existing)
-                file = open(fd, "wb")  # closed by open_atomic
+                file = open(fd, "wb")  # noqa: SIM115 (closed by open_atomic)
             except BaseException:
                 os.close(fd)
                 os.unlink(temp, dir_fd=parent)
