@@ -17,8 +17,9 @@ however large the result. ``handle_batch`` (optional, awaited per batch) does th
 with the rows, e.g. indexing them; with ``emit_rows=False`` the events carry counts only.
 The node returns ``{output_key: rows_read}``.
 
-The connection comes from the shared ``PostgresPool`` (its DSN: the run's
-``configurable.database_url`` or context, else the pool's settings, see ``dsn_from``).
+The connection comes from the shared ``PostgresPool`` (its DSN: the run's context
+``database_url``, else the pool's settings, see ``dsn_from``; never a password in
+``configurable``, which LangGraph copies into checkpoints).
 ``statement_timeout`` is set with ``SET LOCAL``, so it lasts for this transaction only and
 overrides the pool's per-connection default; a fetch that exceeds it raises asyncpg's
 ``QueryCanceledError`` with a note saying how many rows were read. Any error or
@@ -34,6 +35,7 @@ Keep a whole-node deadline in ``TimeoutPolicy(run_timeout=...)``; this node call
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -58,7 +60,9 @@ class CursorStreamPolicy:
     batch_size: int = 1000
     """Rows per fetch and per event; memory holds one batch."""
     statement_timeout: float | None = None
-    """Seconds any one fetch may run (``SET LOCAL statement_timeout``); None: the server's."""
+    """Seconds any one fetch may run (``SET LOCAL statement_timeout``), at least 0.001: the
+    server counts whole milliseconds (a fraction rounds up) and reads 0 as no limit;
+    None: the server's."""
     emit_rows: bool = True
     """Put the batch's rows (as dicts) in each event; False: counts only."""
     output_key: str | None = "rows_read"
@@ -71,10 +75,15 @@ class CursorStreamPolicy:
             )
         timeout = self.statement_timeout
         if timeout is not None and (
-            not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+            not isinstance(timeout, int | float) or isinstance(timeout, bool)
         ):
+            raise TypeError(
+                f"CursorStreamPolicy statement_timeout must be a number or None, got {timeout!r}"
+            )
+        if timeout is not None and not (math.isfinite(timeout) and timeout >= 0.001):
             raise ValueError(
-                f"CursorStreamPolicy statement_timeout must be > 0 seconds or None, got {timeout!r}"
+                "CursorStreamPolicy statement_timeout must be >= 0.001 seconds (PostgreSQL"
+                f" reads 0 ms as no limit) or None, got {timeout!r}"
             )
         if self.output_key is not None and (
             not isinstance(self.output_key, str) or not self.output_key
@@ -102,10 +111,15 @@ async def stream_batches(
     """
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         if statement_timeout is not None:
-            # SET cannot take a bind parameter; the value is a validated number of ms.
-            await connection.execute(
-                f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)}"
-            )
+            # SET cannot take a bind parameter; the value is a number of whole ms, rounded
+            # up so that it is never 0 (no limit).
+            if not (math.isfinite(statement_timeout) and statement_timeout >= 0.001):
+                raise ValueError(
+                    "stream_batches statement_timeout must be >= 0.001 seconds (PostgreSQL"
+                    f" reads 0 ms as no limit), got {statement_timeout!r}"
+                )
+            milliseconds = math.ceil(statement_timeout * 1000 - 1e-9)
+            await connection.execute(f"SET LOCAL statement_timeout = {milliseconds}")
         cursor = await connection.cursor(query, *args)
         while rows := await cursor.fetch(batch_size):
             yield rows

@@ -12,16 +12,33 @@ no way to format values into SQL here (``query`` is typed ``LiteralString``, so 
 checker flags f-strings too). The pool is created once per (running loop, DSN) under a
 lock, closed when its loop shuts down or by ``aclose()`` / ``Resources``. Each
 connection gets a server-side ``statement_timeout``; waiting longer than
-``acquire_timeout`` for a free connection raises ``PoolExhaustedError``. After a server
-restart the pool reconnects on its own; a read that hit a dead connection is retried
-once, a write raises ``ConnectionLostError`` (it may or may not have committed).
-The DSN comes from the call, the run's config (``configurable.database_url``), the run's
-context (``database_url``), the settings, or ``DATABASE_URL``; its password never
-appears in a repr, log line or error raised here.
+``acquire_timeout`` for a free connection raises ``PoolExhaustedError``, whoever holds
+the connections (also those taken straight from ``db.pool()``).
+
+After a lost connection (a server restart, a killed backend) the pool's idle connections
+are replaced and the call is retried once *only if running it twice is known to be
+harmless*: the statement is read-only by ``is_read_only`` (a conservative reading of the
+SQL: one ``SELECT``/``VALUES``/``TABLE``/``SHOW``/``WITH`` statement with no data-modifying
+word and no call to a function outside a list of side-effect-free built-ins), or the call
+says ``idempotent=True``. Anything else, ``fetchrow("INSERT ... RETURNING id")`` included,
+raises ``ConnectionLostError`` saying it may or may not have committed. (Changed: fetch
+methods used to be retried as reads whatever the statement did.) Only errors that mean
+the connection is gone count as lost: a wrong argument count, or your own ``OSError`` /
+``TimeoutError`` inside ``db.connection()``, propagates as it is and leaves the healthy
+connection in the pool.
+
+The DSN comes from the call, the run's context (``context={"database_url": ...}``), the
+settings, or ``DATABASE_URL``; its password never appears in a repr, log line or error
+raised here. Never put a password in ``configurable``: LangGraph copies every
+``configurable`` string into each checkpoint's metadata (and the run's tracing metadata),
+so ``dsn_from`` refuses a ``configurable.database_url`` that carries one (changed: it
+used to be the first source) and ``postgres_checkpointer`` masks DSN passwords in
+metadata.
 
 For durable graph execution on the same server, compile with ``postgres_checkpointer``
 (langgraph-checkpoint-postgres): a run whose process dies resumes from its last
-checkpoint with ``graph.ainvoke(None, {"configurable": {"thread_id": ...}})``.
+checkpoint with ``graph.ainvoke(None, {"configurable": {"thread_id": ...}})``; its
+docstring says which ``durability`` mode side-effecting nodes need.
 
 When to use LangGraph's native tools instead: state that belongs to the graph (progress,
 messages, memory) goes in the checkpointer / ``BaseStore`` (``AsyncPostgresStore``), not
@@ -31,16 +48,18 @@ in tables you manage; retrying a failed node is ``RetryPolicy(retry_on=is_connec
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, LiteralString
+from typing import Any, ClassVar, LiteralString, cast
 
 import asyncpg
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from act_operator_lib.base_node import AsyncBaseNode
@@ -56,6 +75,7 @@ __all__ = [
     "SQLQuery",
     "dsn_from",
     "is_connection_error",
+    "is_read_only",
     "postgres_checkpointer",
     "redact_dsn",
 ]
@@ -63,19 +83,42 @@ __all__ = [
 _PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
 _PASSWORD_PARAM = re.compile(r"(password=)([^&\s]*)", re.I)
 
-# Errors meaning "the connection or server went away", not "the query was wrong".
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.ConnectionDoesNotExistError,
+# Errors that by themselves mean "the connection or the server went away" (SQLSTATE class
+# 08 and the shutdown codes 57P01-57P03), never "the query or the caller was wrong".
+# QueryCanceledError (57014, a statement timeout) shares their base class and is left out.
+_LOST_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError among them
     asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionFailureError,
-    asyncpg.InterfaceError,
-    # A server shutting down can leave a pooled connection mid-protocol just before
-    # its socket closes; asyncpg then reports an internal state error.
-    asyncpg.InternalClientError,
-    ConnectionError,
-    OSError,
 )
+# Reaching the server can also fail with a socket error or a connect timeout.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_LOST_ERRORS, OSError, TimeoutError)
+
+
+def _is_gone(exc: BaseException, conn: asyncpg.Connection) -> bool:
+    """Whether ``exc``, raised while ``conn`` was in use, means ``conn`` is unusable.
+
+    The connection's own state decides for errors that can also be a caller's bug
+    (``InterfaceError`` for a wrong argument count, an ``OSError`` raised by user code):
+    asyncpg marks a connection closed as soon as its socket is lost. A client protocol
+    desynchronisation (``InternalClientError``, seen when a server shutdown interrupts a
+    pooled connection) leaves it unusable too.
+    """
+    return isinstance(exc, (*_LOST_ERRORS, asyncpg.InternalClientError)) or _is_closed(conn)
+
+
+def _is_closed(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True  # a pool's proxy, detached because its connection closed
+
+
+def _drop(conn: asyncpg.Connection) -> None:
+    """Close ``conn`` at once unless it is closed already."""
+    if not _is_closed(conn):
+        conn.terminate()
 
 
 def redact_dsn(dsn: str) -> str:
@@ -92,19 +135,90 @@ class ConnectionLostError(ConnectionError):
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """For ``RetryPolicy(retry_on=is_connection_error)``: connection lost or server down."""
-    return isinstance(exc, (ConnectionLostError, PoolExhaustedError, *_CONNECTION_ERRORS))
+    """For ``RetryPolicy(retry_on=is_connection_error)``: connection lost or server down.
+
+    True for this module's ``ConnectionLostError`` / ``PoolExhaustedError`` and asyncpg's
+    connection-loss errors; False for a caller's bug (``asyncpg.InterfaceError``, e.g. a
+    wrong argument count) and for a plain ``OSError`` / ``TimeoutError``, which may come
+    from anything else the node does (changed: those used to count).
+    """
+    return isinstance(exc, (ConnectionLostError, PoolExhaustedError, *_LOST_ERRORS))
+
+
+_READ_START = re.compile(
+    r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*[(\s]*(?:select|values|table|show|with)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+# Words that make a SELECT write: data-modifying CTEs, SELECT INTO, row locks (which
+# writes follow), and the sequence functions.
+_WRITE_WORD = re.compile(
+    r"\b(?:insert|update|delete|merge|into|nextval|setval|share)\b", re.IGNORECASE
+)
+_CALL = re.compile(r'((?:"[^"]*"|[\w$]+)(?:\s*\.\s*(?:"[^"]*"|[\w$]+))*)\s*\(')
+# Words followed by "(" that are SQL syntax or built-in functions without side effects.
+# Any other call (your own function, pg_terminate_backend, lo_import, ...) may write.
+_PURE_CALL_NAMES = """
+    select from where and or not in exists any all some as on using join values over
+    filter within partition by when then else case having lateral cast row array
+    extract coalesce nullif greatest least position substring overlay trim union
+    intersect except is between like ilike similar distinct limit offset group order
+    with recursive table grouping cube rollup sets interval varchar char character
+    numeric decimal timestamp time bit varying float precision int integer bigint
+    smallint text bytea uuid date boolean json jsonb
+    count sum avg min max bool_and bool_or every array_agg string_agg json_agg
+    jsonb_agg json_object_agg jsonb_object_agg percentile_cont percentile_disc mode
+    stddev variance row_number rank dense_rank percent_rank cume_dist ntile lag lead
+    first_value last_value nth_value lower upper length char_length octet_length concat
+    concat_ws format left right replace split_part strpos starts_with regexp_replace
+    regexp_match regexp_matches regexp_split_to_array btrim ltrim rtrim lpad rpad repeat
+    reverse initcap md5 sha256 encode decode to_char to_date to_timestamp to_number
+    date_trunc date_part age make_date make_interval make_timestamp now clock_timestamp
+    statement_timestamp abs round floor ceil ceiling trunc mod power sqrt exp ln log
+    sign random gen_random_uuid generate_series unnest array_length array_position
+    array_remove array_append array_cat cardinality array_to_string string_to_array
+    json_build_object jsonb_build_object json_build_array jsonb_build_array to_json
+    to_jsonb row_to_json json_array_elements jsonb_array_elements
+    jsonb_array_elements_text json_each jsonb_each jsonb_each_text jsonb_set
+    jsonb_strip_nulls jsonb_typeof jsonb_extract_path json_extract_path
+    jsonb_extract_path_text jsonb_path_query jsonb_path_exists pg_sleep pg_backend_pid
+    pg_typeof version current_setting current_database current_schema num_nulls
+    num_nonnulls to_tsvector to_tsquery plainto_tsquery websearch_to_tsquery ts_rank
+"""
+_PURE_CALLS = frozenset(_PURE_CALL_NAMES.split())
+
+
+def is_read_only(query: str) -> bool:
+    """Whether ``query`` is known not to change anything, so running it twice is harmless.
+
+    Conservative by design: True only for one ``SELECT``, ``VALUES``, ``TABLE``, ``SHOW``
+    or ``WITH`` statement that contains none of ``INSERT``, ``UPDATE``, ``DELETE``,
+    ``MERGE``, ``INTO``, ``FOR UPDATE/SHARE``, ``nextval``/``setval`` and calls no function
+    outside a list of side-effect-free built-ins. Words inside literals and comments count
+    too (a false "not read-only" only costs a retry). For a statement this misjudges, pass
+    ``idempotent=True`` (or ``False``) to the call.
+    """
+    if not _READ_START.match(query) or ";" in query.rstrip().rstrip(";"):
+        return False
+    if _WRITE_WORD.search(query):
+        return False
+    return all(name.lower() in _PURE_CALLS for name in _CALL.findall(query))
+
+
+def _has_password(dsn: str) -> bool:
+    match = _PASSWORD.search(dsn)
+    return bool(match and match.group(2)) or bool(_PASSWORD_PARAM.search(dsn))
 
 
 def dsn_from(
     config: RunnableConfig | None = None, runtime: Any = None, default: str | None = None
 ) -> str | None:
-    """The DSN for a run: ``configurable.database_url``, then ``runtime.context.database_url``,
-    then ``default``, then the ``DATABASE_URL`` environment variable."""
-    if config:
-        dsn = config.get("configurable", {}).get("database_url")
-        if dsn:
-            return str(dsn)
+    """The DSN for a run: ``runtime.context.database_url``, then a password-free
+    ``configurable.database_url``, then ``default``, then ``DATABASE_URL``.
+
+    The run's context is never persisted; ``configurable`` is copied by LangGraph into
+    every checkpoint's metadata, so a ``configurable.database_url`` with a password raises
+    ``ValueError`` (changed: it used to be read first, password and all).
+    """
     context = getattr(runtime, "context", None)
     if context is not None:
         dsn = (
@@ -113,6 +227,17 @@ def dsn_from(
             else getattr(context, "database_url", None)
         )
         if dsn:
+            return str(dsn)
+    if config:
+        dsn = config.get("configurable", {}).get("database_url")
+        if dsn:
+            if _has_password(str(dsn)):
+                raise ValueError(
+                    "dsn_from configurable.database_url must not carry a password: LangGraph"
+                    " copies configurable values into every checkpoint's metadata; pass it as"
+                    " context={'database_url': ...}, PostgresSettings(dsn=...) or the"
+                    f" DATABASE_URL environment variable, got {redact_dsn(str(dsn))!r}"
+                )
             return str(dsn)
     return default or os.environ.get("DATABASE_URL") or None
 
@@ -130,11 +255,14 @@ class PostgresSettings:
     acquire_timeout: float = 10.0
     """Seconds to wait for a free connection before ``PoolExhaustedError``."""
     statement_timeout: float | None = 30.0
-    """Server-side limit per statement, in seconds (``None``: the server's default)."""
+    """Server-side limit per statement, in seconds, at least 0.001 (PostgreSQL counts whole
+    milliseconds and reads 0 as "no limit"; a fraction of a millisecond rounds up);
+    ``None``: the server's default."""
     connect_timeout: float = 10.0
     """Seconds to open one connection."""
     retry_reads: bool = True
-    """Retry a read once when its connection turned out to be dead."""
+    """Retry once, on a fresh connection, a call known to be harmless to repeat
+    (``is_read_only`` or ``idempotent=True``) whose connection was lost; False: never."""
 
     def __post_init__(self) -> None:
         for name, low in (("min_size", 0), ("max_size", 1)):
@@ -149,8 +277,15 @@ class PostgresSettings:
             value = getattr(self, name)
             if value is None and name == "statement_timeout":
                 continue
-            if not isinstance(value, int | float) or value <= 0:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise TypeError(f"PostgresSettings {name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"PostgresSettings {name} must be a number > 0, got {value!r}")
+        if self.statement_timeout is not None and self.statement_timeout < 0.001:
+            raise ValueError(
+                "PostgresSettings statement_timeout must be >= 0.001 seconds (PostgreSQL"
+                f" reads 0 ms as no limit) or None, got {self.statement_timeout!r}"
+            )
         if self.dsn is not None and not self.dsn.startswith(("postgres://", "postgresql://")):
             raise ValueError(
                 f"PostgresSettings dsn must start with postgresql:// or postgres://, got {redact_dsn(self.dsn)!r}"
@@ -184,7 +319,8 @@ class PostgresPool:
         dict[tuple[asyncio.AbstractEventLoop, str, PostgresSettings], asyncio.Lock]
     ] = {}
     _disarms: ClassVar[dict[int, Any]] = {}
-    # id(pool) -> connections acquired through this class and not yet released.
+    # id(pool) -> connections acquired through this class and not yet released; only for
+    # the pool_waits metric (the acquire timeout is armed for every acquire).
     _lent: ClassVar[dict[int, int]] = {}
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
@@ -213,7 +349,7 @@ class PostgresPool:
         if not dsn:
             raise ValueError(
                 f"{self.name}: no PostgreSQL DSN; pass dsn=, set PostgresSettings(dsn=...),"
-                " configurable.database_url, or the DATABASE_URL environment variable"
+                " the run's context database_url, or the DATABASE_URL environment variable"
             )
         return dsn
 
@@ -253,7 +389,10 @@ class PostgresPool:
         settings = self.settings
         server_settings = {"application_name": self.name}
         if settings.statement_timeout is not None:
-            server_settings["statement_timeout"] = str(int(settings.statement_timeout * 1000))
+            # Whole milliseconds, rounded up: never 0, which would disable the limit.
+            server_settings["statement_timeout"] = str(
+                math.ceil(settings.statement_timeout * 1000 - 1e-9)
+            )
         try:
             return await asyncpg.create_pool(
                 dsn,
@@ -299,36 +438,31 @@ class PostgresPool:
     async def _acquire(self, pool: asyncpg.Pool, dsn: str) -> asyncpg.Connection:
         key = id(pool)
         lent = self._lent.get(key, 0)
-        # Count the connection as lent before awaiting, so a burst of callers cannot all
-        # see the same free slot.
         self._lent[key] = lent + 1
-        try:
-            if lent < self.settings.max_size:
-                # A connection is free, so acquire() will not wait for a release: skip
-                # the timer (opening a new connection is bounded by connect_timeout).
-                idle: asyncpg.Connection = await pool.acquire()
-                return idle
+        if lent >= self.settings.max_size:
             record("pool_waits", 1.0, name=self.name)
-            # asyncio.timeout, not acquire(timeout=): no extra task per call.
-            async with asyncio.timeout(self.settings.acquire_timeout) as deadline:
+        # Armed for every acquire, whoever holds the connections (a caller of pool() too).
+        # asyncio.timeout rather than acquire(timeout=), which costs a task per call.
+        deadline = asyncio.timeout(self.settings.acquire_timeout)
+        try:
+            async with deadline:
                 conn: asyncpg.Connection = await pool.acquire()
                 return conn
         except BaseException as exc:
             self._unlend(key)
-            if (
-                isinstance(exc, TimeoutError)
-                and lent >= self.settings.max_size
-                and deadline.expired()
-            ):
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                in_use = pool.get_size() - pool.get_idle_size()
+                why = "all in use" if in_use >= self.settings.max_size else "opening one"
                 raise PoolExhaustedError(
                     f"{self.name}: no PostgreSQL connection free within acquire_timeout="
-                    f"{self.settings.acquire_timeout:g}s (max_size={self.settings.max_size}, all"
-                    " in use); raise max_size or acquire_timeout, or hold connections for less time"
+                    f"{self.settings.acquire_timeout:g}s (max_size={self.settings.max_size},"
+                    f" {why}); raise max_size or acquire_timeout, or hold connections for"
+                    " less time"
                 ) from None
-            if isinstance(exc, _CONNECTION_ERRORS):
+            if isinstance(exc, _CONNECT_ERRORS):
                 raise ConnectionLostError(
-                    f"{self.name}: cannot reach {redact_dsn(dsn)}: {type(exc).__name__}:"
-                    f" {_redacted(exc, dsn)}"
+                    f"{self.name}: cannot reach {redact_dsn(dsn)} (nothing was sent):"
+                    f" {type(exc).__name__}: {_redacted(exc, dsn)}"
                 ) from None
             raise
 
@@ -345,14 +479,21 @@ class PostgresPool:
 
     @asynccontextmanager
     async def connection(self, dsn: str | None = None) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection for several statements (no transaction of its own)."""
+        """A pooled connection for several statements (no transaction of its own).
+
+        An error raised inside the block propagates as it is. Only when the connection
+        itself is gone is it dropped, and the pool's idle connections replaced (a restart
+        kills them all); any other error, yours included, returns it to the pool.
+        """
         dsn = self._dsn(dsn)
         pool = await self.pool(dsn)
         conn = await self._acquire(pool, dsn)
         try:
             yield conn
-        except _CONNECTION_ERRORS:
-            conn.terminate()  # never hand a broken connection to the next caller
+        except Exception as exc:
+            if _is_gone(exc, conn):
+                _drop(conn)  # never hand a broken connection to the next caller
+                await pool.expire_connections()
             raise
         finally:
             await self._release(pool, conn)
@@ -364,65 +505,94 @@ class PostgresPool:
             yield conn
 
     async def _call(
-        self, method: str, query: SQLQuery, args: Sequence[Any], dsn: str | None, read: bool
+        self,
+        method: str,
+        query: SQLQuery,
+        args: Sequence[Any],
+        dsn: str | None,
+        idempotent: bool | None,
     ) -> Any:
         dsn = self._dsn(dsn)
-        attempts = 2 if read and self.settings.retry_reads else 1
-        for attempt in range(1, attempts + 1):
+        retried = False
+        while True:
+            # connection() inlined: this is the per-query hot path.
+            pool = await self.pool(dsn)
+            conn = await self._acquire(pool, dsn)
             try:
-                # connection() inlined: this is the per-query hot path.
-                pool = await self.pool(dsn)
-                conn = await self._acquire(pool, dsn)
-                try:
-                    return await getattr(conn, method)(query, *args)
-                except _CONNECTION_ERRORS:
-                    conn.terminate()
-                    raise
-                finally:
-                    await self._release(pool, conn)
-            except PoolExhaustedError:
-                raise
-            except ConnectionLostError:
-                if attempt == attempts:
-                    raise
-            except _CONNECTION_ERRORS as exc:
-                if attempt == attempts:
-                    kind = "read" if read else "write; it may or may not have committed"
-                    raise ConnectionLostError(
-                        f"{self.name}: connection to {redact_dsn(dsn)} lost during {method}"
-                        f" ({kind}): {type(exc).__name__}: {_redacted(exc, dsn)}"
-                    ) from None
-            record("pg_read_retries", 1.0, name=self.name)
-        raise AssertionError("unreachable")
+                return await getattr(conn, method)(query, *args)
+            except Exception as exc:
+                if not _is_gone(exc, conn):
+                    raise  # the query or the arguments were wrong: not a lost connection
+                _drop(conn)
+                lost = exc
+            finally:
+                await self._release(pool, conn)
+            # A lost connection usually means a restart: every idle one is dead too.
+            await pool.expire_connections()
+            # Classified only now, off the hot path.
+            safe = is_read_only(query) if idempotent is None else idempotent
+            if safe and self.settings.retry_reads and not retried:
+                retried = True
+                record("pg_read_retries", 1.0, name=self.name)
+                continue
+            if safe:
+                kind = "read-only" if idempotent is None else "idempotent"
+                detail = f"{kind}; retried once" if retried else f"{kind}; retry_reads=False"
+            else:
+                detail = (
+                    "not known to be read-only, so not retried: it may or may not have"
+                    " committed; pass idempotent=True if running it twice is harmless"
+                )
+            raise ConnectionLostError(
+                f"{self.name}: connection to {redact_dsn(dsn)} lost during {method} ({detail}):"
+                f" {type(lost).__name__}: {_redacted(lost, dsn)}"
+            ) from None
 
     async def fetch(
-        self, query: SQLQuery, *args: Any, dsn: str | None = None
+        self, query: SQLQuery, *args: Any, dsn: str | None = None, idempotent: bool | None = None
     ) -> list[asyncpg.Record]:
-        """All rows of ``query`` run with ``args``."""
-        rows: list[asyncpg.Record] = await self._call("fetch", query, args, dsn, read=True)
+        """All rows of ``query`` run with ``args``.
+
+        ``idempotent``: whether running the statement twice is harmless, which allows one
+        retry after a lost connection; ``None`` (the default) asks ``is_read_only``. The
+        same holds for every query method (changed: fetch methods used to always retry).
+        """
+        rows: list[asyncpg.Record] = await self._call("fetch", query, args, dsn, idempotent)
         return rows
 
     async def fetchrow(
-        self, query: SQLQuery, *args: Any, dsn: str | None = None
+        self, query: SQLQuery, *args: Any, dsn: str | None = None, idempotent: bool | None = None
     ) -> asyncpg.Record | None:
         """The first row, or ``None``."""
-        row: asyncpg.Record | None = await self._call("fetchrow", query, args, dsn, read=True)
+        row: asyncpg.Record | None = await self._call("fetchrow", query, args, dsn, idempotent)
         return row
 
-    async def fetchval(self, query: SQLQuery, *args: Any, dsn: str | None = None) -> Any:
+    async def fetchval(
+        self, query: SQLQuery, *args: Any, dsn: str | None = None, idempotent: bool | None = None
+    ) -> Any:
         """The first column of the first row, or ``None``."""
-        return await self._call("fetchval", query, args, dsn, read=True)
+        return await self._call("fetchval", query, args, dsn, idempotent)
 
-    async def execute(self, query: SQLQuery, *args: Any, dsn: str | None = None) -> str:
-        """Run a statement; returns its status (e.g. ``"INSERT 0 1"``). Never retried."""
-        status: str = await self._call("execute", query, args, dsn, read=False)
+    async def execute(
+        self, query: SQLQuery, *args: Any, dsn: str | None = None, idempotent: bool | None = None
+    ) -> str:
+        """Run a statement; returns its status (e.g. ``"INSERT 0 1"``).
+
+        Retried after a lost connection only when read-only or ``idempotent=True``.
+        """
+        status: str = await self._call("execute", query, args, dsn, idempotent)
         return status
 
     async def executemany(
-        self, query: SQLQuery, args: Iterable[Sequence[Any]], *, dsn: str | None = None
+        self,
+        query: SQLQuery,
+        args: Iterable[Sequence[Any]],
+        *,
+        dsn: str | None = None,
+        idempotent: bool | None = None,
     ) -> None:
         """Run a statement once per argument tuple, atomically (one transaction)."""
-        await self._call("executemany", query, (list(args),), dsn, read=False)
+        await self._call("executemany", query, (list(args),), dsn, idempotent)
 
     def __repr__(self) -> str:
         return f"PostgresPool(name={self.name!r}, settings={self.settings!r})"
@@ -437,6 +607,39 @@ def _redacted(exc: BaseException, dsn: str) -> str:
     return redact_dsn(text)
 
 
+def _masked(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``values`` with DSN passwords in its strings masked; ``None`` when nothing changes."""
+    if not values:
+        return None
+    masked = {k: redact_dsn(v) if isinstance(v, str) else v for k, v in values.items()}
+    return masked if masked != values else None
+
+
+class _MaskingSaver(AsyncPostgresSaver):
+    """``AsyncPostgresSaver`` that masks DSN passwords before LangGraph copies the run's
+    ``configurable`` and ``metadata`` strings into the checkpoint's metadata."""
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        configurable = _masked(config.get("configurable"))
+        run_metadata = _masked(config.get("metadata"))
+        if configurable is not None or run_metadata is not None:
+            config = {**config}
+            if configurable is not None:
+                config["configurable"] = configurable
+            if run_metadata is not None:
+                config["metadata"] = run_metadata
+        masked = _masked(metadata)
+        if masked is not None:
+            metadata = cast(CheckpointMetadata, masked)
+        return await super().aput(config, checkpoint, metadata, new_versions)
+
+
 @asynccontextmanager
 async def postgres_checkpointer(dsn: str) -> AsyncIterator[AsyncPostgresSaver]:
     """An ``AsyncPostgresSaver`` on ``dsn`` with its tables created; for ``compile(checkpointer=)``.
@@ -445,8 +648,28 @@ async def postgres_checkpointer(dsn: str) -> AsyncIterator[AsyncPostgresSaver]:
 
         async with postgres_checkpointer(DSN) as saver:
             graph = builder.compile(checkpointer=saver)
+            await graph.ainvoke(inputs, config, durability="sync")  # side-effecting nodes
+
+    What a crash costs depends on LangGraph's ``durability`` (per ``invoke``/``stream``):
+
+    - ``"exit"``: one checkpoint when the run ends (returns, fails or is interrupted). A
+      process killed mid-run leaves nothing of that run: resuming starts it over.
+    - ``"async"`` (LangGraph's default): each step's checkpoint is written while the next
+      step already runs. A kill soon after a node finished can lose its checkpoint, so
+      resuming runs that *finished* node again (its side effects happen twice).
+    - ``"sync"``: each step's checkpoint is committed before the next step starts.
+      Resuming re-runs only the node that was running when the process died.
+
+    For nodes with side effects (payments, emails, writes elsewhere) use
+    ``durability="sync"`` and make each node idempotent: even then the node that was
+    running at the crash runs again, so it must tolerate a second run (an idempotency
+    key, ``INSERT ... ON CONFLICT DO NOTHING``).
+
+    DSN passwords found in the run's ``configurable`` or ``metadata`` are masked in
+    checkpoint metadata (changed: stored as given); keep secrets out of ``configurable``
+    anyway (see ``dsn_from``).
     """
-    async with AsyncPostgresSaver.from_conn_string(dsn) as saver:
+    async with _MaskingSaver.from_conn_string(dsn) as saver:
         await saver.setup()
         yield saver
 

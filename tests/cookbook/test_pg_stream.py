@@ -232,12 +232,16 @@ async def test_the_cursor_runs_in_a_read_only_transaction(db: PostgresPool) -> N
     assert await all_connections_idle(db)
 
 
-async def test_the_dsn_can_come_from_the_runs_config(pg_database: str) -> None:
-    db = PostgresPool(PostgresSettings(max_size=1), name="dsn-from-config")
+async def test_the_dsn_can_come_from_the_runs_context(pg_database: str) -> None:
+    db = PostgresPool(PostgresSettings(max_size=1), name="dsn-from-context")
     try:
         node = PgCursorStreamNode(db, SERIES, args=lambda state: (state["upto"],))
+        result = await build(node).ainvoke({"upto": 5}, context={"database_url": pg_database})
+        assert result == {"upto": 5, "rows_read": 5}
+        # Never from configurable with a password: LangGraph would copy it into checkpoints.
         config = {"configurable": {"database_url": pg_database}}
-        assert await build(node).ainvoke({"upto": 5}, config) == {"upto": 5, "rows_read": 5}
+        with pytest.raises(ValueError, match="must not carry a password"):
+            await build(node).ainvoke({"upto": 5}, config)
     finally:
         await db.aclose()
 
@@ -249,11 +253,25 @@ async def test_stream_batches_alone(db: PostgresPool) -> None:
     assert sizes == [3, 3, 1]
 
 
+async def test_stream_batches_never_sends_a_zero_statement_timeout(db: PostgresPool) -> None:
+    query = "SELECT current_setting('statement_timeout') AS limit_now"
+    async with db.connection() as conn:
+        batches = [rows async for rows in stream_batches(conn, query, statement_timeout=0.0015)]
+        assert batches[0][0]["limit_now"] == "2ms"  # rounded up, not down
+        with pytest.raises(ValueError, match=r"statement_timeout must be >= 0\.001 seconds"):
+            async for _ in stream_batches(conn, query, statement_timeout=0.0004):
+                pass  # pragma: no cover - refused before the first batch
+        assert not conn.is_in_transaction()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
-        ({"statement_timeout": -1}, "statement_timeout must be > 0 seconds or None, got -1"),
+        (
+            {"statement_timeout": -1},
+            "statement_timeout must be >= 0.001 seconds .* or None, got -1",
+        ),
         ({"output_key": ""}, "output_key must be a non-empty str or None, got ''"),
     ],
 )
