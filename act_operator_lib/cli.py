@@ -22,19 +22,56 @@ import typer
 
 __all__ = ["app", "main"]
 
+# Plain click help: flags read `--force`, not `--force <bool>`, and `-h` works everywhere.
+_HELP = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     name="act-operator",
     help="Scaffold LangGraph projects built from act-operator-lib class nodes.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=_HELP,
 )
-add_app = typer.Typer(help="Add parts to a generated project.", no_args_is_help=True)
+add_app = typer.Typer(
+    help="Add parts to a generated project.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=_HELP,
+)
 cookbook_app = typer.Typer(
-    help="Prebuilt async nodes to copy into a project.", no_args_is_help=True
+    help="Prebuilt async nodes to copy into a project.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=_HELP,
 )
 app.add_typer(add_app, name="add")
 app.add_typer(cookbook_app, name="cookbook")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from act_operator_lib import __version__
+
+        typer.echo(f"act-operator {__version__} (act-operator-lib)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the act-operator-lib version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Scaffold LangGraph projects built from act-operator-lib class nodes."""
+
 
 ProjectPath = Annotated[
     Path,
@@ -72,11 +109,21 @@ def new(
     ] = True,
 ) -> None:
     """Generate a LangGraph project: nodes, graph, tests, langgraph.json."""
+    import shutil
+
     from act_operator_lib._internal.scaffold import create_project
 
     with _refusals():
         project = create_project(name, path, git=git)
     typer.echo(f"Created {project.root} (package {project.package})")
+    if git and shutil.which("git") is None:
+        typer.secho(
+            "warning: git is not on PATH, so the project is not a git repository and records"
+            " no template version: `act-operator update` cannot merge later templates into"
+            " it; install git and run `act-operator new` again to get both",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     typer.echo(
         f"Next:\n  cd {project.root}\n  pip install -e '.[dev]'\n  python -m pytest\n"
         "  langgraph dev"
@@ -113,10 +160,16 @@ def update(path: ProjectPath = Path(".")) -> None:
     and merges the difference into your files (conflicts marked inline). Template
     versions are kept in ~/.cache/act-operator/project-template by `new` and `update`.
     """
-    from act_operator_lib._internal.scaffold import update_project
+    from act_operator_lib._internal.scaffold import find_project, has_changes, update_project
 
     with _refusals():
         version = update_project(path)
+        changed = has_changes(find_project(path).root)
+    if not changed:
+        typer.echo(
+            f"Nothing changed: the project already matches the act-operator-lib {version} template"
+        )
+        return
     typer.echo(
         f"Updated to the act-operator-lib {version} template; review with `git diff`"
         " (conflicts are marked inline)"

@@ -18,9 +18,12 @@ versions that ``update`` merges from (default ``~/.cache/act-operator/project-te
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
+import functools
 import gc
+import importlib.metadata
 import keyword
 import os
 import re
@@ -39,6 +42,8 @@ import copier
 import jinja2
 import yaml  # type: ignore[import-untyped]
 from copier.errors import CopierError
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import act_operator_lib
 
@@ -49,6 +54,7 @@ __all__ = [
     "add_node",
     "create_project",
     "find_project",
+    "has_changes",
     "node_names",
     "package_name_for",
     "update_project",
@@ -63,8 +69,44 @@ _MARKER = "act_operator_lib_version"
 # A distribution name as PEP 508 allows it; it is also the project's directory name.
 _PROJECT_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 # Packages a generated package must not shadow: importing them would import the project.
+# The installed dependency closure is added when a name is checked (_dependency_modules);
+# this list also covers what a project commonly adds later, installed here or not.
 _SHADOWED = frozenset(
-    {"act_operator_lib", "langgraph", "langchain_core", "langchain", "pytest", "tests", "src"}
+    {
+        "act_operator_lib",
+        "aiofiles",
+        "aiohttp",
+        "anthropic",
+        "asyncpg",
+        "httpx",
+        "langchain",
+        "langchain_anthropic",
+        "langchain_community",
+        "langchain_core",
+        "langchain_openai",
+        "langgraph",
+        "langgraph_sdk",
+        "langsmith",
+        "openai",
+        "pydantic",
+        "pytest",
+        "redis",
+        "requests",
+        "src",
+        "tests",
+        "yaml",
+    }
+)
+# The distributions a generated project installs, with the extras it may gain: the
+# roots of the dependency closure whose modules a package name must not shadow.
+_PROJECT_REQUIREMENTS = (
+    "act-operator-lib[http,postgres,files,metrics,redis]",
+    "langgraph",
+    "langchain-core",
+    "pytest",
+    "pytest-asyncio",
+    "ruff",
+    "langgraph-cli[inmem]",
 )
 # Modules of the generated package that `add node` must never replace, even with --force.
 _PROJECT_MODULES = frozenset({"__init__", "state", "nodes", "graph", "cookbook"})
@@ -135,28 +177,99 @@ def package_name_for(project_name: str) -> str:
         raise ScaffoldError(
             f"project name {name!r} gives package {package!r}, a Python keyword; choose another"
         )
-    if package in _SHADOWED or package in sys.stdlib_module_names:
+    if package in sys.stdlib_module_names:
+        raise ScaffoldError(
+            f"project name {name!r} gives package {package!r}, which would shadow the standard"
+            f" library's {package!r} module: code importing it would get the project instead;"
+            " choose another"
+        )
+    owner = _dependency_modules().get(package)
+    if owner is not None or package in _SHADOWED:
+        provider = f" (installed by {owner})" if owner else ""
         raise ScaffoldError(
             f"project name {name!r} gives package {package!r}, which would shadow the"
-            f" {package!r} module it needs; choose another"
+            f" {package!r} module{provider} of the project's dependencies: they would import"
+            " the project instead and its tests would fail; choose another"
         )
     return package
+
+
+@functools.cache
+def _dependency_modules() -> dict[str, str]:
+    """Top-level modules of the installed dependency closure of a generated project.
+
+    Maps each module to the distribution that installs it. Distributions that are not
+    installed are skipped; ``_SHADOWED`` names the important ones regardless.
+    """
+    modules: dict[str, str] = {}
+    done: dict[str, set[str]] = {}
+    pending = [Requirement(text) for text in _PROJECT_REQUIREMENTS]
+    while pending:
+        requirement = pending.pop()
+        key = canonicalize_name(requirement.name)
+        extras = done.get(key)
+        if extras is not None and set(requirement.extras) <= extras:
+            continue
+        extras = done.setdefault(key, set())
+        extras.update(requirement.extras)
+        try:
+            distribution = importlib.metadata.distribution(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for module in _top_level_modules(distribution):
+            modules.setdefault(module, distribution.metadata["Name"] or requirement.name)
+        for text in distribution.requires or ():
+            needed = Requirement(text)
+            environments = [{"extra": extra} for extra in extras or {""}]
+            if needed.marker is None or any(needed.marker.evaluate(e) for e in environments):
+                pending.append(needed)
+    return modules
+
+
+def _top_level_modules(distribution: importlib.metadata.Distribution) -> set[str]:
+    """The public top-level modules a distribution installs, read from its RECORD."""
+    names: set[str] = set()
+    files = distribution.files
+    if files is None:  # no RECORD: fall back on the legacy top_level.txt
+        names.update((distribution.read_text("top_level.txt") or "").split())
+    for file in files or ():
+        first = file.parts[0] if file.parts else ""
+        if first.endswith((".dist-info", ".egg-info", ".data")) or first == "..":
+            continue
+        if len(file.parts) > 1:
+            names.add(first)
+        elif first.endswith(".py"):
+            names.add(first.removesuffix(".py"))
+    return {name for name in names if name.isidentifier() and not name.startswith("_")}
+
+
+# Node names follow the project-name rule, without '.', which no class name can hold.
+_NODE_NAME = re.compile(r"^[A-Za-z](?:[A-Za-z0-9_-]*[A-Za-z0-9])?$")
 
 
 def node_names(name: str) -> tuple[str, str]:
     """The class and module for a node name: ``"summarise-text"`` -> (SummariseText, summarise_text)."""
     name = _reject_paths(name, "node name")
-    parts = [part for part in re.split(r"[-_\s]+", name) if part]
-    class_name = "".join(part[:1].upper() + part[1:] for part in parts)
-    if not class_name.isidentifier() or not class_name.isascii():
+    if not name.isascii() or not _NODE_NAME.match(name):
+        problem = "starts with a digit" if name[:1].isdigit() else "is not allowed"
         raise ScaffoldError(
-            f"node name {name!r} gives class {class_name!r}, which is not a Python identifier;"
-            " use ASCII letters, digits, '-' and '_', starting with a letter"
+            f"node name {name!r} {problem}: it is not a Python identifier; use ASCII letters,"
+            " digits, '-' and '_', starting with a letter and ending with a letter or digit"
+        )
+    parts = [part for part in re.split(r"[-_]+", name) if part]
+    class_name = "".join(part[:1].upper() + part[1:] for part in parts)
+    module = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", class_name).lower()
+    if keyword.iskeyword(module) or keyword.issoftkeyword(module):
+        raise ScaffoldError(
+            f"node name {name!r} gives module {module!r}, a Python keyword; choose another"
         )
     if keyword.iskeyword(class_name) or class_name in _RESERVED_CLASSES:
-        raise ScaffoldError(f"node name {name!r} gives class {class_name!r}, which is reserved")
-    module = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", class_name).lower()
-    if keyword.iskeyword(module) or module in _PROJECT_MODULES:
+        raise ScaffoldError(
+            f"node name {name!r} gives class {class_name!r}, which is reserved"
+            f" ({', '.join(sorted({*_RESERVED_CLASSES, 'None', 'True', 'False'}))});"
+            " choose another"
+        )
+    if module in _PROJECT_MODULES:
         raise ScaffoldError(
             f"node name {name!r} gives module {module!r}, which the project already uses"
             f" ({', '.join(sorted(_PROJECT_MODULES))} are taken); choose another"
@@ -220,12 +333,14 @@ def create_project(
     staging_parent = root.parent
     if not staging_parent.is_dir():
         raise ScaffoldError(f"{staging_parent} does not exist; create it or choose another --path")
+    git_on_path = shutil.which("git") is not None
     data = {
         "project_name": name.strip(),
         "package_name": package,
         "act_operator_lib_version": act_operator_lib.__version__,
+        "git_on_path": git_on_path,
     }
-    use_git = git and shutil.which("git") is not None
+    use_git = git and git_on_path
     # The staging directory sits next to the target so the final rename stays on one
     # filesystem and is atomic.
     with tempfile.TemporaryDirectory(prefix=f".{root.name}.", dir=staging_parent) as staging:
@@ -261,6 +376,12 @@ def add_node(
     """Add a node class and its unit test to the project at ``project_root``; the new files."""
     project = find_project(project_root)
     class_name, module = node_names(name)
+    defined_in = _module_defining(project, class_name, besides=module)
+    if defined_in is not None:
+        raise ScaffoldError(
+            f"class {class_name!r} already exists in {defined_in.relative_to(project.root)};"
+            " choose another node name (a second class of that name would shadow it)"
+        )
     data = {
         "package_name": project.package,
         "module_name": module,
@@ -282,6 +403,20 @@ def add_node(
             if path.is_file()
         }
     return write_files(project.root, rendered, force=force)
+
+
+def _module_defining(project: Project, class_name: str, *, besides: str) -> Path | None:
+    """The package module, other than ``besides`` (which ``--force`` rewrites), defining it."""
+    for path in sorted(project.package_dir.glob("*.py")):
+        if path.stem == besides:
+            continue
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except SyntaxError:
+            continue  # the user's work in progress: it cannot define the class yet
+        if any(isinstance(n, ast.ClassDef) and n.name == class_name for n in tree.body):
+            return path
+    return None
 
 
 def write_files(root: Path, files: Mapping[Path, bytes], *, force: bool) -> list[Path]:
@@ -331,9 +466,11 @@ def update_project(project_root: Path) -> str:
     old_ref = answers.get("_commit")
     history = _history_repo()
     if not isinstance(old_ref, str):
+        # Older projects do not record git_on_path; they were made with --no-git or no git.
+        why = "--no-git" if answers.get("git_on_path", True) else "git was not on PATH"
         raise ScaffoldError(
             f"{ANSWERS_FILE} records no template version (_commit): the project was generated"
-            " without git (--no-git), so there is no version to merge from"
+            f" without git ({why}), so there is no version to merge from"
         )
     if answers.get("_src_path") != str(history) or not _has_tag(history, old_ref):
         raise ScaffoldError(
@@ -356,6 +493,11 @@ def update_project(project_root: Path) -> str:
             skip_answered=True,
         )
         return ref or act_operator_lib.__version__
+
+
+def has_changes(project_root: Path) -> bool:
+    """Whether the project's git work tree differs from its last commit (``update`` ran)."""
+    return bool(_git(project_root, "status", "--porcelain").strip())
 
 
 def _copier(run: Callable[..., object], /, **kwargs: Any) -> None:

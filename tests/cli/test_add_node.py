@@ -105,3 +105,57 @@ def test_add_node_refuses_a_foreign_copier_project(runner: CliRunner, tmp_path: 
     assert result.exit_code == 1
     assert "was not written by `act-operator new`" in result.stderr
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("Bad Name", "node name 'Bad Name' is not allowed"),
+        ("summarise!", "is not allowed"),
+        ("Summarise-", "is not allowed"),
+        ("summarise.text", "is not allowed"),
+        ("class", "gives module 'class', a Python keyword"),
+        ("Class", "gives module 'class', a Python keyword"),
+        ("import", "gives module 'import', a Python keyword"),
+    ],
+)
+def test_add_node_validates_names_like_new_validates_project_names(
+    runner: CliRunner, project_copy: Path, name: str, message: str
+) -> None:
+    before = snapshot(project_copy)
+
+    result = runner.invoke(app, ["add", "node", name, "--path", str(project_copy)])
+
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert snapshot(project_copy) == before
+
+
+@pytest.mark.parametrize("name", ["DraftPrompt", "draft-prompt", "stream_answer"])
+def test_add_node_refuses_a_class_the_project_already_defines(
+    runner: CliRunner, project_copy: Path, name: str
+) -> None:
+    before = snapshot(project_copy)
+
+    result = runner.invoke(app, ["add", "node", name, "--force", "--path", str(project_copy)])
+
+    assert result.exit_code == 1
+    assert "already exists in src/my_agent/nodes.py" in result.stderr
+    assert snapshot(project_copy) == before
+
+
+def test_add_node_refuses_a_class_added_earlier_under_another_module(
+    runner: CliRunner, project_copy: Path
+) -> None:
+    assert (
+        runner.invoke(app, ["add", "node", "Summarise", "--path", str(project_copy)]).exit_code == 0
+    )
+    # --force regenerates a node in its own module; a class of that name elsewhere is refused.
+    again = runner.invoke(app, ["add", "node", "summarise", "--force", "--path", str(project_copy)])
+    assert again.exit_code == 0, again.output
+    (project_copy / "src/my_agent/summarise.py").rename(project_copy / "src/my_agent/helpers.py")
+
+    result = runner.invoke(app, ["add", "node", "Summarise", "--path", str(project_copy)])
+
+    assert result.exit_code == 1
+    assert "class 'Summarise' already exists in src/my_agent/helpers.py" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def test_new_fills_an_existing_empty_directory(runner: CliRunner, tmp_path: Path
         ("my agent", "is not allowed"),
         ("agent-", "is not allowed"),
         ("agent!", "is not allowed"),
-        ("json", "would shadow"),
+        ("json", "would shadow the standard library's 'json' module"),
         ("langgraph", "would shadow"),
     ],
 )
@@ -182,3 +183,70 @@ def test_a_failing_template_leaves_nothing_behind(
     assert result.exit_code == 1
     assert "error:" in result.stderr
     assert list(target_parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name", ["pydantic", "langsmith", "httpx", "aiohttp", "requests", "yaml", "openai"]
+)
+def test_new_refuses_a_name_that_shadows_a_dependency(
+    runner: CliRunner, tmp_path: Path, name: str
+) -> None:
+    result = runner.invoke(app, ["new", name, "--path", str(tmp_path)])
+
+    assert result.exit_code == 1
+    assert f"gives package {name!r}, which would shadow the {name!r} module" in result.stderr
+    assert "they would import the project instead and its tests would fail" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_refuses_modules_found_in_the_installed_dependency_closure(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # jsonpatch (langchain-core) and pluggy (pytest) are named in no list of ours: they are
+    # found by walking the installed requirements of what a generated project depends on.
+    for name, distribution in [("jsonpatch", "jsonpatch"), ("pluggy", "pluggy")]:
+        result = runner.invoke(app, ["new", name, "--path", str(tmp_path)])
+
+        assert result.exit_code == 1
+        assert f"would shadow the {name!r} module (installed by {distribution})" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_without_git_on_path_says_so_and_update_names_the_real_cause(
+    tmp_path: Path,
+) -> None:
+    no_git = tmp_path / "bin-without-git"
+    no_git.mkdir()
+    projects = tmp_path / "projects"
+    projects.mkdir()
+
+    made = subprocess.run(
+        [str(ACT_OPERATOR), "new", "agent", "--path", str(projects)],
+        env={**os.environ, "PATH": str(no_git)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert made.returncode == 0, made.stderr
+    assert "warning: git is not on PATH" in made.stderr
+    assert "`act-operator update` cannot merge" in made.stderr
+    assert not (projects / "agent" / ".git").exists()
+
+    updated = subprocess.run(
+        [str(ACT_OPERATOR), "update", "--path", str(projects / "agent")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert updated.returncode == 1
+    assert "generated without git (git was not on PATH)" in updated.stderr
+    assert "--no-git" not in updated.stderr
+
+
+def test_new_with_no_git_flag_gives_no_git_warning(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["new", "agent", "--no-git", "--path", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
