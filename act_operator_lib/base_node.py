@@ -6,12 +6,18 @@
 
     builder.add_node(Greet())  # a node named "Greet"
 
-The parameters ``execute`` declares after ``state`` decide what LangGraph injects,
-exactly as for a function node: ``config`` (the ``RunnableConfig``) and/or ``runtime``
-(``langgraph.runtime.Runtime``), in any order, positional or keyword-only.
+The parameters ``execute`` declares after ``state`` decide what LangGraph injects, exactly
+as for a function node: ``config`` (the ``RunnableConfig``), ``runtime``
+(``langgraph.runtime.Runtime``), ``error`` (``langgraph.errors.NodeError``, for a node used
+as an error handler), and the older ``store``, ``writer`` and ``previous``; in any order,
+positional or keyword-only, annotated as LangGraph requires (checked when the class is
+defined; string annotations of ``from __future__ import annotations`` are resolved then).
 
 The signature is checked once, when the class is defined, and a ``__call__`` matching it
-is generated for the class, so a call costs one extra frame and no inspection.
+is generated for the class, so a call costs one extra frame and no inspection. What
+``execute`` returns reaches LangGraph untouched, which accepts or refuses it as it would
+from a function node. ``node.__wrapped__`` shows LangGraph ``execute``'s code, so a graph
+invoked inside ``execute`` is the node's subgraph, as inside a function node.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ from __future__ import annotations
 import abc
 import inspect
 import logging
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from langchain_core.runnables import Runnable, RunnableConfig
-from langgraph.types import Command
+from langchain_core.runnables import RunnableConfig
+from langgraph.errors import NodeError
+from langgraph.store.base import BaseStore
+from langgraph.types import StreamWriter
 
 from act_operator_lib._internal import node_classes
 
@@ -34,8 +42,36 @@ __all__ = ["AsyncBaseNode", "BaseNode", "get_tags", "get_thread_id"]
 
 logger = logging.getLogger("act_operator_lib.nodes")
 
-_INJECTABLE = ("config", "runtime")
-_ALLOWED = ", ".join(_INJECTABLE)
+_EMPTY = inspect.Parameter.empty
+
+# What LangGraph 1.2 injects into a node function, by parameter name, and the annotations
+# under which it does (None: whatever the annotation). The same table as LangGraph's
+# RunnableCallable reads (langgraph._internal._runnable.KWARGS_CONFIG_KEYS, private, so
+# tests/core/test_definition.py holds the two equal), plus `X | None` spelled as a union
+# where LangGraph only matches Optional[X].
+_INJECTED: dict[str, tuple[Any, ...] | None] = {
+    "config": (_EMPTY, RunnableConfig, Optional[RunnableConfig]),  # noqa: UP045
+    "runtime": None,
+    "error": (NodeError,),
+    "store": (_EMPTY, BaseStore, Optional[BaseStore]),  # noqa: UP045
+    "writer": (_EMPTY, StreamWriter),
+    "previous": None,
+}
+_ALLOWED = ", ".join(_INJECTED)
+_SPELLED = {
+    "config": "RunnableConfig or RunnableConfig | None (or left unannotated)",
+    "error": "NodeError",
+    "store": "BaseStore or BaseStore | None (or left unannotated)",
+    "writer": "StreamWriter (or left unannotated)",
+}
+# The types LangGraph also recognises by their spelling alone.
+_KNOWN: dict[str, Any] = {
+    "RunnableConfig": RunnableConfig,
+    "NodeError": NodeError,
+    "BaseStore": BaseStore,
+    "StreamWriter": StreamWriter,
+}
+_NO_MATCH = object()
 
 
 def get_thread_id(config: RunnableConfig | None) -> str | None:
@@ -57,6 +93,9 @@ class _Node(abc.ABC):
     """What BaseNode and AsyncBaseNode share: naming, logging, class-time validation."""
 
     _is_async: ClassVar[bool]
+    _execute_code: ClassVar[tuple[Callable[..., Any], str, inspect.Signature]]
+    # LangGraph reads a node's code through __wrapped__ to find the graphs it invokes.
+    __wrapped__ = node_classes.WrappedExecute()
     name: str
     """The node's name in a graph: the class name unless given to the constructor."""
     verbose: bool = False
@@ -84,7 +123,7 @@ class _Node(abc.ABC):
             kind = "async def" if cls._is_async else "def"
             raise TypeError(
                 f"{cls.__qualname__} has no execute(); define `{kind} execute(self, state)`"
-                f" (optionally also taking {_ALLOWED})"
+                f" (optionally also taking any of {_ALLOWED})"
             )
         if getattr(execute, "__isabstractmethod__", False):
             return  # an abstract intermediate class; its concrete subclasses are checked
@@ -116,7 +155,9 @@ class _Node(abc.ABC):
 class BaseNode(_Node):
     """A synchronous node: implement ``def execute(self, state[, config][, runtime])``.
 
-    Add an instance to a graph, or call it alone in a unit test:
+    ``execute`` may also take ``error: NodeError`` (a node used as an error handler) and the
+    older ``store``, ``writer`` and ``previous``. Add an instance to a graph, or call it alone
+    in a unit test (what it does not receive is then ``None``):
 
         class Count(BaseNode):
             def execute(self, state: State) -> dict[str, Any]:
@@ -135,13 +176,15 @@ class BaseNode(_Node):
             state: Any,
             config: RunnableConfig | None = None,
             runtime: Runtime[Any] | None = None,
+            **injected: Any,
         ) -> Any: ...
 
 
 class AsyncBaseNode(_Node):
     """An asynchronous node: implement ``async def execute(self, state[, config][, runtime])``.
 
-    Run graphs holding one with ``ainvoke`` / ``astream``.
+    Takes the same parameters as ``BaseNode.execute``. Run graphs holding one with
+    ``ainvoke`` / ``astream``.
 
         class Fetch(AsyncBaseNode):
             async def execute(self, state: State, runtime: Runtime[Ctx]) -> dict[str, Any]:
@@ -157,11 +200,41 @@ class AsyncBaseNode(_Node):
             state: Any,
             config: RunnableConfig | None = None,
             runtime: Runtime[Any] | None = None,
+            **injected: Any,
         ) -> Any: ...
 
 
-def _validate_execute(cls: type[_Node], execute: object) -> tuple[str, ...]:
-    """Check ``cls.execute`` and return the names it takes after ``state``, in order."""
+def _resolve(annotation: Any, execute: Callable[..., Any]) -> Any:
+    """``annotation`` evaluated as ``typing.get_type_hints`` would, or by its spelling."""
+    if not isinstance(annotation, str):
+        return annotation
+    # Hints resolve in the module of the innermost __wrapped__ (a decorated execute).
+    namespace: Any = execute
+    while hasattr(namespace, "__wrapped__"):
+        namespace = namespace.__wrapped__
+    try:
+        # A copy, so eval's __builtins__ entry stays out of the user's module.
+        return eval(annotation, dict(getattr(namespace, "__globals__", {})))
+    except Exception:
+        pass
+    # Not evaluable when the class is defined (a TYPE_CHECKING import, a later name): read
+    # the spelling, as LangGraph does for the names it knows.
+    text = annotation.replace(" ", "")
+    optional = text.startswith(("Optional[", "typing.Optional[")) and text.endswith("]")
+    if optional:
+        parts = [text[text.index("[") + 1 : -1]]
+    else:
+        parts = [part for part in text.split("|") if part != "None"]
+        optional = len(parts) == 1 and text.count("|") == 1
+    known = _KNOWN.get(parts[0].rsplit(".", 1)[-1]) if len(parts) == 1 else None
+    if known is None:
+        return annotation
+    return Optional[known] if optional else known  # noqa: UP045
+
+
+def _validate_execute(cls: type[_Node], execute: object) -> tuple[inspect.Parameter, ...]:
+    """Check ``cls.execute`` and return its parameters after ``state``, as LangGraph must see
+    them: each annotation one LangGraph matches, each defaulting to ``None``."""
     where = f"{cls.__qualname__}.execute()"
     if isinstance(execute, staticmethod | classmethod):
         raise TypeError(
@@ -190,9 +263,9 @@ def _validate_execute(cls: type[_Node], execute: object) -> tuple[str, ...]:
         raise TypeError(
             f"{where} has first parameter '{state.name}' after self; it must be a positional 'state'"
         )
-    injected: list[str] = []
+    injected: list[inspect.Parameter] = []
     for param in params[2:]:
-        if param.name not in _INJECTABLE:
+        if param.name not in _INJECTED:
             raise TypeError(
                 f"{where} has parameter '{param.name}'; allowed after 'state': {_ALLOWED}"
             )
@@ -201,72 +274,80 @@ def _validate_execute(cls: type[_Node], execute: object) -> tuple[str, ...]:
                 f"{where} has parameter '{param}'; {param.name} must be a normal or keyword-only"
                 " parameter"
             )
-        injected.append(param.name)
+        annotation = param.annotation
+        accepted = _INJECTED[param.name]
+        if accepted is not None:
+            resolved = _resolve(annotation, execute)
+            match = next((kind for kind in accepted if kind == resolved), _NO_MATCH)
+            if match is _NO_MATCH:
+                if annotation is _EMPTY:
+                    got = "no annotation"
+                elif isinstance(annotation, str):
+                    got = repr(annotation)
+                else:
+                    got = repr(inspect.formatannotation(annotation))
+                raise TypeError(
+                    f"{where} parameter '{param.name}' must be annotated"
+                    f" {_SPELLED[param.name]} for LangGraph to inject it, got {got}"
+                )
+            # The very object LangGraph compares the annotation with.
+            annotation = match
+        injected.append(param.replace(annotation=annotation, default=None))
     return tuple(injected)
 
 
 # The generated __call__ has exactly the parameters execute declares, each defaulting to
-# None so a node is callable alone, and passes them by keyword (valid for both kinds).
-# Generating it (as dataclasses does) keeps a call to one frame with no per-call lookups.
+# None so a node is callable alone, and passes them on as execute takes them. Generating
+# it (as dataclasses does) keeps a call to one frame with no per-call lookups. What the
+# node returns goes to LangGraph untouched: only LangGraph knows whether the graph has one
+# root channel and whether the input was a Send payload, so only it can judge the update.
 _CALL_SOURCE = """\
 {async_}def __call__(self, state{params}):
-    result = {await_}execute(self, state{args})
-    if result is None or result.__class__ is dict:
-        return result
-    return check_return(self, result, state)
+    return {await_}execute(self, state{args})
 """
 
 
-def _build_call(cls: type[_Node], execute: Any, injected: tuple[str, ...]) -> Callable[..., Any]:
+def _build_call(
+    cls: type[_Node], execute: Any, injected: tuple[inspect.Parameter, ...]
+) -> Callable[..., Any]:
     is_async = cls._is_async
+    params = args = ""
+    keyword_only = False
+    for param in injected:
+        if param.kind is param.KEYWORD_ONLY:
+            if not keyword_only:
+                params += ", *"
+                keyword_only = True
+            args += f", {param.name}={param.name}"
+        else:
+            args += f", {param.name}"
+        params += f", {param.name}=None"
     source = _CALL_SOURCE.format(
         async_="async " if is_async else "",
         await_="await " if is_async else "",
-        params="".join(f", {name}=None" for name in injected),
-        args="".join(f", {name}={name}" for name in injected),
+        params=params,
+        args=args,
     )
     namespace: dict[str, Any] = {}
-    exec(source, {"execute": execute, "check_return": _check_return}, namespace)
+    exec(source, {"execute": execute}, namespace)
     call: Callable[..., Any] = namespace["__call__"]
 
     # LangGraph reads what to inject from inspect.signature(node) and the input schema and
     # Command routes from typing.get_type_hints(node.__call__): expose execute's own hints
-    # (resolved in the user's module through __wrapped__) and a signature whose `config`
-    # LangGraph recognises however the user annotated it.
-    signature = inspect.signature(execute)
-    parameters = [
-        p.replace(annotation=RunnableConfig, default=None)
-        if p.name == "config"
-        else p.replace(default=None)
-        if p.name == "runtime"
-        else p
-        for p in signature.parameters.values()
-    ]
-    call.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    # (resolved in the user's module through __wrapped__) and a signature whose injected
+    # parameters carry annotations LangGraph matches.
+    self_param, state = list(inspect.signature(execute).parameters.values())[:2]
+    signature = inspect.signature(execute).replace(parameters=[self_param, state, *injected])
+    call.__signature__ = signature  # type: ignore[attr-defined]
     call.__wrapped__ = execute  # type: ignore[attr-defined]
     call.__annotations__ = dict(execute.__annotations__)
     call.__doc__ = execute.__doc__
     call.__module__ = cls.__module__
     call.__qualname__ = f"{cls.__qualname__}.__call__"
-    return call
-
-
-def _check_return(node: _Node, result: object, state: object) -> object:
-    """Accept what LangGraph accepts from a function node; name the node otherwise."""
-    if isinstance(result, Mapping | Command | Runnable):
-        return result
-    if isinstance(result, list | tuple) and any(isinstance(item, Command) for item in result):
-        return result
-    result_type = type(result)
-    # A graph whose state is a single value (e.g. Annotated[list, add]) takes that value;
-    # a dataclass / pydantic / annotated state class is read field by field.
-    if result_type is type(state) or any(
-        inspect.get_annotations(klass) for klass in result_type.__mro__[:-1]
-    ):
-        return result
-    if inspect.iscoroutine(result):
-        result.close()  # never awaited: close it rather than warn later
-    raise TypeError(
-        f"node {node.name!r} returned {result_type.__name__}; a node returns a dict of state"
-        " updates, a Command, a list of Commands, None, or an instance of the state schema"
+    # What node.__wrapped__ shows LangGraph: the signature without self, and execute's code.
+    cls._execute_code = (
+        execute,
+        self_param.name,
+        signature.replace(parameters=[state, *injected]),
     )
+    return call

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+import inspect
+import typing
+from typing import Any, Optional
 
 import pytest
+from langchain_core.runnables import RunnableConfig
+from langgraph.errors import NodeError
+from langgraph.store.base import BaseStore
+from langgraph.types import StreamWriter
 
 from act_operator_lib import AsyncBaseNode, BaseNode
+
+
+def _define(source: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """Run ``source`` with annotations evaluated eagerly (this module's __future__ aside)."""
+    exec(compile(source, "<test>", "exec", dont_inherit=True), namespace)
+    return namespace
 
 
 def test_missing_execute_names_the_class() -> None:
@@ -82,7 +94,8 @@ def test_state_is_required() -> None:
 def test_unknown_parameter_names_it_and_what_is_allowed() -> None:
     with pytest.raises(
         TypeError,
-        match=r"Bad\.execute\(\) has parameter 'cfg'; allowed after 'state': config, runtime",
+        match=r"Bad\.execute\(\) has parameter 'cfg'; allowed after 'state':"
+        r" config, runtime, error, store, writer, previous$",
     ):
 
         class Bad(BaseNode):
@@ -90,13 +103,82 @@ def test_unknown_parameter_names_it_and_what_is_allowed() -> None:
                 return None
 
 
-@pytest.mark.parametrize("signature", ["*args", "**kwargs", "store=None", "writer=None"])
+@pytest.mark.parametrize("signature", ["*args", "**kwargs", "extra=None", "state2"])
 def test_other_parameters_are_refused(signature: str) -> None:
     namespace: dict[str, Any] = {}
     exec(f"def execute(self, state, {signature}): return None", namespace)
     name = signature.strip("*").split("=")[0]
     with pytest.raises(TypeError, match=rf"has parameter '{name}'; allowed after 'state'"):
         type("Bad", (BaseNode,), {"execute": namespace["execute"]})
+
+
+def test_the_injectable_names_are_langgraphs() -> None:
+    # LangGraph's own table is private; this keeps the node classes' copy of it honest.
+    from langgraph._internal._runnable import KWARGS_CONFIG_KEYS
+
+    from act_operator_lib.base_node import _INJECTED
+
+    assert set(_INJECTED) == {name for name, *_ in KWARGS_CONFIG_KEYS}
+
+
+@pytest.mark.parametrize(
+    ("parameter", "allowed"),
+    [
+        ("config: dict", "RunnableConfig or RunnableConfig | None"),
+        ("config: 'Any'", "RunnableConfig or RunnableConfig | None"),
+        ("error", "NodeError"),
+        ("error: 'NodeError | None'", "NodeError"),
+        ("error: Exception", "NodeError"),
+        ("store: int", r"BaseStore or BaseStore \| None"),
+        ("writer: 'StreamWriter | None'", "StreamWriter"),
+    ],
+)
+def test_an_annotation_langgraph_would_not_inject_is_refused(parameter: str, allowed: str) -> None:
+    namespace = _define(f"def execute(self, state, {parameter}): return None", {})
+    name = parameter.split(":")[0]
+    with pytest.raises(
+        TypeError,
+        match=rf"^Bad\.execute\(\) parameter '{name}' must be annotated {allowed}.* for"
+        r" LangGraph to inject it, got ('\w|no annotation$)",
+    ):
+        type("Bad", (BaseNode,), {"execute": namespace["execute"]})
+
+
+@pytest.mark.parametrize(
+    ("parameter", "seen"),
+    [
+        ("config", inspect.Parameter.empty),
+        ("config: RunnableConfig", RunnableConfig),
+        ("config: 'RunnableConfig | None'", Optional[RunnableConfig]),  # noqa: UP045
+        ("config: 'typing.Optional[RunnableConfig]'", Optional[RunnableConfig]),  # noqa: UP045
+        ("config: 'Unimported | None'", None),
+        ("config: 'lc.RunnableConfig | None'", Optional[RunnableConfig]),  # noqa: UP045
+        ("error: 'NodeError'", NodeError),
+        ("store: 'BaseStore | None'", Optional[BaseStore]),  # noqa: UP045
+        ("store: 'None | BaseStore'", Optional[BaseStore]),  # noqa: UP045
+        ("writer: 'StreamWriter'", StreamWriter),
+        ("runtime: 'Runtime[Undefined] | None'", "Runtime[Undefined] | None"),
+        ("previous: int", int),
+    ],
+)
+def test_langgraph_sees_an_annotation_it_matches(parameter: str, seen: Any) -> None:
+    namespace: dict[str, Any] = {
+        "typing": typing,
+        "RunnableConfig": RunnableConfig,
+        "NodeError": NodeError,
+        "BaseStore": BaseStore,
+        "StreamWriter": StreamWriter,
+    }
+    _define(f"def execute(self, state, {parameter}): return None", namespace)
+    name = parameter.split(":")[0]
+    if seen is None:  # a name that is not LangGraph's, even by spelling
+        with pytest.raises(TypeError, match=f"parameter '{name}' must be annotated"):
+            type("Node", (BaseNode,), {"execute": namespace["execute"]})
+        return
+    node = type("Node", (BaseNode,), {"execute": namespace["execute"]})()
+    param = inspect.signature(node).parameters[name]
+    assert param.annotation == seen
+    assert param.default is None
 
 
 def test_positional_only_injection_is_refused() -> None:

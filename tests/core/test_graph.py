@@ -254,27 +254,6 @@ def test_single_value_state_takes_its_own_type() -> None:
     assert builder.compile().invoke([7, 8]) == [7, 8, 2]
 
 
-class ReturnsNumber(BaseNode):
-    def execute(self, state: State) -> Any:
-        return 42
-
-
-class ReturnsCoroutine(BaseNode):
-    def execute(self, state: State) -> Any:
-        return Odd().execute(state)
-
-
-@pytest.mark.parametrize(
-    ("node", "type_name"), [(ReturnsNumber(), "int"), (ReturnsCoroutine(), "coroutine")]
-)
-def test_invalid_return_names_the_node_and_the_type(node: BaseNode, type_name: str) -> None:
-    graph = _chain(node)
-    with pytest.raises(
-        TypeError, match=rf"node '{node.name}' returned {type_name}; a node returns"
-    ):
-        graph.invoke({"n": 0}, context={"user": "ada"})
-
-
 # -- type hints ------------------------------------------------------------------------------
 
 
@@ -502,6 +481,7 @@ def test_log_writes_only_when_verbose(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_nothing_is_inspected_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dis
     import inspect
     import typing
 
@@ -516,6 +496,7 @@ def test_nothing_is_inspected_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
     # From then on, calls never inspect signatures or hints.
     monkeypatch.setattr(inspect, "signature", refuse)
     monkeypatch.setattr(typing, "get_type_hints", refuse)
+    monkeypatch.setattr(dis, "get_instructions", refuse)  # read for subgraphs at compile only
     config = {"configurable": {"thread_id": "t2"}}
     seen = graph.invoke({"n": 0}, config, context={"user": "ada"})["seen"]
     assert seen == [line.replace("=t1", "=t2") for line in EXPECTED_SEEN[1:8]]
