@@ -653,7 +653,8 @@ async def postgres_checkpointer(dsn: str) -> AsyncIterator[AsyncPostgresSaver]:
     What a crash costs depends on LangGraph's ``durability`` (per ``invoke``/``stream``):
 
     - ``"exit"``: one checkpoint when the run ends (returns, fails or is interrupted). A
-      process killed mid-run leaves nothing of that run: resuming starts it over.
+      process killed mid-run leaves nothing of that run: ``ainvoke(None, config)`` finds
+      nothing to resume (``EmptyInputError``); the run starts over from its input.
     - ``"async"`` (LangGraph's default): each step's checkpoint is written while the next
       step already runs. A kill soon after a node finished can lose its checkpoint, so
       resuming runs that *finished* node again (its side effects happen twice).

@@ -27,6 +27,7 @@ from act_operator_lib.cookbook.postgres import (
     QueryRows,
     dsn_from,
     is_connection_error,
+    postgres_checkpointer,
     redact_dsn,
 )
 from act_operator_lib.cookbook.resources import Resources
@@ -425,7 +426,7 @@ DURABLE_SCRIPT = textwrap.dedent(
     from langgraph.graph import StateGraph
     from act_operator_lib.cookbook.postgres import postgres_checkpointer
 
-    dsn, marks, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    dsn, marks, mode, durability = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 
     class State(TypedDict):
         done: Annotated[list[str], operator.add]
@@ -456,10 +457,13 @@ DURABLE_SCRIPT = textwrap.dedent(
         async with postgres_checkpointer(dsn) as saver:
             graph = builder.compile(checkpointer=saver)
             if mode == "first":
-                await graph.ainvoke({"done": []}, config, durability="sync")
+                await graph.ainvoke({"done": []}, config, durability=durability)
             else:
                 before = await graph.aget_state(config)
-                result = await graph.ainvoke(None, config, durability="sync")
+                try:
+                    result = await graph.ainvoke(None, config, durability=durability)
+                except Exception as exc:  # nothing to resume
+                    result = {"done": type(exc).__name__}
                 print(json.dumps({"next_before": list(before.next), "done": result["done"]}))
 
     asyncio.run(main())
@@ -468,13 +472,30 @@ DURABLE_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_killed_graph_process_resumes_from_checkpoint(pg_database: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("durability", "resumed_at", "done", "runs"),
+    [
+        # As postgres_checkpointer's docstring says: "sync" resumes at the node that was
+        # running (step1 ran once) ...
+        ("sync", ["step2"], ["step1", "step2", "step3"], ["step1", "step2", "step2", "step3"]),
+        # ... "exit" saved nothing of the killed run: there is nothing to resume.
+        ("exit", [], "EmptyInputError", ["step1", "step2"]),
+    ],
+)
+def test_killed_graph_process_resumes_from_checkpoint(
+    pg_database: str,
+    tmp_path: Path,
+    durability: str,
+    resumed_at: list[str],
+    done: list[str] | str,
+    runs: list[str],
+) -> None:
     script = tmp_path / "durable.py"
     script.write_text(DURABLE_SCRIPT)
     marks = tmp_path / "marks.txt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen(
-        [sys.executable, str(script), pg_database, str(marks), "first"],
+        [sys.executable, str(script), pg_database, str(marks), "first", durability],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -497,7 +518,7 @@ def test_killed_graph_process_resumes_from_checkpoint(pg_database: str, tmp_path
     assert marks.read_text().split() == ["step1", "step2"]
 
     resumed = subprocess.run(
-        [sys.executable, str(script), pg_database, str(marks), "resume"],
+        [sys.executable, str(script), pg_database, str(marks), "resume", durability],
         capture_output=True,
         text=True,
         env=env,
@@ -505,9 +526,16 @@ def test_killed_graph_process_resumes_from_checkpoint(pg_database: str, tmp_path
         check=True,
     )
     outcome = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert outcome == {"next_before": ["step2"], "done": ["step1", "step2", "step3"]}
-    # step1 ran once: the resume started from the checkpoint after it.
-    assert marks.read_text().split() == ["step1", "step2", "step2", "step3"]
+    assert outcome == {"next_before": resumed_at, "done": done}
+    assert marks.read_text().split() == runs
+
+
+def test_checkpointer_docstring_explains_durability_for_side_effects() -> None:
+    doc = postgres_checkpointer.__doc__ or ""
+    for mode in ('"exit"', '"async"', '"sync"'):
+        assert mode in doc
+    assert 'durability="sync"' in doc
+    assert "side effects" in doc
 
 
 def test_example_runs() -> None:
