@@ -333,11 +333,11 @@ class FileStore:
                 try:
                     info = os.stat(name, dir_fd=dirs[-1], follow_symlinks=False)
                 except FileNotFoundError:
-                    if not todo or not make_dirs:
-                        if todo:
-                            raise
-                        entry = name
+                    if not todo:
+                        entry = name  # a file to create
                         break
+                    if not make_dirs:
+                        raise
                     with suppress(FileExistsError):
                         os.mkdir(name, dir_fd=dirs[-1])
                     todo.append(name)  # look again at whatever is there now
