@@ -8,11 +8,13 @@ rounds, the same work done three ways and prints medians as ratios:
 
     http_pooled_vs_per_request=  FetchJSON on a shared HttpClient / a new session per request
     http_pooled_vs_raw=          FetchJSON on a shared HttpClient / a bare shared ClientSession
+    http_guarded_vs_unguarded=   FetchJSON with an egress policy / the same client without it
     pg_pooled_vs_per_query=      QueryRows on a PostgresPool / asyncpg.connect per query
     pg_pooled_vs_raw=            QueryRows on a PostgresPool / a bare asyncpg pool
 
-Targets: >= 3, >= 0.9, >= 10, >= 0.9. The machine is shared and noisy: each ratio is
-the median of per-round ratios of A-B / B-A paired rounds (so it need not equal the
+Targets: >= 3, >= 0.9, >= 0.95, >= 10, >= 0.9. The pooled FetchJSON runs guarded (an
+egress policy allowing the local server), as a node taking URLs from state does.
+The machine is shared and noisy: each ratio is the median of per-round ratios of A-B / B-A paired rounds (so it need not equal the
 ratio of the median rates printed beside it); read the ratios, not the absolute rates.
 BENCH_ROUNDS (default 6) and BENCH_LOOP (asyncio or uvloop) tune a run.
 """
@@ -36,7 +38,13 @@ sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
-from act_operator_lib.cookbook.http_client import FetchJSON, HttpClient, HttpSettings  # noqa: E402
+from act_operator_lib.cookbook.http_client import (  # noqa: E402
+    EgressPolicy,
+    FetchJSON,
+    FetchSettings,
+    HttpClient,
+    HttpSettings,
+)
 from act_operator_lib.cookbook.postgres import PostgresPool, PostgresSettings, QueryRows  # noqa: E402
 
 from act_operator_lib.base_node import AsyncBaseNode  # noqa: E402
@@ -134,7 +142,10 @@ def start_http_server() -> tuple[subprocess.Popen[bytes], str]:
 
 async def bench_http(base: str) -> dict[str, float]:
     url = base + "/json"
-    pooled = FetchJSON(HttpClient(HttpSettings(limit=100)))
+    # The benchmark server is on loopback: allowed by address, every other check still runs.
+    local = EgressPolicy(allow=("127.0.0.1",), allow_networks=("127.0.0.1/32",))
+    pooled = FetchJSON(HttpClient(HttpSettings(limit=100, egress=local)))
+    unguarded = FetchJSON(HttpClient(HttpSettings(limit=100)), FetchSettings(trust_state_urls=True))
     naive = FetchJSONNewSession()
     raw_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
 
@@ -149,19 +160,28 @@ async def bench_http(base: str) -> dict[str, float]:
     def per_request(_: int) -> Awaitable[Any]:
         return naive({"url": url})
 
+    def unguarded_call(_: int) -> Awaitable[Any]:
+        return unguarded({"url": url})
+
     size = (HTTP_REQUESTS, HTTP_REQUESTS)
     vs_raw, pooled_rps, raw_rps = await compare(
         pooled_call, raw, size, HTTP_CONCURRENCY, FAST_ROUNDS
     )
     vs_naive, _, naive_rps = await compare(pooled_call, per_request, size, HTTP_CONCURRENCY)
+    vs_unguarded, _, unguarded_rps = await compare(
+        pooled_call, unguarded_call, size, HTTP_CONCURRENCY, FAST_ROUNDS
+    )
     await raw_session.close()
     await pooled.client.aclose()
+    await unguarded.client.aclose()
     return {
         "http_pooled_rps": pooled_rps,
         "http_per_request_rps": naive_rps,
         "http_raw_rps": raw_rps,
         "http_pooled_vs_per_request": vs_naive,
         "http_pooled_vs_raw": vs_raw,
+        "http_unguarded_rps": unguarded_rps,
+        "http_guarded_vs_unguarded": vs_unguarded,
     }
 
 
