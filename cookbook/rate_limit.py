@@ -26,6 +26,7 @@ calls per second to a shared dependency must stay under a quota across nodes and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -159,10 +160,12 @@ class RateLimiter(BaseRateLimiter):
     refilled, on ``time.monotonic()``) is process-wide under a ``threading.Lock``, and so is
     the single FIFO queue of waiters. Each waiter is woken on its own terms: a future on the
     event loop it waits in (resolved with ``call_soon_threadsafe`` from another thread), or
-    an event a synchronous caller's thread sleeps on. Only the head of the queue has a
-    wake-up set (a timer on its loop, or its own timed sleep), and serving it hands the
-    next head its wake-up, so a caller on one loop never waits for a loop it cannot see to
-    run. This was chosen over per-loop buckets or per-loop queues: those give every
+    an event a synchronous caller's thread sleeps on. Only the head of the queue is timed:
+    every loop with a waiter queued sets one timer for the head's due time, and
+    synchronous waiters wake for it too; whichever runs first serves the head (from any
+    thread) and times the next one. So a loop that cannot run (blocked by a synchronous
+    ``acquire`` on its own thread, or by ``run_sync`` waiting for another loop) holds up
+    nobody. This was chosen over per-loop buckets or per-loop queues: those give every
     ``asyncio.run`` a fresh budget, or let callers on a busy loop be overtaken by later
     ones elsewhere. The lock is held for a few arithmetic steps only, never across a
     sleep or an await, so the uncontended ``aacquire`` is one lock round trip.
@@ -173,7 +176,18 @@ class RateLimiter(BaseRateLimiter):
     loop was closed without cancelling it is skipped.
     """
 
-    __slots__ = ("_armed", "_armed_due", "_bucket", "_grace", "_lock", "_queue", "name", "policy")
+    __slots__ = (
+        "_armed",
+        "_armed_due",
+        "_armed_token",
+        "_bucket",
+        "_grace",
+        "_lock",
+        "_loops",
+        "_queue",
+        "name",
+        "policy",
+    )
 
     policy: RateLimit
     """The rate and burst capacity."""
@@ -188,8 +202,11 @@ class RateLimiter(BaseRateLimiter):
         self._lock = threading.Lock()  # guards the bucket and the queue, never a sleep
         self._bucket = _TokenBucket(policy, time.monotonic())
         self._queue: deque[_Waiter] = deque()  # first come, first served, every caller
+        # Event loops with waiters queued, and how many: each keeps time for the head.
+        self._loops: dict[asyncio.AbstractEventLoop, int] = {}
         self._armed: _Waiter | None = None  # the head whose wake-up is set, and for when
         self._armed_due = 0.0
+        self._armed_token = object()  # the timers of older wake-ups carry other tokens
         self._grace = min(_LATE_GRACE, 0.5 / policy.rate)
 
     def __repr__(self) -> str:
@@ -221,6 +238,10 @@ class RateLimiter(BaseRateLimiter):
                 future = loop.create_future()
                 waiter = _Waiter(tokens, now, loop, future)
                 self._queue.append(waiter)
+                queued_here = self._loops.get(loop, 0)
+                self._loops[loop] = queued_here + 1
+                if not queued_here:
+                    self._armed = None  # so this loop, new to the queue, keeps time too
                 self._serve(now)
         if future is None:
             record("rate_limiter_wait_seconds", 0.0, name=self.name)
@@ -257,16 +278,15 @@ class RateLimiter(BaseRateLimiter):
         try:
             while True:
                 with self._lock:
+                    now = time.monotonic()
+                    if not waiter.granted and now >= self._armed_due:
+                        # The head is due: serve it from this thread, whatever loop it
+                        # waits on (that loop may be the one this very call is blocking).
+                        self._armed = None
+                        self._serve(now)
                     if waiter.granted:
                         break
-                    timeout = None
-                    if self._armed is waiter:  # the head times its own wait
-                        now = time.monotonic()
-                        if now >= waiter.due:
-                            self._armed = None
-                            self._serve(now)
-                            continue
-                        timeout = waiter.due - now
+                    timeout = max(self._armed_due - now, 0.0)
                     event.clear()  # any set() after this, under the lock, ends the wait
                 event.wait(timeout)
         except BaseException:  # KeyboardInterrupt while sleeping
@@ -308,7 +328,7 @@ class RateLimiter(BaseRateLimiter):
                 or (future is not None and future.done())  # cancelled while queued
                 or (loop is not None and loop.is_closed())  # nobody left to wake
             ):
-                queue.popleft()
+                self._pop_head()
                 continue
             # A head served late is served as of when it was due, but never earlier than
             # the grace allows: jitter is absorbed, a stall is not paid back in a burst.
@@ -316,16 +336,23 @@ class RateLimiter(BaseRateLimiter):
             wait = self._bucket.take(waiter.tokens, at)
             if wait > 0.0:
                 waiter.due = at + wait
-                if self._arm(waiter):
-                    return
-                queue.popleft()  # its loop closed just now
-                continue
-            queue.popleft()
+                self._arm(waiter)
+                return
+            self._pop_head()
             waiter.granted = True
             if not self._wake(waiter):
                 waiter.granted = False
                 self._bucket.refund(waiter.tokens)
         self._armed = None
+
+    def _pop_head(self) -> None:
+        loop = self._queue.popleft().loop
+        if loop is not None:
+            left = self._loops[loop] - 1
+            if left:
+                self._loops[loop] = left
+            else:
+                del self._loops[loop]
 
     def _wake(self, waiter: _Waiter) -> bool:
         """Tell a granted waiter; ``False`` if its event loop is closed."""
@@ -343,34 +370,37 @@ class RateLimiter(BaseRateLimiter):
             return False
         return True
 
-    def _arm(self, head: _Waiter) -> bool:
-        """Make sure ``head`` is woken at ``head.due``; ``False`` if its loop is closed."""
+    def _arm(self, head: _Waiter) -> None:
+        """Make sure ``head`` is served at ``head.due``.
+
+        Every event loop with a waiter queued sets a timer for it (the first to fire
+        serves, the rest find a newer token and do nothing), and synchronous waiters
+        wake for it too: a loop blocked by a synchronous call, or by ``run_sync``
+        waiting on another loop's waiter, cannot hold up the queue.
+        """
         if self._armed is head and self._armed_due <= head.due:
-            return True  # an earlier (or the same) wake-up is already set
-        self._armed, self._armed_due = head, head.due
+            return  # an earlier (or the same) wake-up is already set
+        token = object()
+        self._armed, self._armed_due, self._armed_token = head, head.due, token
         if head.event is not None:
             head.event.set()  # a synchronous head times its own sleep
-            return True
-        assert head.loop is not None
-        if _running_loop() is head.loop:
-            head.loop.call_later(head.due - time.monotonic(), self._on_timer, head, head.due)
-            return True
-        try:
-            head.loop.call_soon_threadsafe(self._set_timer, head, head.due)
-        except RuntimeError:
-            self._armed = None
-            return False
-        return True
+        running = _running_loop()
+        for loop in self._loops:
+            if loop is running:
+                loop.call_later(head.due - time.monotonic(), self._on_timer, token)
+            elif not loop.is_closed():
+                # A loop closed since we looked: its waiters are skipped when reached.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._set_timer, loop, head.due, token)
 
-    def _set_timer(self, head: _Waiter, due: float) -> None:
-        # On the head's own loop: the delay is measured here, after the thread hop.
-        assert head.loop is not None
-        head.loop.call_later(due - time.monotonic(), self._on_timer, head, due)
+    def _set_timer(self, loop: asyncio.AbstractEventLoop, due: float, token: object) -> None:
+        # On that loop's thread: the delay is measured here, after the thread hop.
+        loop.call_later(due - time.monotonic(), self._on_timer, token)
 
-    def _on_timer(self, head: _Waiter, due: float) -> None:
+    def _on_timer(self, token: object) -> None:
         with self._lock:
-            if self._armed is not head or self._armed_due != due:
-                return  # superseded: another wake-up is set for the current head
+            if self._armed_token is not token or self._armed is None:
+                return  # superseded, or served from elsewhere
             self._armed = None
             self._serve(time.monotonic())
 

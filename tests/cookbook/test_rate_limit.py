@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import operator
+import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -482,3 +485,46 @@ async def test_an_event_loop_stall_releases_at_most_capacity_at_once(capacity: i
     # released together to make up for the stall (a late timer may keep a few ms of it).
     for k in range(capacity, len(stamps)):
         assert stamps[k] - stamps[0] >= (k - capacity + 1) / rate - 0.005 - EARLY, (k, stamps)
+
+
+# A shared queue must not let one blocked event loop hold up everyone.
+
+
+@contextlib.contextmanager
+def fail_after(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the main thread if the block is still running after ``seconds``."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+async def test_a_sync_caller_blocking_the_loop_still_gets_its_token() -> None:
+    limiter = RateLimiter(RateLimit(rate=20, capacity=1))
+    assert limiter.try_acquire()
+    first = asyncio.create_task(limiter.aacquire())
+    await asyncio.sleep(0)  # queued first; its wake-up is a timer on this very loop
+    started = time.monotonic()
+    with fail_after(5):
+        # A chat model's sync invoke made on the loop thread: the loop cannot run its
+        # timer, so the sync caller serves the waiter ahead of it and then itself.
+        assert limiter.acquire()
+    assert time.monotonic() - started >= 2 / 20 - EARLY  # after the first waiter's token
+    assert await first
+
+
+async def test_run_sync_inside_a_loop_with_a_waiter_queued_still_gets_its_token() -> None:
+    limiter = rate_limiter(unique("run-sync-inside"), RateLimit(rate=20, capacity=1))
+    assert limiter.try_acquire()
+    first = asyncio.create_task(limiter.aacquire())
+    await asyncio.sleep(0)  # queued first, on this loop, which run_sync is about to block
+    with fail_after(5):
+        assert run_sync(limiter.aacquire())  # on the background loop, behind `first`
+    assert await first
