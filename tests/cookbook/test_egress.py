@@ -175,15 +175,25 @@ async def test_without_base_url_nodes_refuse_internal_addresses(
         ("ftp://127.0.0.1:{port}/json", False),
     ],
 )
+@pytest.mark.parametrize("node", ["FetchJSON", "HttpStreamNode"])
 async def test_address_forms_are_normalised_before_checking(
-    http_server: HttpTestServer, http_server_b: HttpTestServer, form: str, allowed: bool
+    http_server: HttpTestServer,
+    http_server_b: HttpTestServer,
+    form: str,
+    allowed: bool,
+    node: str,
 ) -> None:
     client = HttpClient(HttpSettings(base_url=http_server.url))
-    graph = fetch_graph(client)
     url = form.format(port=http_server.port)
+    if node == "FetchJSON":
+        graph, path = fetch_graph(client), "/json"
+    else:
+        graph, path = stream_graph(client), "/sse"
+        url = url.replace("/json", "/sse")
     if allowed:
-        assert (await graph.ainvoke({"url": url}))["response"]["ok"]
-        assert http_server.hits["/json"] == 1
+        result = await graph.ainvoke({"url": url})
+        assert result["response"]["ok"] if node == "FetchJSON" else result["stream"]["items"] == 5
+        assert http_server.hits[path] == 1
     else:
         error = await refused(graph, url)
         assert "127.0.0.1@" not in error.url  # no credentials in the error
@@ -222,6 +232,13 @@ async def test_names_idna_wildcards_and_rebinding_through_the_resolver(
     await client.aclose()  # a new connector: no cached answer, no kept-alive connection
     error = await refused(graph, f"http://rebind.good.test:{port}/secret")
     assert "resolved to 127.0.0.2" in error.rule
+    # The stream node, on the same client: its lookup is checked the same way.
+    table["rebind2.good.test"] = ["127.0.0.1", "127.0.0.2"]
+    stream = stream_graph(client)
+    assert (await stream.ainvoke({"url": f"http://rebind2.good.test:{port}/sse?n=1"}))["stream"]
+    await client.aclose()
+    error = await refused(stream, f"http://rebind2.good.test:{port}/sse")
+    assert "rebind2.good.test resolved to 127.0.0.2" in error.rule
     assert http_server_b.hits == {}
     await client.aclose()
 
