@@ -19,7 +19,8 @@ with a policy (``HttpSettings(egress=...)``) enforces it on every request, in th
   answering a public address once and a private one later (DNS rebinding) is refused.
 - **On every redirect hop** (an aiohttp client middleware sees each hop before it connects),
   with a cap on hops in ``HttpClient``; credentials (``Authorization``, ``Cookie``,
-  ``Proxy-Authorization``, API-key headers) are never sent to another origin.
+  ``Proxy-Authorization``, API-key headers) are never sent to another origin, and a guarded
+  session keeps no cookie jar (a cookie ignores ports, so a jar would share it across origins).
 
 Blocked networks (stdlib ``ipaddress`` classifies): unspecified (``0.0.0.0``, ``::``),
 loopback, private (RFC 1918, ULA), link-local (``169.254.0.0/16`` incl. the metadata address,
