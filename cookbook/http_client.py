@@ -126,7 +126,8 @@ class HttpSettings:
     max_body: int = 10 * 1024 * 1024
     """Largest body read into memory, in bytes; larger raises ``HTTPContentError``."""
     max_redirects: int = 5
-    """Redirect hops followed per request (0: none; a 3xx then raises ``HTTPStatusError``)."""
+    """Redirect hops followed per request, each within ``timeout`` (0: none; a 3xx then
+    raises ``HTTPStatusError``); more raises ``HTTPRedirectError``."""
     egress: EgressPolicy | None = None
     """Where requests may go (``egress.py``); None: anywhere, unchecked."""
     resolver: Callable[[], AbstractResolver] | None = None
@@ -333,7 +334,11 @@ class HttpClient:
             resources.add(self)
 
     def session(self) -> aiohttp.ClientSession:
-        """This loop's shared session for these settings, created on first use."""
+        """This loop's shared session for these settings, created on first use.
+
+        Used directly, aiohttp joins relative URLs (RFC 3986) and follows redirects itself;
+        an ``egress`` policy still checks every hop and every resolved address.
+        """
         loop = asyncio.get_running_loop()
         recent = self._recent
         if recent is not None and recent[0] is loop and not recent[1].closed:
