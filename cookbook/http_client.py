@@ -126,8 +126,8 @@ class HttpSettings:
     max_body: int = 10 * 1024 * 1024
     """Largest body read into memory, in bytes; larger raises ``HTTPContentError``."""
     max_redirects: int = 5
-    """Redirect hops followed per request, each within ``timeout`` (0: none; a 3xx then
-    raises ``HTTPStatusError``); more raises ``HTTPRedirectError``."""
+    """Redirect hops followed per request, each within ``timeout``; a redirect beyond them
+    raises ``HTTPRedirectError`` (0: follow none)."""
     egress: EgressPolicy | None = None
     """Where requests may go (``egress.py``); None: anywhere, unchecked."""
     resolver: Callable[[], AbstractResolver] | None = None
