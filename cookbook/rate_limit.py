@@ -265,14 +265,16 @@ class RateLimiter(BaseRateLimiter):
             self._check_tokens(tokens)
         with self._lock:
             arrived = time.monotonic()
-            if not self._queue and self._bucket.take(tokens, arrived) == 0.0:
-                record("rate_limiter_wait_seconds", 0.0, name=self.name)
-                return True
-            if not blocking:
-                return False
-            waiter = _Waiter(tokens, arrived, event=threading.Event())
-            self._queue.append(waiter)
-            self._serve(arrived)
+            taken = not self._queue and self._bucket.take(tokens, arrived) == 0.0
+            if not taken:
+                if not blocking:
+                    return False
+                waiter = _Waiter(tokens, arrived, event=threading.Event())
+                self._queue.append(waiter)
+                self._serve(arrived)
+        if taken:
+            record("rate_limiter_wait_seconds", 0.0, name=self.name)
+            return True
         event = waiter.event
         assert event is not None
         try:
