@@ -210,28 +210,34 @@ def cookbook_add(
     force: Force = False,
 ) -> None:
     """Copy recipes, and the recipes they import, into <package>/cookbook/."""
-    from act_operator_lib._internal.cookbook_index import (
-        copy_recipes,
-        find_recipes,
-        needed_extras,
-    )
+    from act_operator_lib._internal.cookbook_index import copy_recipes, find_recipes
     from act_operator_lib._internal.scaffold import find_project
 
     with _refusals():
         project = find_project(path)
-        index = find_recipes()
-        copied, written = copy_recipes(project, recipes, force=force, recipes=index)
-        extras = needed_extras(index, copied)
-    for file in written:
+        copy = copy_recipes(project, recipes, force=force, recipes=find_recipes())
+    for file in copy.written:
         typer.echo(f"wrote {file}")
-    modules = ", ".join(f"{project.package}.cookbook.{name}" for name in copied)
+    modules = ", ".join(f"{project.package}.cookbook.{name}" for name in copy.recipes)
     typer.echo(f"Recipes in the project: {modules}")
-    if extras:
+    if not copy.extras:
+        typer.echo("They need no extra beyond act-operator-lib.")
+        return
+    extras = f"act-operator-lib[{','.join(copy.extras)}]"
+    if copy.requirement is None:
         typer.echo(
-            f"Install the extras they need: pip install 'act-operator-lib[{','.join(extras)}]'"
+            "act-operator-lib is not among the dependencies in pyproject.toml (or is written"
+            f" in a form this command does not edit): add {extras} there yourself"
+        )
+    elif copy.added:
+        typer.echo(
+            f"Added act-operator-lib[{','.join(copy.added)}] to the dependencies in"
+            f" pyproject.toml (now {copy.requirement!r}), so `langgraph build` and"
+            " deployments install what the recipes import"
         )
     else:
-        typer.echo("They need no extra beyond act-operator-lib.")
+        typer.echo(f"pyproject.toml already lists {extras} ({copy.requirement!r})")
+    typer.echo(f"Install them here: pip install -e . (or pip install '{extras}')")
 
 
 @app.command()
