@@ -528,3 +528,44 @@ async def test_run_sync_inside_a_loop_with_a_waiter_queued_still_gets_its_token(
     with fail_after(5):
         assert run_sync(limiter.aacquire())  # on the background loop, behind `first`
     assert await first
+
+
+def test_many_loops_threads_and_cancellations_share_the_queue_without_loss_or_leak() -> None:
+    limiter = rate_limiter(unique("stress"), RateLimit(rate=200, capacity=2))
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    async def loop_worker() -> None:
+        async def one(cancel_after: float | None) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            if cancel_after is not None:
+                asyncio.get_running_loop().call_later(cancel_after, task.cancel)
+            with contextlib.suppress(asyncio.CancelledError):
+                await limiter.aacquire()
+                with lock:
+                    granted.append(time.monotonic())
+
+        before = asyncio.all_tasks()
+        # Every third waiter is cancelled while it may still be queued.
+        await asyncio.gather(*(one(0.01 * (i % 5) if i % 3 == 0 else None) for i in range(15)))
+        assert asyncio.all_tasks() == before
+
+    def sync_worker() -> None:
+        for _ in range(10):
+            limiter.acquire()
+            with lock:
+                granted.append(time.monotonic())
+
+    threads = [threading.Thread(target=asyncio.run, args=(loop_worker(),)) for _ in range(3)]
+    threads += [threading.Thread(target=sync_worker) for _ in range(2)]
+    started = time.monotonic()
+    with fail_after(20):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    elapsed = time.monotonic() - started
+    assert 65 - 15 <= len(granted) <= 65  # 20 sync calls, 45 waiters of which 15 cancelled
+    # However many were granted, no more than the rate allows (two at once to start with).
+    assert elapsed >= (len(granted) - 2) / 200 - EARLY
