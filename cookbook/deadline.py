@@ -1,4 +1,4 @@
-"""Deadlines: a time budget set at invoke time that every node of the run honours.
+"""Deadlines: a time budget for a whole run that every node of the run honours.
 
     graph.ainvoke(inputs, with_deadline(2.0))            # the whole run has 2 s
     graph.ainvoke(inputs, context=Ctx(deadline=deadline_after(2.0)))
@@ -25,19 +25,24 @@ Where a deadline comes from (``current_deadline()``); when several apply, the ea
 
 A graph invoked inside a node (``subgraph.ainvoke(...)``, sync or async) is a run of its
 own: if its invoke sets a budget, it gets that budget, which never replaces the caller's
-and is clamped by it (the caller's deadline as far as the caller's run has read it). One
-that sets none inherits the caller's. A compiled graph added as a node shares its parent's.
+and is clamped by it. One that sets none inherits the caller's; a compiled graph added as
+a node shares its parent's. A caller's ``deadline_seconds`` that none of its nodes has read
+yet is not known inside the nested run, so it cannot clamp it (the caller's budget then
+counts from the nested run's start); call ``remaining()`` before the nested invoke to be
+sure it is clamped.
 Runs are told apart by LangGraph's ``RunControl`` (the same object for a run and every
 graph invoked inside it) together with the run's checkpoint namespace (distinct for every
 nested invoke, numbered when a node invokes a graph more than once).
 
-A run's remembered budget is forgotten when its deadline passes or when the run has ended
-(nothing but the table still holds its ``RunControl``), whichever comes first, so the table
-never outgrows the runs in flight. A node that first asks only after its run's deadline
-passed starts a new budget.
+A run's remembered budget is forgotten once the run has ended (nothing but the table still
+holds its ``RunControl``), so the table stays in proportion to the runs in flight, and a
+minute after its deadline if its end cannot be seen that way (code outside LangGraph keeps
+the ``RunControl``). Not at the deadline itself: a node of a run still going after it (the
+one after a ``GatherByDeadline`` that returned partial work) sees the budget spent.
 
 (Until this version budgets were keyed by the ``RunControl`` alone, so a nested invoke's
-budget replaced its caller's; a scope always beat the run's deadline, and an absolute
+budget replaced its caller's; the table was pruned from the front only, so one long run
+kept every later run's entry; a scope always beat the run's deadline, and an absolute
 ``deadline`` beat a ``deadline_seconds`` even when later.)
 
 The primitives of the other recipes (``bounded_map``, ``race``, ``retry_call``) call
@@ -57,6 +62,7 @@ import asyncio
 import functools
 import heapq
 import itertools
+import math
 import sys
 import threading
 import time
@@ -112,14 +118,18 @@ class _RunBudget:
 
 
 # Runs' deadlines by (id(RunControl), run namespace). RunControl has __slots__ and no
-# __weakref__, so entries hold it strongly; _sweep_ended drops the runs nobody else holds,
-# and _forget_at_deadlines those whose deadline passed, in deadline order (a heap), so one
-# long run never keeps later, shorter ones alive. The lock is for sync nodes in threads.
+# __weakref__, so entries hold it strongly; _sweep_ended drops the runs nobody else holds
+# (the runs that ended). A run whose end cannot be seen that way (something outside
+# LangGraph keeps its RunControl) goes _FORGET_AFTER past its deadline, each in deadline
+# order (a heap), so one long run never keeps later, shorter ones alive. Not at the
+# deadline itself: a node of a run still going (after GatherByDeadline returned partial
+# work, say) must see the budget spent, not start a new one. The lock is for sync nodes.
 _runs: dict[tuple[int, str], _RunBudget] = {}
 _forget_heap: list[tuple[float, int, tuple[int, str]]] = []
 _order = itertools.count()
 _runs_lock = threading.Lock()
 _swept_size = 0  # table size after the last sweep: sweep again once it has doubled
+_FORGET_AFTER = 60.0
 
 # LangGraph's checkpoint namespace: one "node:task_id" segment per nesting level, joined by
 # "|", plus a counter segment when one task invokes a graph for the second time and on.
@@ -229,19 +239,18 @@ def _run_deadline(
         started = entry.started if entry is not None else now
         own = _earliest(absolute, None if budget is None else started + budget)
         assert own is not None
-        deadline = _earliest(own, _callers_deadline(control, run_ns, (now, own)))
+        deadline = _earliest(own, _callers_deadline(control, run_ns, now))
         assert deadline is not None
-        _remember(key, _RunBudget(control, started, deadline, deadline))
+        _remember(key, _RunBudget(control, started, deadline, deadline + _FORGET_AFTER))
         return deadline
 
 
-def _callers_deadline(
-    control: object, run_ns: str, started: tuple[float, float] | None
-) -> float | None:
+def _callers_deadline(control: object, run_ns: str, started: float | None) -> float | None:
     """The earliest deadline of the runs that (transitively) invoked ``run_ns``.
 
-    With ``started`` (now, until), callers whose budget nobody has read yet are marked as
-    started now, until then, so their budget counts from no later than this nested run's.
+    With ``started``, callers whose budget nobody has read yet are marked as started at
+    that time, so their budget counts from no later than this nested run's. The mark lasts
+    as long as the caller's run (it has no deadline yet to be forgotten after).
     """
     deadline = None
     caller_ns = _caller_namespace(run_ns)
@@ -251,11 +260,8 @@ def _callers_deadline(
         if entry is not None and entry.control is control:
             if entry.deadline is not None:
                 deadline = _earliest(deadline, entry.deadline)
-            elif started is not None and started[1] > entry.forget_at:
-                entry.forget_at = started[1]
-                heapq.heappush(_forget_heap, (entry.forget_at, next(_order), key))
         elif started is not None:
-            _remember(key, _RunBudget(control, started[0], None, started[1]))
+            _remember(key, _RunBudget(control, started, None, math.inf))
         caller_ns = _caller_namespace(caller_ns)
     return deadline
 
@@ -263,7 +269,8 @@ def _callers_deadline(
 def _remember(key: tuple[int, str], entry: _RunBudget) -> None:
     global _swept_size
     _runs[key] = entry
-    heapq.heappush(_forget_heap, (entry.forget_at, next(_order), key))
+    if entry.forget_at < math.inf:
+        heapq.heappush(_forget_heap, (entry.forget_at, next(_order), key))
     if len(_runs) > max(2 * _swept_size, 64) or len(_runs) <= 64:
         _sweep_ended()
         _swept_size = len(_runs)
@@ -294,6 +301,13 @@ def _sweep_ended() -> None:
     }
     for key in ended:
         del _runs[key]
+    if len(_forget_heap) > 2 * len(_runs) + 64:  # mostly runs swept already: rebuild
+        _forget_heap[:] = [
+            (entry.forget_at, next(_order), key)
+            for key, entry in _runs.items()
+            if entry.forget_at < math.inf
+        ]
+        heapq.heapify(_forget_heap)
 
 
 def current_deadline() -> float | None:

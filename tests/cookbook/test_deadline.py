@@ -442,3 +442,19 @@ async def test_budgets_of_finished_runs_are_forgotten_while_a_long_run_goes_on()
     assert [ref() for ref in finished + expired] == [None] * 6
     release.set()
     await long_run
+
+
+async def test_a_node_after_the_deadline_sees_it_passed_not_a_fresh_budget() -> None:
+    async def slow(state: State) -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    left: list[float | None] = []
+    builder = StateGraph(State)
+    builder.add_node(GatherByDeadline({"slow": slow}))  # returns partial work at the deadline
+    builder.add_node("summarise", lambda state: left.append(remaining()) or {})
+    builder.add_edge(START, "GatherByDeadline")
+    builder.add_edge("GatherByDeadline", "summarise")
+    out = await builder.compile().ainvoke({}, {"configurable": {"deadline_seconds": 0.2}})
+    assert out["gathered"]["cancelled"] == ["slow"]
+    assert left == [0.0]  # the run's budget is spent, though its deadline has passed
