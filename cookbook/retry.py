@@ -11,8 +11,12 @@ Backoff is LangGraph's: ``initial_interval * backoff_factor ** (retry - 1)``, ca
 millisecond-scale, so here the extra never exceeds the interval itself). ``retry_on`` is
 read as LangGraph reads it: an exception class, a sequence of them, or a predicate.
 
-Never retried: ``asyncio.CancelledError`` (cancellation always propagates), an open
-circuit (``CircuitOpenError`` from ``circuit_breaker.py``: it will refuse again until its
+Never retried: LangGraph's control flow (``GraphInterrupt`` from ``interrupt()``,
+``ParentCommand`` from ``Command(graph=Command.PARENT)``: any ``GraphBubbleUp``, see
+``act_operator_lib.control``) passes through at once, untouched, as LangGraph's own node
+retry lets it through, so a human-in-the-loop pause inside the operation pauses the run
+and resuming it calls the operation again; ``asyncio.CancelledError`` (cancellation
+always propagates); an open circuit (``CircuitOpenError`` from ``circuit_breaker.py``: it will refuse again until its
 ``retry_after``), and anything once time is up: an attempt runs under the time left
 before the run's deadline (``deadline.py``) and the optional ``budget``, and no sleep
 ever ends past them; the last error is raised at once instead.
@@ -38,6 +42,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from langgraph.types import RetryPolicy
 
 from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.control import CONTROL_FLOW
 from act_operator_lib.metrics import record
 
 from .circuit_breaker import CircuitOpenError
@@ -179,6 +184,8 @@ async def retry_call(
         try:
             async with limit:
                 value = await operation()
+        except CONTROL_FLOW:
+            raise  # a pause or a redirect of the run, not a failure: never retried
         except Exception as exc:
             now = time.monotonic()
             attempts.append(Attempt(number, exc, now - started, 0.0))
