@@ -9,9 +9,21 @@ The circuit is *closed* (calls pass) until ``failure_threshold`` calls in a row 
 it is *open* for ``reset_timeout`` seconds and every call fails at once with
 ``CircuitOpenError``, whose ``retry_after`` says when the next probe is allowed. After the
 timeout it is *half-open*: up to ``half_open_probes`` calls go through as probes; a probe
-that succeeds closes the circuit, one that fails opens it again. Cancelling a call counts as
-nothing, and ``failure_on`` decides which exceptions are the dependency's fault (any other
-exception means the dependency answered, which counts as a success). Every
+that succeeds closes the circuit, one that fails opens it again. A probe gets at most
+``probe_timeout`` seconds; one that takes longer counts as a failure, so a hanging probe
+cannot keep the circuit half-open. Calls refused while a probe
+is in flight get a ``retry_after`` of the time left before that probe must have ended.
+
+What counts: ``failure_on`` decides which exceptions are the dependency's fault (any other
+exception means the dependency answered, which counts as a success). A ``TimeoutError``
+raised inside the guarded call (``asyncio.timeout`` around the request) is an exception
+like any other: a failure under the default ``failure_on=Exception``. Two endings count as
+nothing, neither failure nor success, and free a probe's slot: cancellation, and
+LangGraph's control flow (``interrupt()`` pausing the run for a human, ``Command.PARENT``;
+see ``act_operator_lib.control``), so pending approvals never open the circuit. A node
+``TimeoutPolicy`` cancels the node from outside, so it reaches the breaker as a plain
+cancellation and is not counted: to count slow answers, put the timeout inside the guarded
+call (or rely on ``probe_timeout`` while half-open). Every
 ``circuit_breaker(name, ...)`` call with the same name returns the same breaker, so all
 nodes, graphs and runs in the process (any event loop or thread) share what it learned.
 
@@ -27,6 +39,7 @@ service; a ``RetryPolicy`` alone is the better choice when failures are independ
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +48,7 @@ from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.control import is_control_flow
 from act_operator_lib.metrics import record
 
 __all__ = [
@@ -88,6 +102,10 @@ class BreakerPolicy:
         type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
     ) = Exception
     """Exceptions that count as failures: classes, or a predicate. Others count as success."""
+    probe_timeout: float = 30.0
+    """Seconds a half-open probe may take before it counts as a failure; > 0. Set it near
+    the slowest healthy answer: ``call()`` and ``async with guard()`` cut a probe off then,
+    and calls refused meanwhile are told to come back within what is left of it."""
 
     def __post_init__(self) -> None:
         for field in ("failure_threshold", "half_open_probes"):
@@ -101,6 +119,11 @@ class BreakerPolicy:
             raise TypeError(f"BreakerPolicy reset_timeout must be a number, got {timeout!r}")
         if not 0 < timeout < float("inf"):
             raise ValueError(f"BreakerPolicy reset_timeout must be > 0 and finite, got {timeout!r}")
+        probe = self.probe_timeout
+        if isinstance(probe, bool) or not isinstance(probe, int | float):
+            raise TypeError(f"BreakerPolicy probe_timeout must be a number, got {probe!r}")
+        if not 0 < probe < float("inf"):
+            raise ValueError(f"BreakerPolicy probe_timeout must be > 0 and finite, got {probe!r}")
         failure_on = self.failure_on
         classes = failure_on if isinstance(failure_on, tuple) else (failure_on,)
         if not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes) and (
@@ -137,7 +160,7 @@ class CircuitBreaker:
         "_generation",
         "_lock",
         "_opened_at",
-        "_probes",
+        "_probe_deadlines",
         "_state",
         "name",
         "policy",
@@ -159,7 +182,8 @@ class CircuitBreaker:
         self._state: State = "closed"
         self._failures = 0  # consecutive, while closed
         self._opened_at = 0.0  # time.monotonic() when the circuit last opened
-        self._probes = 0  # probes in flight, while half-open
+        # When each probe in flight must have ended (time.monotonic()), while half-open.
+        self._probe_deadlines: list[float] = []
         # Bumped on every state change: a call admitted under an older state does not get
         # to re-open or close the circuit when it finally ends.
         self._generation = 0
@@ -183,57 +207,101 @@ class CircuitBreaker:
         self._state = state
         self._generation += 1
         self._failures = 0
-        self._probes = 0
+        self._probe_deadlines.clear()
         if state == "open":
             self._opened_at = now
         record("circuit_state_changes", name=self.name, state=state)
 
-    def before_call(self) -> tuple[int, bool]:
-        """Admit a call or raise ``CircuitOpenError``; returns a ticket for ``after_call``."""
+    def before_call(self) -> tuple[int, float | None]:
+        """Admit a call or raise ``CircuitOpenError``; returns a ticket for ``after_call``.
+
+        The ticket is opaque: the state's generation and, for a probe, when it must end.
+        """
         with self._lock:
             if self._state == "closed":
-                return self._generation, False
+                return self._generation, None
             now = time.monotonic()
             if self._state == "open":
                 retry_after = self._retry_after(now)
                 if retry_after > 0:
                     raise CircuitOpenError(self.name, retry_after)
                 self._move("half_open", now)
-            if self._probes >= self.policy.half_open_probes:
-                # Probes are in flight; if they fail the circuit stays open this long.
-                raise CircuitOpenError(self.name, self.policy.reset_timeout)
-            self._probes += 1
-            return self._generation, True
+            if self._probe_deadlines:
+                earliest = min(self._probe_deadlines)
+                if now >= earliest:
+                    # A probe overran probe_timeout without ending (a blocking call nothing
+                    # could cut short): that is its failure, and its late outcome is ignored.
+                    self._move("open", now)
+                    raise CircuitOpenError(self.name, self.policy.reset_timeout)
+                if len(self._probe_deadlines) >= self.policy.half_open_probes:
+                    # The circuit leaves half-open by then at the latest, maybe much sooner.
+                    raise CircuitOpenError(self.name, earliest - now)
+            deadline = now + self.policy.probe_timeout
+            self._probe_deadlines.append(deadline)
+            return self._generation, deadline
 
-    def after_call(self, ticket: tuple[int, bool], error: BaseException | None) -> None:
-        """Record how an admitted call ended: ``error`` is ``None`` for a success."""
-        generation, is_probe = ticket
-        cancelled = error is not None and not isinstance(error, Exception)
-        failed = error is not None and not cancelled and self.policy.is_failure(error)
+    def after_call(self, ticket: tuple[int, float | None], error: BaseException | None) -> None:
+        """Record how an admitted call ended: ``error`` is ``None`` for a success.
+
+        Cancellation and LangGraph control flow (``GraphBubbleUp``) count as nothing.
+        """
+        generation, probe_deadline = ticket
+        # Neither the dependency's fault nor its answer: the caller stopped waiting, or
+        # LangGraph paused or redirected the run.
+        neutral = error is not None and (not isinstance(error, Exception) or is_control_flow(error))
+        failed = error is not None and not neutral and self.policy.is_failure(error)
         with self._lock:
             if generation != self._generation:
                 return  # admitted under an older state: what it says is out of date
             now = time.monotonic()
-            if is_probe:
-                self._probes -= 1
-                if cancelled:
+            if probe_deadline is not None:
+                self._probe_deadlines.remove(probe_deadline)
+                if neutral:
                     return  # the probe slot is free again for the next caller
-                self._move("open" if failed else "closed", now)
+                overran = now >= probe_deadline
+                self._move("open" if failed or overran else "closed", now)
             elif failed:
                 self._failures += 1
                 if self._failures >= self.policy.failure_threshold:
                     self._move("open", now)
-            elif not cancelled:
+            elif not neutral:
                 self._failures = 0
+
+    def _probe_timed_out(self, ticket: tuple[int, float | None]) -> TimeoutError:
+        """Count a probe cut off at its deadline as a failure; the error to raise."""
+        error = TimeoutError(
+            f"probe of circuit {self.name!r} took longer than {self.policy.probe_timeout:g}s"
+            " (probe_timeout); counted as a failure"
+        )
+        generation, probe_deadline = ticket
+        with self._lock:
+            if generation == self._generation and probe_deadline is not None:
+                self._move("open", time.monotonic())
+        return error
+
+    def _probe_limit(self, ticket: tuple[int, float | None]) -> asyncio.Timeout | None:
+        """The timeout bounding a probe (``None`` for an ordinary call)."""
+        probe_deadline = ticket[1]
+        if probe_deadline is None:
+            return None
+        # Relative, since an event loop's clock need not be time.monotonic().
+        return asyncio.timeout(max(0.0, probe_deadline - time.monotonic()))
 
     async def call(
         self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """``await operation(*args, **kwargs)`` through the breaker."""
+        """``await operation(*args, **kwargs)`` through the breaker (a probe is bounded)."""
         ticket = self.before_call()
+        limit = self._probe_limit(ticket)
         try:
-            result = await operation(*args, **kwargs)
+            if limit is None:
+                result = await operation(*args, **kwargs)
+            else:
+                async with limit:
+                    result = await operation(*args, **kwargs)
         except BaseException as error:
+            if limit is not None and limit.expired() and isinstance(error, TimeoutError):
+                raise self._probe_timed_out(ticket) from error
             self.after_call(ticket, error)
             raise
         self.after_call(ticket, None)
@@ -243,7 +311,9 @@ class CircuitBreaker:
         """A context manager running its block as one call: ``async with breaker.guard():``.
 
         Entering raises ``CircuitOpenError`` while the circuit is open; leaving records
-        how the block ended. It works with plain ``with`` too (nothing in it awaits).
+        how the block ended. ``async with`` cuts a probe off at ``probe_timeout``; plain
+        ``with`` works too (nothing in it awaits), and a blocking probe that overruns is
+        counted as failed by the next caller.
         """
         return _Guard(self)
 
@@ -251,11 +321,12 @@ class CircuitBreaker:
 class _Guard:
     """One call through a breaker, as a (sync or async) context manager."""
 
-    __slots__ = ("_breaker", "_ticket")
+    __slots__ = ("_breaker", "_limit", "_ticket")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self._breaker = breaker
-        self._ticket: tuple[int, bool] | None = None
+        self._ticket: tuple[int, float | None] | None = None
+        self._limit: asyncio.Timeout | None = None
 
     def __enter__(self) -> None:
         if self._ticket is not None:
@@ -273,6 +344,10 @@ class _Guard:
 
     async def __aenter__(self) -> None:
         self.__enter__()
+        assert self._ticket is not None
+        self._limit = self._breaker._probe_limit(self._ticket)
+        if self._limit is not None:
+            await self._limit.__aenter__()
 
     async def __aexit__(
         self,
@@ -280,6 +355,12 @@ class _Guard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        assert self._ticket is not None
+        if self._limit is not None:
+            try:
+                await self._limit.__aexit__(exc_type, exc, tb)
+            except TimeoutError as timed_out:  # only raised when the probe's time ran out
+                raise self._breaker._probe_timed_out(self._ticket) from timed_out
         self.__exit__(exc_type, exc, tb)
 
 

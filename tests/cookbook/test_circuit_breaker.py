@@ -37,9 +37,11 @@ class Service:
     def __init__(self, delay: float = 0.0) -> None:
         self.calls = 0
         self.delay = delay
+        self.called = asyncio.Event()
 
     async def __call__(self, state: Call) -> dict[str, Any]:
         self.calls += 1
+        self.called.set()
         if self.delay:
             await asyncio.sleep(self.delay)
         errors = {"ConnectionError": ConnectionError, "ValueError": ValueError}
@@ -326,3 +328,131 @@ async def test_a_call_admitted_before_the_circuit_opened_does_not_close_it() -> 
     assert breaker.state == "open"
     assert await slow == "late answer"  # admitted while closed, so it ran...
     assert breaker.state == "open"  # ...but says nothing about the circuit opened since
+
+
+async def open_then_wait(breaker: CircuitBreaker) -> None:
+    """Open ``breaker`` with one failure, then wait until it lets a probe through."""
+    with pytest.raises(ConnectionError):
+        async with breaker.guard():
+            raise ConnectionError("down")
+    assert breaker.state == "open"
+    await asyncio.sleep(breaker.policy.reset_timeout + 0.02)
+    assert breaker.state == "half_open"
+
+
+async def test_refusals_during_a_probe_say_when_the_probe_must_have_ended() -> None:
+    policy = BreakerPolicy(failure_threshold=1, reset_timeout=1.0, probe_timeout=0.5)
+    breaker = CircuitBreaker(policy)
+    service = Service(delay=0.2)
+    graph = graph_for(service, breaker)
+    await open_then_wait(breaker)
+    probe = asyncio.create_task(graph.ainvoke({"fail_with": ""}))
+    await service.called.wait()  # the probe is in flight
+    with pytest.raises(CircuitOpenError) as refused:
+        await graph.ainvoke({"fail_with": ""})
+    # Not a full reset_timeout: within probe_timeout the probe has closed or re-opened it.
+    assert 0 < refused.value.retry_after <= 0.5
+    assert (await probe)["result"].startswith("ok")
+    assert breaker.state == "closed"
+
+
+async def test_a_hanging_probe_is_cut_off_and_counts_as_a_failure() -> None:
+    # failure_on leaves TimeoutError out: a probe past its bound counts all the same.
+    policy = BreakerPolicy(
+        failure_threshold=1, reset_timeout=0.05, probe_timeout=0.2, failure_on=ConnectionError
+    )
+    breaker = CircuitBreaker(policy, name="slow-svc")
+    await open_then_wait(breaker)
+    before = asyncio.all_tasks()
+    hanging = graph_for(Service(delay=3600), breaker)
+    with pytest.raises(TimeoutError, match=r"probe of circuit 'slow-svc' took longer than 0\.2s"):
+        await asyncio.wait_for(hanging.ainvoke({"fail_with": ""}), 30)
+    assert breaker.state == "open"
+    assert asyncio.all_tasks() == before
+
+    # The same bound holds for an async guard() block.
+    await asyncio.sleep(0.07)
+    with pytest.raises(TimeoutError, match=r"took longer than 0\.2s"):
+        async with breaker.guard():
+            await asyncio.sleep(3600)
+    assert breaker.state == "open"
+
+    # The circuit still recovers with a quick probe.
+    await asyncio.sleep(0.07)
+    assert (await graph_for(Service(), breaker).ainvoke({"fail_with": ""}))["result"] == "ok 1"
+    assert breaker.state == "closed"
+
+
+async def test_a_sync_probe_that_overruns_reopens_the_circuit_for_the_next_caller() -> None:
+    import threading
+
+    breaker = CircuitBreaker(
+        BreakerPolicy(failure_threshold=1, reset_timeout=0.05, probe_timeout=0.2)
+    )
+    release = threading.Event()
+
+    def blocking_probe(state: Call) -> dict[str, Any]:
+        with breaker.guard():  # plain with: nothing can cut a blocking call short
+            release.wait(30)
+        return {"result": "late"}
+
+    builder = StateGraph(Call)
+    builder.add_node("probe", blocking_probe)
+    builder.add_edge(START, "probe")
+    sync_graph = builder.compile()
+    await open_then_wait(breaker)
+    probe = asyncio.create_task(asyncio.to_thread(sync_graph.invoke, {}))
+    await asyncio.sleep(0.05)
+    with pytest.raises(CircuitOpenError) as during:
+        await breaker.call(asyncio.sleep, 0)
+    assert during.value.retry_after <= 0.2
+    await asyncio.sleep(0.25)  # past probe_timeout: the next caller finds the probe overdue
+    with pytest.raises(CircuitOpenError) as after:
+        await breaker.call(asyncio.sleep, 0)
+    assert breaker.state == "open"
+    assert after.value.retry_after > 0.02  # re-opened for a new reset_timeout
+    release.set()
+    assert (await probe)["result"] == "late"
+    assert breaker.state == "open"  # the overdue probe's late answer says nothing now
+
+
+async def test_a_timeout_inside_the_guarded_call_is_a_failure() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, reset_timeout=30))
+
+    async def lookup(state: Call) -> dict[str, Any]:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(3600)
+        return {"result": "never"}
+
+    with pytest.raises(TimeoutError):
+        await graph_for(lookup, breaker).ainvoke({})  # type: ignore[arg-type]
+    assert breaker.state == "open"
+
+
+async def test_a_node_timeout_policy_reaches_the_breaker_as_a_cancellation() -> None:
+    from langgraph.errors import NodeTimeoutError
+    from langgraph.types import TimeoutPolicy
+
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, reset_timeout=30))
+    builder = StateGraph(Call)
+    builder.add_node(
+        "call",
+        CircuitBreakerNode(Service(delay=3600), breaker),
+        timeout=TimeoutPolicy(run_timeout=0.05),
+    )
+    builder.add_edge(START, "call")
+    with pytest.raises(NodeTimeoutError):
+        await builder.compile().ainvoke({"fail_with": ""})
+    assert breaker.state == "closed"  # cancelled from outside: neither failure nor success
+
+
+def test_probe_timeout_is_checked() -> None:
+    with pytest.raises(
+        ValueError, match="BreakerPolicy probe_timeout must be > 0 and finite, got 0"
+    ):
+        BreakerPolicy(probe_timeout=0)
+    with pytest.raises(ValueError, match="BreakerPolicy probe_timeout must be > 0 and finite"):
+        BreakerPolicy(probe_timeout=float("nan"))
+    with pytest.raises(TypeError, match="BreakerPolicy probe_timeout must be a number, got '1'"):
+        BreakerPolicy(probe_timeout="1")  # type: ignore[arg-type]
+    assert BreakerPolicy().probe_timeout == 30.0
