@@ -441,8 +441,17 @@ class PostgresPool:
         self._lent[key] = lent + 1
         if lent >= self.settings.max_size:
             record("pool_waits", 1.0, name=self.name)
-        # Armed for every acquire, whoever holds the connections (a caller of pool() too).
-        # asyncio.timeout rather than acquire(timeout=), which costs a task per call.
+        try:
+            if pool.get_idle_size():
+                # An idle connection is taken without waiting (asyncio is single-threaded
+                # until the acquire's first suspension), so the timer is not needed.
+                idle: asyncpg.Connection = await pool.acquire()
+                return idle
+        except BaseException:
+            self._unlend(key)
+            raise
+        # Otherwise the wait is bounded whoever holds the connections (a caller of pool()
+        # too). asyncio.timeout rather than acquire(timeout=), which costs a task per call.
         deadline = asyncio.timeout(self.settings.acquire_timeout)
         try:
             async with deadline:

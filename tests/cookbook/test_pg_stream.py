@@ -256,8 +256,8 @@ async def test_stream_batches_alone(db: PostgresPool) -> None:
 async def test_stream_batches_never_sends_a_zero_statement_timeout(db: PostgresPool) -> None:
     query = "SELECT current_setting('statement_timeout') AS limit_now"
     async with db.connection() as conn:
-        batches = [rows async for rows in stream_batches(conn, query, statement_timeout=0.0015)]
-        assert batches[0][0]["limit_now"] == "2ms"  # rounded up, not down
+        batches = [rows async for rows in stream_batches(conn, query, statement_timeout=1.0025)]
+        assert batches[0][0]["limit_now"] == "1003ms"  # rounded up, never down to 0
         with pytest.raises(ValueError, match=r"statement_timeout must be >= 0\.001 seconds"):
             async for _ in stream_batches(conn, query, statement_timeout=0.0004):
                 pass  # pragma: no cover - refused before the first batch
