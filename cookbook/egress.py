@@ -17,7 +17,7 @@ with a policy (``HttpSettings(egress=...)``) enforces it on every request, in th
 - **At connect time**, on the resolved addresses: the connector's resolver is wrapped
   (``GuardedResolver``), so the addresses checked are the addresses connected to, and a name
   answering a public address once and a private one later (DNS rebinding) is refused.
-- **On every redirect hop** (an aiohttp client middleware sees each hop before it connects),
+- **On every redirect hop** (``HttpClient``'s session middleware sees each hop before it connects),
   with a cap on hops in ``HttpClient``; credentials (``Authorization``, ``Cookie``,
   ``Proxy-Authorization``, API-key headers) are never sent to another origin, and a guarded
   session keeps no cookie jar (a cookie ignores ports, so a jar would share it across origins).
@@ -45,12 +45,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
@@ -383,20 +382,6 @@ class EgressPolicy:
                     f"http://{host}:{port}/",
                     f"{host} resolved to {text}, in a blocked network ({refusal})",
                 )
-
-    def middleware(
-        self,
-    ) -> Callable[[ClientRequest, ClientHandlerType], Awaitable[ClientResponse]]:
-        """An aiohttp client middleware checking every request and redirect hop."""
-
-        async def egress(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-            self.check_url(request.url)
-            try:
-                return await handler(request)
-            except EgressBlockedError as exc:  # from the resolver: name the whole URL
-                raise EgressBlockedError(request.url, exc.rule) from None
-
-        return egress
 
 
 class GuardedResolver(AbstractResolver):

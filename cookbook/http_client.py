@@ -262,10 +262,8 @@ def _origin(url: URL) -> tuple[str, str | None, int | None]:
     return (url.scheme, url.host, url.port)
 
 
-async def _credentials_stay_home(
-    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-) -> aiohttp.ClientResponse:
-    """Client middleware: a hop to another origin than the request's carries no credentials.
+def _drop_foreign_credentials(request: aiohttp.ClientRequest) -> None:
+    """A hop to another origin than the request's carries no credentials.
 
     Session default headers are merged into every hop, so they are removed here, per hop.
     """
@@ -273,7 +271,30 @@ async def _credentials_stay_home(
     if home is not None and _origin(request.url) != home:
         for name in [k for k in request.headers if is_credential_header(k)]:
             del request.headers[name]
+
+
+async def _credentials_stay_home(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """Client middleware of a session without an egress policy."""
+    _drop_foreign_credentials(request)
     return await handler(request)
+
+
+def _guard(policy: EgressPolicy) -> aiohttp.ClientMiddlewareType:
+    """Client middleware of a guarded session: each hop is checked before it connects."""
+
+    async def guard(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        policy.check_url(request.url)
+        _drop_foreign_credentials(request)
+        try:
+            return await handler(request)
+        except EgressBlockedError as exc:  # from the resolver, which knows only the host
+            raise EgressBlockedError(request.url, exc.rule) from None
+
+    return guard
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -376,11 +397,11 @@ class HttpClient:
         settings = self.settings
         policy = settings.egress
         resolver = settings.resolver() if settings.resolver is not None else None
-        middlewares: list[Any] = [_credentials_stay_home]
+        middleware: aiohttp.ClientMiddlewareType = _credentials_stay_home
         if policy is not None:
             # Checked at connect time, on the very addresses connected to (DNS rebinding).
             resolver = GuardedResolver(policy, resolver or aiohttp.DefaultResolver())
-            middlewares.insert(0, policy.middleware())
+            middleware = _guard(policy)
         connector = aiohttp.TCPConnector(
             limit=settings.limit, limit_per_host=settings.limit_per_host, resolver=resolver
         )
@@ -388,7 +409,7 @@ class HttpClient:
             # For direct users of session(): aiohttp joins relative URLs to it (RFC 3986).
             base_url=self._prefix,
             connector=connector,
-            middlewares=tuple(middlewares),
+            middlewares=(middleware,),
             # A jar would send a host's cookies to its other ports (cookies ignore ports).
             cookie_jar=aiohttp.DummyCookieJar() if policy is not None else None,
             # sock_connect, not connect: aiohttp arms a connect timer on every request,
