@@ -25,15 +25,24 @@ from act_operator_lib._internal.scaffold import create_project
 __all__ = ["run_demo"]
 
 DEMO_NAME = "demo-agent"
+NEXT_STEP_NAME = "my-agent"
 
 
 def run_demo(path: Path | None = None) -> None:
     """Generate the demo project at ``path`` (or a temporary directory) and stream its graph."""
     if path is not None:
         _generate_and_stream(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="act-operator-demo-") as parent:
-        _generate_and_stream(Path(parent) / DEMO_NAME)
+        print(f"\nThe demo project stays in {path.absolute()}: read it, change it, run its tests.")
+    else:
+        with tempfile.TemporaryDirectory(prefix="act-operator-demo-") as parent:
+            _generate_and_stream(Path(parent) / DEMO_NAME)
+        print(
+            f"\nRemoved the temporary folder {parent}"
+            " (keep the project with `act-operator demo --path ./demo`)."
+        )
+    print(
+        f"Next: act-operator new {NEXT_STEP_NAME}   # your own project, tests passing", flush=True
+    )
 
 
 def _generate_and_stream(target: Path) -> None:

@@ -6,6 +6,7 @@ tests that change a project work on a copy (``project_copy``).
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -111,3 +112,12 @@ def snapshot(directory: Path) -> dict[str, bytes]:
         for path in sorted(directory.rglob("*"))
         if path.is_file() and "__pycache__" not in path.parts
     }
+
+
+def count_tests(project: Path) -> int:
+    """How many test functions a project's tests/ defines: what its pytest run must pass."""
+    return sum(
+        isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test")
+        for path in (project / "tests").rglob("test_*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+    )

@@ -9,10 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from act_operator_lib.cli import app
-from tests.cli.conftest import BIN, run, snapshot
+from tests.cli.conftest import BIN, count_tests, run, snapshot
 
 
-def test_added_sync_and_async_nodes_pass_their_tests(runner: CliRunner, project_copy: Path) -> None:
+def test_added_sync_and_async_nodes_pass_their_tests(
+    runner: CliRunner, project_copy: Path, generated_project: Path
+) -> None:
     sync = runner.invoke(app, ["add", "node", "check-facts", "--path", str(project_copy)])
     # From a directory inside the project, as a user in src/ would run it.
     inside = project_copy / "src" / "my_agent"
@@ -29,7 +31,8 @@ def test_added_sync_and_async_nodes_pass_their_tests(runner: CliRunner, project_
     assert "async def execute(" in summarise
     assert (project_copy / "tests/unit_tests/test_summarise.py").is_file()
     output = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project_copy)
-    assert "9 passed" in output
+    assert f"{count_tests(project_copy)} passed" in output
+    assert count_tests(project_copy) > count_tests(generated_project)
     run(BIN / "ruff", "check", "--no-cache", ".", cwd=project_copy)
     run(BIN / "ruff", "format", "--check", "--no-cache", ".", cwd=project_copy)
 

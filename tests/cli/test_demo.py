@@ -50,6 +50,10 @@ def test_demo_console_script_streams_tokens_and_updates() -> None:
         ["StreamAnswer", "1", "0"],
     ]
     assert _demo_dirs() == before  # the temporary project is gone
+    removed = next(line for line in lines if line.startswith("Removed the temporary folder"))
+    assert "act-operator-demo-" in removed
+    assert not Path(removed.split()[4]).exists()
+    assert lines[-1].startswith("Next: act-operator new my-agent")
 
 
 def test_demo_keeps_the_project_at_path(runner: CliRunner, tmp_path: Path) -> None:
@@ -62,6 +66,9 @@ def test_demo_keeps_the_project_at_path(runner: CliRunner, tmp_path: Path) -> No
     assert (target / "src" / "demo_agent" / "graph.py").is_file()
     assert (target / "tests" / "integration_tests" / "test_graph.py").is_file()
     assert "demo_agent" not in sys.modules  # imported for the run only
+    assert f"The demo project stays in {target}" in result.stdout
+    assert "Removed" not in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("Next: act-operator new my-agent")
 
 
 def test_demo_refuses_a_non_empty_path(runner: CliRunner, tmp_path: Path) -> None:

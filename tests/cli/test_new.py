@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml  # type: ignore[import-untyped]
 from act_operator_lib.templates import __file__ as templates_init
 from typer.testing import CliRunner
 
 from act_operator_lib.cli import app
-from tests.cli.conftest import ACT_OPERATOR, BIN, REPO, run, snapshot
+from tests.cli.conftest import ACT_OPERATOR, BIN, REPO, count_tests, run, snapshot
 
 TEMPLATE = Path(templates_init).parent / "project"
 
@@ -34,9 +35,17 @@ def test_generated_project_has_the_canonical_layout(generated_project: Path) -> 
         "src/my_agent/graph.py",
         "tests/unit_tests/test_nodes.py",
         "tests/integration_tests/test_graph.py",
+        "src/my_agent/review.py",
+        "tests/integration_tests/test_review.py",
+        ".env.example",
+        ".github/workflows/ci.yml",
     } <= files
     config = json.loads((generated_project / "langgraph.json").read_text())
-    assert config["graphs"] == {"my_agent": "./src/my_agent/graph.py:graph"}
+    assert config["graphs"] == {
+        "my_agent": "./src/my_agent/graph.py:graph",
+        "my_agent_reviewed": "./src/my_agent/graph.py:reviewed_graph",
+    }
+    assert config["env"] == ".env"
     pyproject = (generated_project / "pyproject.toml").read_text()
     assert '"act-operator-lib>=' in pyproject
     assert '"ASYNC"' in pyproject
@@ -67,7 +76,46 @@ def test_installed_project_passes_its_own_tests(
         project_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=generated_project
     )
 
-    assert "5 passed" in output
+    assert f"{count_tests(generated_project)} passed" in output
+    assert "test_review.py" in run(
+        project_python,
+        "-m",
+        "pytest",
+        "--co",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        cwd=generated_project,
+    )
+
+
+def test_env_example_lists_keys_and_env_stays_out_of_git(project_copy: Path) -> None:
+    example = (project_copy / ".env.example").read_text()
+
+    assert "OPENAI_API_KEY=" in example
+    assert "LANGSMITH_API_KEY=" in example
+    (project_copy / ".env").write_text("OPENAI_API_KEY=sk-secret\n")
+
+    assert run("git", "check-ignore", ".env", cwd=project_copy).strip() == ".env"
+    assert run("git", "status", "--porcelain", cwd=project_copy) == ""
+
+
+def test_ci_workflow_runs_the_projects_lint_and_tests(generated_project: Path) -> None:
+    workflow = yaml.safe_load((generated_project / ".github/workflows/ci.yml").read_text())
+
+    # YAML reads the bare key `on` as True.
+    triggers = workflow.get("on", workflow.get(True))
+    assert set(triggers) == {"push", "pull_request"}
+    [job] = workflow["jobs"].values()
+    uses = [step["uses"].split("@")[0] for step in job["steps"] if "uses" in step]
+    assert uses == ["actions/checkout", "actions/setup-python"]
+    commands = [step["run"] for step in job["steps"] if "run" in step]
+    assert commands == ['pip install -e ".[dev]"', "make lint", "make test"]
+    # Run what CI runs after installing (this venv already has the dev tools).
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for command in commands[1:]:
+        output = run("bash", "-c", command, cwd=generated_project, env=env)
+    assert f"{count_tests(generated_project)} passed" in output
 
 
 def test_generated_project_is_ruff_clean_with_its_own_config(generated_project: Path) -> None:
