@@ -96,7 +96,7 @@ def _refusals() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-@app.command()
+@app.command(short_help="Generate a LangGraph project.")
 def new(
     name: Annotated[
         str, typer.Argument(metavar="NAME", help="Project name, e.g. my-agent (package my_agent).")
@@ -126,11 +126,11 @@ def new(
         )
     typer.echo(
         f"Next:\n  cd {project.root}\n  pip install -e '.[dev]'\n  python -m pytest\n"
-        "  langgraph dev"
+        "  cp .env.example .env   # API keys, once a node needs one\n  langgraph dev"
     )
 
 
-@add_app.command("node")
+@add_app.command("node", short_help="Add a node class and its test.")
 def add_node(
     name: Annotated[
         str, typer.Argument(metavar="NAME", help="Node name, e.g. Summarise or summarise-text.")
@@ -152,7 +152,7 @@ def add_node(
     typer.echo(f"Add it to the graph in graph.py: builder.add_node({class_name}())")
 
 
-@app.command()
+@app.command(short_help="Merge a newer project template in.")
 def update(path: ProjectPath = Path(".")) -> None:
     """Merge this act-operator-lib's project template into the project (commit first).
 
@@ -176,7 +176,7 @@ def update(path: ProjectPath = Path(".")) -> None:
     )
 
 
-@cookbook_app.command("list")
+@cookbook_app.command("list", short_help="List the recipes and their extras.")
 def cookbook_list() -> None:
     """List the recipes, each with its one-line description and the extras it needs."""
     from act_operator_lib._internal.cookbook_index import find_recipes, needed_extras
@@ -190,7 +190,7 @@ def cookbook_list() -> None:
             typer.echo(f"{name:<{width}}  {recipe.summary}{needs}")
 
 
-@cookbook_app.command("show")
+@cookbook_app.command("show", short_help="Print a recipe's source.")
 def cookbook_show(
     recipe: Annotated[str, typer.Argument(metavar="RECIPE", help="A recipe name.")],
 ) -> None:
@@ -203,7 +203,7 @@ def cookbook_show(
         typer.echo(recipes[recipe].path.read_text(encoding="utf-8"), nl=False)
 
 
-@cookbook_app.command("add")
+@cookbook_app.command("add", short_help="Copy recipes into the project.")
 def cookbook_add(
     recipes: Annotated[list[str], typer.Argument(metavar="RECIPE", help="Recipe names.")],
     path: ProjectPath = Path("."),
@@ -240,7 +240,7 @@ def cookbook_add(
     typer.echo(f"Install them here: pip install -e . (or pip install '{extras}')")
 
 
-@app.command()
+@app.command(short_help="Scaffold a demo project and stream it.")
 def demo(
     path: Annotated[
         Path | None,

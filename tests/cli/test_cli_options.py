@@ -53,3 +53,15 @@ def test_version_from_the_console_script() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"act-operator {act_operator_lib.__version__} (act-operator-lib)\n"
+
+
+@pytest.mark.parametrize(
+    "group", [[], ["add"], ["cookbook"]], ids=["act-operator", "add", "cookbook"]
+)
+def test_command_lists_show_whole_summaries(runner: CliRunner, group: list[str]) -> None:
+    help_text = runner.invoke(app, [*group, "-h"]).stdout
+    listed = help_text.split("Commands:\n")[1].splitlines()
+
+    assert listed
+    for line in listed:
+        assert not line.rstrip().endswith("..."), line
