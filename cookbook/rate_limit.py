@@ -13,7 +13,10 @@ synchronous callers (a chat model's ``invoke`` as well as its ``ainvoke``) all d
 it. Waiters are served strictly in arrival order, whatever loop or thread they wait in; the
 limiter never sleeps or awaits while holding its lock; a waiter cancelled while queued takes
 no token. After an event-loop stall it releases at most ``capacity`` tokens at once and then
-goes on at the rate: overdue grants are not made up in a burst.
+goes on at the rate: overdue grants are not made up in a burst. A grant a busy loop serves a
+little late (by up to half a token's time, 5 ms at most) is dated back to when it was due, so
+ordinary timer jitter does not lower the long-run rate; time lost beyond that is not made up
+(``benchmarks/_control_rate.py`` shows how much, next to aiolimiter, on a loaded machine).
 (Until this version each event loop, and synchronous callers, had a bucket of their own, so
 every ``asyncio.run`` started with a full bucket; and a stall was made up at once.)
 
