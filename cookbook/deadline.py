@@ -26,10 +26,11 @@ Where a deadline comes from (``current_deadline()``); when several apply, the ea
 A graph invoked inside a node (``subgraph.ainvoke(...)``, sync or async) is a run of its
 own: if its invoke sets a budget, it gets that budget, which never replaces the caller's
 and is clamped by it. One that sets none inherits the caller's; a compiled graph added as
-a node shares its parent's. A caller's ``deadline_seconds`` that none of its nodes has read
-yet is not known inside the nested run, so it cannot clamp it (the caller's budget then
-counts from the nested run's start); call ``remaining()`` before the nested invoke to be
-sure it is clamped.
+a node shares its parent's. A caller's deadline that none of its nodes has read yet, and
+that the nested invoke replaced (its own ``context``, or the same ``configurable`` key), is
+not known inside the nested run, so it cannot clamp it (a caller's ``deadline_seconds``
+then counts from the nested run's start); call ``remaining()`` before the nested invoke to
+be sure it is clamped.
 Runs are told apart by LangGraph's ``RunControl`` (the same object for a run and every
 graph invoked inside it) together with the run's checkpoint namespace (distinct for every
 nested invoke, numbered when a node invokes a graph more than once).
