@@ -21,9 +21,11 @@ lone caller waits at most ``max_delay``. Semantics:
   batch, and the next batch tries again (failures are not remembered);
 - cancelling one caller never cancels a batch others wait on: a key nobody waits for any
   more leaves the open batch, and a sent batch whose callers have all gone is cancelled;
-- at most ``max_in_flight`` batches run at once; while they all run, the open batch keeps
-  filling up to ``max_batch`` and further callers wait for room (backpressure: memory is
-  bounded by ``(max_in_flight + 1) * max_batch`` keys, never an unbounded queue).
+- at most ``max_in_flight`` batches run at once: a burst never opens a request per batch
+  to the dependency. While they all run, the open batch keeps filling up to ``max_batch``
+  (batches grow under load) and full batches wait their turn in order. Every waiting key
+  has a caller awaiting it, so what waits is bounded by the callers themselves: nothing
+  is queued that nobody waits for (``load`` is not fire-and-forget).
 
 Compared with aiodataloader (one batch per event-loop tick, no delay window, every batch
 sent at once), callers that arrive a few ticks apart, as independent graph runs do, still
@@ -105,15 +107,15 @@ class _Batch:
 
 
 class _Window:
-    """A loader's state on one event loop: the open batch, batches running, callers
-    waiting for room. Batches never mix callers of different loops."""
+    """A loader's state on one event loop: the open batch, full batches waiting for a
+    slot, batches running. Batches never mix callers of different loops."""
 
-    __slots__ = ("open", "room", "running")
+    __slots__ = ("open", "ready", "running")
 
     def __init__(self) -> None:
         self.open: _Batch | None = None
+        self.ready: deque[_Batch] = deque()  # full, waiting for one of max_in_flight
         self.running: set[_Batch] = set()
-        self.room: deque[asyncio.Future[None]] = deque()
 
 
 class BatchLoader(Generic[K, V]):
@@ -128,7 +130,7 @@ class BatchLoader(Generic[K, V]):
     the caller that opened the batch.
     """
 
-    __slots__ = ("__weakref__", "_recent", "_windows", "batch_fn", "name", "policy")
+    __slots__ = ("__weakref__", "_delay", "_recent", "_windows", "batch_fn", "name", "policy")
 
     def __init__(
         self,
@@ -155,6 +157,9 @@ class BatchLoader(Generic[K, V]):
         self._windows: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Window] = (
             weakref.WeakKeyDictionary()
         )
+        # Event-loop timers fire up to a millisecond late (epoll's resolution): aim that
+        # much early so that a lone caller's wait stays within max_delay.
+        self._delay = max(0.0, policy.max_delay - 0.001)
         # The last loop used and its window: skips the dictionary on the common path.
         self._recent: tuple[asyncio.AbstractEventLoop, _Window] | None = None
 
@@ -179,7 +184,7 @@ class BatchLoader(Generic[K, V]):
     async def load(self, key: K) -> V:
         """The value ``batch_fn`` gives for ``key``, loaded in a batch with other callers'."""
         window = self._window()
-        batch, future = self._join(window, key) or await self._join_when_room(window, key)
+        batch, future = self._join(window, key)
         try:
             value: V = await future
         except asyncio.CancelledError:
@@ -194,7 +199,7 @@ class BatchLoader(Generic[K, V]):
         joined: list[tuple[_Batch, K, asyncio.Future[Any]]] = []
         try:
             for key in keys:
-                batch, future = self._join(window, key) or await self._join_when_room(window, key)
+                batch, future = self._join(window, key)
                 joined.append((batch, key, future))
             results: list[V] = []
             failure: BaseException | None = None
@@ -213,20 +218,15 @@ class BatchLoader(Generic[K, V]):
 
     # -- joining and leaving a batch (no await between a check and its update) --------
 
-    def _join(self, window: _Window, key: K) -> tuple[_Batch, asyncio.Future[Any]] | None:
-        """Add a caller for ``key`` to the open batch; ``None`` when it is full and no
-        batch can be sent (the caller must wait for room)."""
+    def _join(self, window: _Window, key: K) -> tuple[_Batch, asyncio.Future[Any]]:
+        """Add a caller for ``key`` to the open batch (opening one if needed)."""
         loop = asyncio.get_running_loop()
         batch = window.open
         if batch is None:
-            if window.room:  # callers already wait for room: no overtaking them
-                return None
             batch = window.open = _Batch(loop.time())
-            batch.timer = loop.call_later(self.policy.max_delay, self._on_due, window, batch)
+            batch.timer = loop.call_at(batch.opened + self._delay, self._on_due, window, batch)
         slots = batch.slots.get(key)
         if slots is None:
-            if len(batch.slots) >= self.policy.max_batch:
-                return None
             slots = batch.slots[key] = []
         else:
             record("batch_joins", name=self.name)  # a duplicate key: loaded once
@@ -234,35 +234,8 @@ class BatchLoader(Generic[K, V]):
         slots.append(future)
         batch.callers += 1
         if len(batch.slots) >= self.policy.max_batch:
-            self._send(window, batch, "full")
+            self._seal(window, batch, "full")
         return batch, future
-
-    async def _join_when_room(self, window: _Window, key: K) -> tuple[_Batch, asyncio.Future[Any]]:
-        record("batch_room_waits", name=self.name)
-        loop = asyncio.get_running_loop()
-        while True:
-            waiter: asyncio.Future[None] = loop.create_future()
-            window.room.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter in window.room:
-                    window.room.remove(waiter)
-                elif not waiter.cancelled():
-                    self._make_room(window)  # woken just now: hand the wake-up on
-                raise
-            joined = self._join_woken(window, key)
-            if joined is not None:
-                return joined
-
-    def _join_woken(self, window: _Window, key: K) -> tuple[_Batch, asyncio.Future[Any]] | None:
-        # A woken caller goes first, even if others are still queued behind it.
-        queued, window.room = window.room, deque()
-        try:
-            return self._join(window, key)
-        finally:
-            queued.extend(window.room)
-            window.room = queued
 
     async def _leave(
         self, window: _Window, batch: _Batch, key: K, future: asyncio.Future[Any]
@@ -274,18 +247,19 @@ class BatchLoader(Generic[K, V]):
             return
         future.cancel()
         batch.callers -= 1
-        if batch.task is None:  # not sent yet
+        if batch.task is None:  # not sent yet: the key goes if nobody else wants it
             slots = batch.slots.get(key)
             if slots is not None and future in slots:
                 slots.remove(future)
                 if not slots:
                     del batch.slots[key]
-                    if not batch.slots and window.open is batch:
+                if not batch.slots:
+                    if window.open is batch:
                         window.open = None
-                        if batch.timer is not None:
-                            batch.timer.cancel()
-                    self._make_room(window)
-            return
+                    if batch.timer is not None:
+                        batch.timer.cancel()
+                        batch.timer = None
+            return  # an empty batch waiting in `ready` is skipped when its turn comes
         task = batch.task
         if batch.callers == 0 and not task.done():
             # The last caller is leaving: stop the call and wait for it, so nothing runs on
@@ -298,17 +272,23 @@ class BatchLoader(Generic[K, V]):
     def _on_due(self, window: _Window, batch: _Batch) -> None:
         batch.timer = None
         batch.due = True
-        if window.open is batch:
-            self._send(window, batch, "delay")
+        if window.open is batch and len(window.running) < self.policy.max_in_flight:
+            window.open = None
+            self._start(window, batch, "delay")
+        # Otherwise every slot is busy: it keeps filling and goes when one frees.
 
-    def _send(self, window: _Window, batch: _Batch, trigger: str) -> None:
-        """Start ``batch`` if fewer than ``max_in_flight`` run; else it waits (and fills)."""
-        if len(window.running) >= self.policy.max_in_flight:
-            return  # sent when a running batch ends (see _finished)
+    def _seal(self, window: _Window, batch: _Batch, trigger: str) -> None:
+        """``batch`` takes no more keys: start it, or queue it behind the running ones."""
         window.open = None
         if batch.timer is not None:
             batch.timer.cancel()
             batch.timer = None
+        if len(window.running) < self.policy.max_in_flight and not window.ready:
+            self._start(window, batch, trigger)
+        else:
+            window.ready.append(batch)
+
+    def _start(self, window: _Window, batch: _Batch, trigger: str) -> None:
         window.running.add(batch)
         loop = asyncio.get_running_loop()
         record("batch_in_flight", 1, name=self.name)
@@ -316,20 +296,6 @@ class BatchLoader(Generic[K, V]):
         record("batch_keys", len(batch.slots), name=self.name)
         record("batch_fill_seconds", loop.time() - batch.opened, name=self.name)
         batch.task = loop.create_task(self._run(window, batch))
-        self._make_room(window)
-
-    def _make_room(self, window: _Window) -> None:
-        """Wake callers waiting for room, as many as the open batch can take."""
-        room = window.room
-        if not room:
-            return
-        batch = window.open
-        free = self.policy.max_batch - (0 if batch is None else len(batch.slots))
-        while room and free > 0:
-            waiter = room.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                free -= 1
 
     async def _run(self, window: _Window, batch: _Batch) -> None:
         keys: list[Any] = list(batch.slots)
@@ -392,11 +358,18 @@ class BatchLoader(Generic[K, V]):
     def _finished(self, window: _Window, batch: _Batch) -> None:
         window.running.discard(batch)
         record("batch_in_flight", -1, name=self.name)
-        waiting = window.open
-        if waiting is not None and (waiting.due or len(waiting.slots) >= self.policy.max_batch):
-            self._send(window, waiting, "delay" if waiting.due else "full")
-        else:
-            self._make_room(window)
+        while window.ready and len(window.running) < self.policy.max_in_flight:
+            waiting = window.ready.popleft()
+            if waiting.slots:  # its callers may all have left meanwhile
+                self._start(window, waiting, "full")
+        collecting = window.open
+        if (
+            collecting is not None
+            and collecting.due
+            and len(window.running) < self.policy.max_in_flight
+        ):
+            window.open = None
+            self._start(window, collecting, "delay")
 
 
 class BatchLookupNode(AsyncBaseNode):

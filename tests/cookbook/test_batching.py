@@ -208,7 +208,7 @@ async def test_a_lone_caller_is_sent_after_the_delay() -> None:
     assert users.batches == [[9]]
     assert snapshot.value("batch_calls", name="lone", trigger="delay") == 1
     fill = next(s for s in snapshot.series if s.metric == "batch_fill_seconds")
-    assert fill.value >= 0.019  # it waited for the window, not longer than needed to matter
+    assert fill.value >= 0.015  # it waited for the window (aimed a timer tick early)
 
 
 async def test_cancelling_one_caller_never_cancels_the_batch_others_wait_on() -> None:
@@ -266,7 +266,7 @@ async def test_a_key_whose_callers_left_before_sending_is_not_loaded() -> None:
     assert users.batches == [[2]]
 
 
-async def test_batches_in_flight_are_bounded_and_callers_wait_for_room() -> None:
+async def test_batches_in_flight_are_bounded_and_full_batches_wait_their_turn() -> None:
     users = Users(delay=0.01)
     users.gate = asyncio.Event()
     loader = BatchLoader(users, BatchPolicy(max_batch=4, max_delay=0.005, max_in_flight=2))
@@ -274,7 +274,7 @@ async def test_batches_in_flight_are_bounded_and_callers_wait_for_room() -> None
 
     runs = [asyncio.create_task(graph.ainvoke({"key": i})) for i in range(40)]
     await asyncio.sleep(0.2)
-    # Two batches run (held), one more fills up and waits: the rest of the callers wait too.
+    # Two batches run (held); the others fill up and wait for a slot, in order.
     assert len(users.batches) == 2
     assert users.running == 2
     users.gate.set()
@@ -286,14 +286,14 @@ async def test_batches_in_flight_are_bounded_and_callers_wait_for_room() -> None
     assert sorted(k for b in users.batches for k in b) == list(range(40))
 
 
-async def test_a_caller_waiting_for_room_can_be_cancelled() -> None:
+async def test_a_queued_batch_whose_callers_left_is_never_sent() -> None:
     users = Users(delay=0)
     users.gate = asyncio.Event()
     loader = BatchLoader(users, BatchPolicy(max_batch=1, max_delay=0, max_in_flight=1))
 
     first = asyncio.create_task(loader.load(1))  # sent, held at the gate
-    second = asyncio.create_task(loader.load(2))  # fills the next batch, which waits
-    third = asyncio.create_task(loader.load(3))  # no room: waits for it
+    second = asyncio.create_task(loader.load(2))  # a full batch, waiting for the slot
+    third = asyncio.create_task(loader.load(3))  # another, behind it
     await asyncio.sleep(0.05)
     third.cancel()
     with pytest.raises(asyncio.CancelledError):
