@@ -8,10 +8,24 @@
 
 ``limit`` worker tasks pull items from one shared iterator, so 100 000 items never mean
 100 000 pending tasks, and a generator is consumed lazily. Each item gets at most
-``item_timeout`` seconds, shortened to the run's deadline (see ``deadline.py``).
+``item_timeout`` seconds, shortened to the run's deadline (see ``deadline.py``); at the
+deadline no further item is taken.
+
 Failure policies: ``"fail_fast"`` cancels everything still running on the first error and
-raises (``asyncio.TaskGroup`` semantics: an ``ExceptionGroup``; catch with ``except*``);
-``"collect"`` finishes every item and reports the failures next to the partial results.
+raises that item's own exception, with a note naming the item (and one per other item that
+raised while being stopped), so the node fails as a plain node doing the same work would:
+a node ``RetryPolicy`` reads it as it is (``retry_on=ConnectionError`` matches an item's
+``ConnectionError``; the default ``default_retry_on`` does not retry a ``ValueError``), and
+so do error handlers. (Changed: it used to raise an ``ExceptionGroup``, which LangGraph's
+default retries whatever it holds.) ``"collect"`` finishes every item and reports the
+failures next to the partial results.
+
+LangGraph's control flow is never an item failure, under either policy: an ``interrupt()``
+inside an item (``GraphInterrupt``) or a ``ParentCommand`` stops the other items and
+passes through as it is, so the run pauses; resuming it runs the node again, and the
+``interrupt()`` call then returns the answer. Give each item that may interrupt a node of
+its own (``Send``) when several items must ask at once: within one node, concurrent
+``interrupt()`` calls are matched to answers in the order they happen to run.
 
 When to use LangGraph's native ``Send`` + ``max_concurrency`` instead: when each item is
 real graph work that deserves its own task: its own node, retry policy, checkpointed
@@ -24,11 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.control import CONTROL_FLOW, is_control_flow
 from act_operator_lib.metrics import record
 
 from .deadline import current_deadline
@@ -68,7 +83,7 @@ class FanoutPolicy:
 class ItemError(NamedTuple):
     """One item's failure under ``on_error="collect"``."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index(); the name is public API
     """Position of the item in the input."""
     error: Exception
     """What it raised (``TimeoutError`` for a timeout or the deadline)."""
@@ -97,8 +112,10 @@ async def bounded_map(
 
     outcome = await bounded_map(fetch, urls, FanoutPolicy(limit=20))
 
-    ``deadline`` defaults to ``current_deadline()``; items not started by then fail with
-    ``TimeoutError`` without being called. Cancelling the caller cancels every item.
+    ``deadline`` defaults to ``current_deadline()``. Items in flight at the deadline time
+    out; the first item taken after it is not called and fails with ``TimeoutError``, and
+    no later item is taken (an endless generator is fine), so under ``"collect"``
+    ``results`` then ends with that item. Cancelling the caller cancels every item.
     """
     if deadline is None:
         deadline = current_deadline()
@@ -106,22 +123,44 @@ async def bounded_map(
     item_timeout = policy.item_timeout
     results: list[R | None] = []
     errors: list[ItemError] = []
+    # What stopped the fan-out, first first: fail_fast's errors, or LangGraph control flow.
+    stops: list[tuple[str, Exception]] = []
+    halted = False  # once set, no worker takes another item
     # One iterator shared by the workers: next() never awaits, so each item is taken once.
     pending: Iterator[tuple[int, T]] = enumerate(items)
 
     async def work() -> None:
-        for index, item in pending:
-            results.append(None)
+        nonlocal halted
+        while not halted:
             try:
-                if item_timeout is None and deadline is None:
+                index, item = next(pending)
+            except StopIteration:
+                return
+            except Exception as exc:  # the iterable itself failed, as it would in a for loop
+                halted = True
+                stops.append(("the items iterable", exc))
+                raise
+            results.append(None)
+            timeout = item_timeout
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    halted = True
+                    record("timeouts", name="fanout")
+                    late = TimeoutError(
+                        f"deadline passed before fan-out item {index} started;"
+                        " no later item was taken"
+                    )
+                    if fail_fast:
+                        stops.append((f"fan-out item {index}", late))
+                        raise late
+                    errors.append(ItemError(index, late))
+                    return
+                timeout = left if timeout is None else min(timeout, left)
+            try:
+                if timeout is None:
                     results[index] = await fn(item)
                     continue
-                timeout = item_timeout
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(f"deadline passed before fan-out item {index} started")
-                    timeout = left if timeout is None else min(timeout, left)
                 limit = asyncio.timeout(timeout)
                 try:
                     async with limit:
@@ -133,22 +172,46 @@ async def bounded_map(
                     raise TimeoutError(
                         f"fan-out item {index} timed out after {timeout:.3g}s ({cause})"
                     ) from None
+            except CONTROL_FLOW as control:
+                # A pause (interrupt()) or a redirect of the run: it ends the node as it is.
+                halted = True
+                stops.append((f"fan-out item {index}", control))
+                raise
             except Exception as exc:
                 if isinstance(exc, TimeoutError):
                     record("timeouts", name="fanout")
                 if fail_fast:
+                    halted = True
                     exc.add_note(f"fan-out item {index} failed; the other items were cancelled")
+                    stops.append((f"fan-out item {index}", exc))
                     raise
                 errors.append(ItemError(index, exc))
 
     workers = policy.limit
-    if hasattr(items, "__len__"):
+    if isinstance(items, Sized):
         workers = max(1, min(workers, len(items)))
-    async with asyncio.TaskGroup() as group:
-        for _ in range(workers):
-            group.create_task(work())
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(workers):
+                group.create_task(work())
+    except BaseExceptionGroup:
+        if not stops:
+            raise
+    if stops:
+        # Raised as itself, outside the except block, so that LangGraph's RetryPolicy and
+        # error handlers see the item's exception as they would from a plain node.
+        raise _first_stop(stops)
     errors.sort()
     return FanoutResult(results, errors)
+
+
+def _first_stop(stops: list[tuple[str, Exception]]) -> Exception:
+    """The exception that stopped the fan-out first, with the later ones noted on it."""
+    first = stops[0][1]
+    if not is_control_flow(first):  # control flow passes through untouched
+        for where, other in stops[1:]:
+            first.add_note(f"{where} also raised {type(other).__name__}: {other}")
+    return first
 
 
 class FanoutNode(AsyncBaseNode):
@@ -158,6 +221,8 @@ class FanoutNode(AsyncBaseNode):
 
     Writes ``{output_key: results}``; under ``on_error="collect"`` also
     ``{errors_key: [{"index": i, "error": "ExcType: message"}, ...]}`` (serialisable).
+    Under ``"fail_fast"`` the node raises the failed item's own exception, for the node's
+    ``RetryPolicy`` and error handler to read; an ``interrupt()`` in an item pauses the run.
     """
 
     def __init__(

@@ -176,7 +176,7 @@ async def test_an_interrupt_in_a_fan_out_item_pauses_the_run(on_error: Any) -> N
             return f"item 2 {interrupt('review item 2?')}"
         try:
             # Bounded, so a fan-out that does not stop at the pause still ends.
-            await asyncio.wait_for(gate.wait(), 10) if n == 4 else asyncio.sleep(0)
+            await (asyncio.wait_for(gate.wait(), 10) if n == 4 else asyncio.sleep(0))
         except asyncio.CancelledError:
             cancelled.append(n)
             raise

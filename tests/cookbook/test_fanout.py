@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from typing import Any, TypedDict
 
@@ -12,6 +13,7 @@ from act_operator_lib.cookbook.deadline import with_deadline
 from act_operator_lib.cookbook.fanout import FanoutNode, FanoutPolicy, ItemError, bounded_map
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import RetryPolicy
 
 from tests.helpers import run_example
 
@@ -146,11 +148,9 @@ async def test_fail_fast_cancels_the_rest_and_leaks_no_task() -> None:
 
     graph = fanout_graph(work, FanoutPolicy(limit=5))
     before = asyncio.all_tasks()
-    with pytest.raises(ExceptionGroup) as caught:
+    with pytest.raises(ValueError, match="item 3 is bad") as caught:  # the item's own error
         await graph.ainvoke({"items": list(range(50))})
-    assert caught.group_contains(ValueError, match="item 3 is bad")
-    error = caught.value.subgroup(ValueError).exceptions[0]  # type: ignore[union-attr]
-    assert "fan-out item 3 failed" in error.__notes__[0]
+    assert "fan-out item 3 failed" in caught.value.__notes__[0]
     assert sorted(tracker.cancelled) == [0, 1, 2, 4]
     assert tracker.started == [0, 1, 2, 3, 4]  # nothing started after the failure
     assert tracker.in_flight == 0
@@ -293,3 +293,125 @@ def test_the_recipe_example_runs() -> None:
     assert "first results: [0, 1, 4, 9, 16]" in out
     assert "item 13 timed out" in out
     assert "peak in flight 10" in out
+
+
+def counted_graph(
+    fn: Callable[[Any], Any], policy: FanoutPolicy, retry: RetryPolicy
+) -> tuple[CompiledStateGraph[Any], list[int]]:
+    """A FanoutNode under a node RetryPolicy, and the list its attempts are counted in."""
+    attempts: list[int] = []
+
+    async def counted(item: Any) -> Any:
+        if item == 0:
+            attempts.append(1)
+        return await fn(item)
+
+    builder = StateGraph(State)
+    builder.add_node(FanoutNode(counted, policy), retry_policy=retry)
+    builder.add_edge(START, "FanoutNode")
+    builder.add_edge("FanoutNode", END)
+    return builder.compile(), attempts
+
+
+async def test_a_node_retry_policy_reads_fail_fasts_error_like_a_plain_nodes() -> None:
+    async def parse(item: Any) -> int:
+        await asyncio.sleep(0)
+        return int(item)
+
+    # LangGraph's default_retry_on does not retry a ValueError: one attempt, as a plain node.
+    graph, attempts = counted_graph(
+        parse, FanoutPolicy(limit=2), RetryPolicy(initial_interval=0.01)
+    )
+    with pytest.raises(ValueError, match="invalid literal"):
+        await graph.ainvoke({"items": [0, 1, "x", 3]})
+    assert len(attempts) == 1
+
+    # retry_on=ConnectionError matches an item's ConnectionError: every attempt is made.
+    async def fetch(item: Any) -> int:
+        await asyncio.sleep(0)
+        if item == 2:
+            raise ConnectionError("mirror unreachable")
+        return int(item)
+
+    retry = RetryPolicy(
+        initial_interval=0.01, max_attempts=3, jitter=False, retry_on=ConnectionError
+    )
+    graph, attempts = counted_graph(fetch, FanoutPolicy(limit=2), retry)
+    with pytest.raises(ConnectionError, match="mirror unreachable"):
+        await graph.ainvoke({"items": [0, 1, 2, 3]})
+    assert len(attempts) == 3
+
+
+async def test_fail_fast_notes_the_other_items_that_failed_while_stopping() -> None:
+    started = asyncio.Event()
+    others = 0
+
+    async def work(n: int) -> int:
+        nonlocal others
+        if n == 1:
+            await started.wait()  # fail once items 0 and 2 are in flight
+            raise ValueError("item 1 is bad")
+        others += 1
+        if others == 2:
+            started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise OSError(f"item {n} could not clean up") from None
+        return n
+
+    with pytest.raises(ValueError, match="item 1 is bad") as caught:
+        await fanout_graph(work, FanoutPolicy(limit=3)).ainvoke({"items": [0, 1, 2]})
+    notes = caught.value.__notes__
+    assert notes[0] == "fan-out item 1 failed; the other items were cancelled"
+    assert "fan-out item 0 also raised OSError: item 0 could not clean up" in notes
+    assert "fan-out item 2 also raised OSError: item 2 could not clean up" in notes
+
+
+def endless(limit: int = 50_000) -> Any:
+    """Numbers for ever, or until ``limit`` were taken (a fan-out must stop long before)."""
+    for n in itertools.count():
+        if n == limit:
+            raise AssertionError("the fan-out kept taking items past its deadline")
+        yield n
+
+
+async def test_at_the_deadline_collect_stops_taking_items_and_returns() -> None:
+    async def work(n: int) -> int:
+        await asyncio.sleep(0.01)
+        return n
+
+    graph = fanout_graph(work, FanoutPolicy(limit=4, on_error="collect"))
+    out = await asyncio.wait_for(graph.ainvoke({"items": endless()}, with_deadline(0.3)), 30)
+    taken = len(out["results"])
+    assert out["results"][:8] == list(range(8))
+    assert taken < 1000
+    last = out["errors"][-1]
+    assert last == {
+        "index": taken - 1,
+        "error": f"TimeoutError: deadline passed before fan-out item {taken - 1} started;"
+        " no later item was taken",
+    }
+    assert len(out["errors"]) <= 5  # the 4 in flight at the deadline and the one not started
+
+
+async def test_at_the_deadline_fail_fast_raises_at_once() -> None:
+    async def work(n: int) -> int:
+        await asyncio.sleep(0.01)
+        return n
+
+    graph = fanout_graph(work, FanoutPolicy(limit=4))
+    with pytest.raises(TimeoutError, match="deadline"):
+        await asyncio.wait_for(graph.ainvoke({"items": endless()}, with_deadline(0.3)), 30)
+
+
+async def test_a_long_list_past_its_deadline_is_not_drained() -> None:
+    async def slow(n: int) -> int:
+        await asyncio.sleep(10)
+        return n
+
+    graph = fanout_graph(slow, FanoutPolicy(limit=8, on_error="collect"))
+    out = await graph.ainvoke({"items": list(range(100_000))}, with_deadline(0.1))
+    assert len(out["results"]) == 9  # 8 cut off at the deadline, the 9th never started
+    assert len(out["errors"]) == 9
+    assert "(deadline)" in out["errors"][0]["error"]
