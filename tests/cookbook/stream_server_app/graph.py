@@ -8,6 +8,7 @@ pipeline node then streams each word of the answer through its bounded queue, wi
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypedDict
 
+from act_operator_lib.cookbook.egress import EgressPolicy
 from act_operator_lib.cookbook.http_client import HttpClient, HttpSettings
 from act_operator_lib.cookbook.http_stream import HttpStreamNode, HttpStreamPolicy
 from act_operator_lib.cookbook.llm_stream import LLMStreamNode, fake_chat_model
@@ -52,8 +53,12 @@ class HttpState(TypedDict, total=False):
     stream: dict[str, Any]
 
 
-# One pooled session per event loop: the server's runs share it.
-http = HttpClient(HttpSettings(timeout=10), name="served-stream")
+# One pooled session per event loop: the server's runs share it. URLs come from state, so
+# the client may reach only the local test server (loopback is refused unless allowed).
+http = HttpClient(
+    HttpSettings(timeout=10, egress=EgressPolicy(allow=(), allow_internal=("127.0.0.1",))),
+    name="served-stream",
+)
 http_builder = StateGraph(HttpState)
 http_builder.add_node(
     HttpStreamNode(http, HttpStreamPolicy(format="sse", idle_timeout=5), name="events"),
