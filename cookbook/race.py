@@ -10,8 +10,22 @@ only when the running ones have been slower than ``delay`` (or have all failed),
 cuts tail latency for the price of a few duplicate calls. Either way the losers are
 cancelled, and awaited, before the call returns. A failure is not a result: the race
 goes on while some alternative is still running, and only when all have failed is an
-``ExceptionGroup`` of every failure raised. Both stop at the run's deadline (see
-``deadline.py``) with ``TimeoutError``.
+``ExceptionGroup`` of every failure raised ("all N alternatives failed"). An alternative
+that ends cancelled although the race did not cancel it (it awaited something cancelled
+elsewhere) has failed too, and is counted: its entry is a ``RuntimeError`` caused by the
+``CancelledError``. Both stop at the run's deadline (see ``deadline.py``) with
+``TimeoutError``.
+
+LangGraph's control flow is not a failure: an alternative that calls ``interrupt()`` (or
+raises a ``ParentCommand``) before any alternative has won stops the others and the
+exception passes through as it is, so the run pauses; resuming it runs the race again and
+the ``interrupt()`` then returns the answer. After a winner, a loser's pause is dropped
+with the loser.
+
+Under a node ``RetryPolicy`` the ``ExceptionGroup`` of an all-failed race is retried by
+LangGraph's ``default_retry_on`` whatever it holds; give ``retry_on`` a predicate that
+looks inside (``lambda e: isinstance(e, ExceptionGroup) and e.subgroup(ConnectionError)``)
+to retry only some failures.
 
 When to use LangGraph's native features instead: several nodes fanned out with ``Send``
 run to completion and all their results are kept, which is right when you want every
@@ -22,12 +36,14 @@ failure, sequentially; hedging overlaps attempts, for idempotent reads only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.control import CONTROL_FLOW
 from act_operator_lib.metrics import record
 
 from .deadline import remaining
@@ -37,28 +53,42 @@ __all__ = ["HedgePolicy", "HedgedNode", "RaceNode", "hedged", "race"]
 T = TypeVar("T")
 
 
-class _Contest:
+class _Contest(Generic[T]):
     """The shared bookkeeping of a race: the winner, the failures, the tasks to cancel."""
 
-    __slots__ = ("changed", "errors", "running", "tasks", "winner")
+    __slots__ = ("changed", "control", "errors", "running", "tasks", "winner")
 
     def __init__(self) -> None:
-        self.winner: list[Any] = []  # empty until someone succeeds
+        self.winner: list[T] = []  # empty until someone succeeds
         self.errors: list[Exception] = []
+        # LangGraph control flow raised by an alternative before any winner: it ends the race.
+        self.control: Exception | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.running = 0
         self.changed = asyncio.Event()
 
     def start(
-        self, group: asyncio.TaskGroup, operation: Callable[[], Awaitable[Any]], label: str
+        self, group: asyncio.TaskGroup, operation: Callable[[], Awaitable[T]], label: str
     ) -> None:
         # Counted when created, not when first run, so a waiter sees it as running at once.
         self.running += 1
         self.tasks.append(group.create_task(self._attempt(operation, label)))
 
-    async def _attempt(self, operation: Callable[[], Awaitable[Any]], label: str) -> None:
+    async def _attempt(self, operation: Callable[[], Awaitable[T]], label: str) -> None:
         try:
             value = await operation()
+        except CONTROL_FLOW as control:
+            if not self.winner and self.control is None:
+                self.control = control
+                raise  # the task group cancels the other alternatives
+        except asyncio.CancelledError as cancelled:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # the race, or whoever awaits it, cancelled this alternative
+            # It awaited something cancelled elsewhere: a failed alternative.
+            failure = RuntimeError(f"{label} was cancelled, though not by the race")
+            failure.__cause__ = cancelled
+            self.errors.append(failure)
         except Exception as exc:
             exc.add_note(f"raised by {label}")
             self.errors.append(exc)
@@ -73,7 +103,19 @@ class _Contest:
             self.running -= 1
             self.changed.set()
 
-    def outcome(self, what: str) -> Any:
+    async def run(self, contest: Callable[[asyncio.TaskGroup], Awaitable[None]]) -> None:
+        """Run ``contest(group)`` in a task group under the run's deadline."""
+        try:
+            async with asyncio.timeout(remaining()), asyncio.TaskGroup() as group:
+                await contest(group)
+        except BaseExceptionGroup:
+            if self.control is None:
+                raise
+            # Otherwise the group holds only the control flow: outcome() raises it unwrapped.
+
+    def outcome(self, what: str) -> T:
+        if self.control is not None:
+            raise self.control
         if self.winner:
             return self.winner[0]
         raise ExceptionGroup(f"all {len(self.errors)} {what} failed", self.errors)
@@ -93,10 +135,13 @@ async def race(*alternatives: Callable[[], Awaitable[T]]) -> T:
 
 
 async def _race(alternatives: Mapping[str, Callable[[], Awaitable[T]]]) -> T:
-    contest = _Contest()
-    async with asyncio.timeout(remaining()), asyncio.TaskGroup() as group:
+    contest: _Contest[T] = _Contest()
+
+    async def start_all(group: asyncio.TaskGroup) -> None:
         for label, alternative in alternatives.items():
             contest.start(group, alternative, label)
+
+    await contest.run(start_all)
     return contest.outcome("alternatives")
 
 
@@ -129,15 +174,16 @@ async def hedged(operation: Callable[[], Awaitable[T]], policy: HedgePolicy) -> 
     first success wins and the other attempts are cancelled; if all
     ``policy.max_attempts`` fail, raises ``ExceptionGroup`` of the failures.
     """
-    contest = _Contest()
+    contest: _Contest[T] = _Contest()
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(remaining()), asyncio.TaskGroup() as group:
+
+    async def start_attempts(group: asyncio.TaskGroup) -> None:
         for number in range(policy.max_attempts):
             if number:
                 record("hedge_started", name="hedged")
             contest.start(group, operation, f"attempt {number + 1}")
             if number + 1 == policy.max_attempts:
-                break
+                return
             # Wait for the delay to pass, unless someone wins or all running attempts fail.
             next_start = loop.time() + policy.delay
             while not contest.winner and contest.running and loop.time() < next_start:
@@ -148,7 +194,9 @@ async def hedged(operation: Callable[[], Awaitable[T]], policy: HedgePolicy) -> 
                 except TimeoutError:
                     break
             if contest.winner:
-                break
+                return
+
+    await contest.run(start_attempts)
     return contest.outcome("attempts")
 
 
@@ -184,7 +232,7 @@ class RaceNode(AsyncBaseNode):
     async def execute(self, state: Any) -> dict[str, Any]:
         value = await _race(
             {
-                f"alternative {key!r}": (lambda alt=alt: alt(state))
+                f"alternative {key!r}": functools.partial(alt, state)
                 for key, alt in self.alternatives.items()
             }
         )

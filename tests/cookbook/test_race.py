@@ -246,3 +246,71 @@ def test_the_recipe_example_runs() -> None:
     out = run_example("race")
     assert "race: 42 (fast mirror)" in out
     assert "hedged: 42 (attempt 2)" in out
+
+
+class SharedLookup:
+    """Alternatives waiting on one shared request that someone else may cancel."""
+
+    def __init__(self) -> None:
+        self.request: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.waiting = 0
+        self.all_waiting = asyncio.Event()
+
+    async def wait(self, state: Any = None) -> str:
+        self.waiting += 1
+        if self.waiting == 2:
+            self.all_waiting.set()
+        return await asyncio.shield(self.request)  # CancelledError if the request is cancelled
+
+
+async def test_alternatives_all_cancelled_elsewhere_fail_the_race_as_a_group() -> None:
+    shared = SharedLookup()
+    graph = graph_of(RaceNode({"cache": shared.wait, "mirror": shared.wait}))
+    run = asyncio.create_task(graph.ainvoke({"question": "q"}))
+    await shared.all_waiting.wait()
+    shared.request.cancel()  # the request both alternatives waited for was cancelled
+    with pytest.raises(ExceptionGroup, match="all 2 alternatives failed") as caught:
+        await run
+    messages = sorted(str(e) for e in caught.value.exceptions)
+    assert messages == [
+        "alternative 'cache' was cancelled, though not by the race",
+        "alternative 'mirror' was cancelled, though not by the race",
+    ]
+
+
+async def test_the_failure_count_includes_alternatives_cancelled_elsewhere() -> None:
+    shared = SharedLookup()
+
+    async def refuse(state: State) -> str:
+        await shared.all_waiting.wait()
+        raise ConnectionError("refused")
+
+    run = asyncio.create_task(
+        graph_of(RaceNode({"a": shared.wait, "b": shared.wait, "c": refuse, "d": refuse})).ainvoke(
+            {"question": "q"}
+        )
+    )
+    await shared.all_waiting.wait()
+    await asyncio.sleep(0.01)
+    shared.request.cancel()
+    with pytest.raises(ExceptionGroup, match="all 4 alternatives failed") as caught:
+        await run
+    assert sorted(type(e).__name__ for e in caught.value.exceptions) == [
+        "ConnectionError",
+        "ConnectionError",
+        "RuntimeError",
+        "RuntimeError",
+    ]
+
+
+async def test_hedged_attempts_cancelled_elsewhere_count_as_failures() -> None:
+    shared = SharedLookup()
+    run = asyncio.create_task(
+        graph_of(HedgedNode(shared.wait, HedgePolicy(delay=0.01, max_attempts=2))).ainvoke(
+            {"question": "q"}
+        )
+    )
+    await shared.all_waiting.wait()  # the backup started after the delay
+    shared.request.cancel()
+    with pytest.raises(ExceptionGroup, match="all 2 attempts failed"):
+        await run
