@@ -223,6 +223,22 @@ def test_add_merges_extras_into_the_dependency_and_keeps_the_file_as_written(
     assert "already lists act-operator-lib[http]" in again.stdout
 
 
+def test_a_refused_add_leaves_the_dependencies_alone(runner: CliRunner, project_copy: Path) -> None:
+    assert (
+        runner.invoke(app, ["cookbook", "add", "resources", "--path", str(project_copy)]).exit_code
+        == 0
+    )
+    (project_copy / "src/my_agent/cookbook/resources.py").write_text("# mine\n")
+    before = snapshot(project_copy)
+
+    # postgres needs an extra and imports resources, whose copy was changed: refused whole.
+    result = runner.invoke(app, ["cookbook", "add", "postgres", "--path", str(project_copy)])
+
+    assert result.exit_code == 1
+    assert "would overwrite src/my_agent/cookbook/resources.py" in result.stderr
+    assert snapshot(project_copy) == before
+
+
 def test_add_explains_a_project_whose_dependencies_lack_act_operator_lib(
     runner: CliRunner, project_copy: Path
 ) -> None:
