@@ -159,7 +159,9 @@ def _reject_paths(value: str, what: str) -> str:
 def package_name_for(project_name: str) -> str:
     """The Python package for a project name: ``"My-Agent"`` -> ``"my_agent"``.
 
-    Raises ScaffoldError for names that cannot be a directory, a distribution and a package.
+    Raises ScaffoldError for names that cannot be a directory, a distribution and a package,
+    and for packages that would shadow the standard library or a module of the project's
+    installed dependency closure (``pydantic``, ``httpx``, ``yaml``, ...).
     """
     name = _reject_paths(project_name, "project name")
     if not _PROJECT_NAME.match(name):
@@ -373,7 +375,11 @@ def create_project(
 def add_node(
     project_root: Path, name: str, *, is_async: bool = False, force: bool = False
 ) -> list[Path]:
-    """Add a node class and its unit test to the project at ``project_root``; the new files."""
+    """Add a node class and its unit test to the project at ``project_root``; the new files.
+
+    Refuses a class name some other module of the package already defines (``--force``
+    rewrites only the node's own module).
+    """
     project = find_project(project_root)
     class_name, module = node_names(name)
     defined_in = _module_defining(project, class_name, besides=module)
