@@ -527,3 +527,67 @@ class RedisBackend:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+if __name__ == "__main__":
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    import time
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    @contextmanager
+    def temporary_redis() -> Iterator[str]:
+        """REDIS_URL if set, else a throwaway local redis-server (persistence off)."""
+        if os.environ.get("REDIS_URL"):
+            yield os.environ["REDIS_URL"]
+            return
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server not found: install Redis or set REDIS_URL")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        root = tempfile.mkdtemp(prefix="redis-example-")
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", root],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            url = f"redis://127.0.0.1:{port}/0"
+            probe = redis.Redis.from_url(url)
+            try:
+                for _ in range(500):
+                    try:
+                        probe.ping()
+                        break
+                    except redis.ConnectionError:
+                        time.sleep(0.01)
+            finally:
+                probe.close()
+            yield url
+        finally:
+            server.terminate()
+            server.wait()
+            shutil.rmtree(root, ignore_errors=True)
+
+    async def worker(shared: RedisBackend, label: str) -> None:
+        # Each asyncio.run stands for one worker process: they share one budget of 5/s.
+        try:
+            for _ in range(3):
+                wait = await shared.reserve("demo-api", rate=5, capacity=1, tokens=1, blocking=True)
+                assert wait is not None
+                await asyncio.sleep(wait)
+                print(f"{label}: call at +{time.monotonic() - start:.2f}s")
+        finally:
+            await shared.aclose()
+
+    with temporary_redis() as url:
+        shared = RedisBackend(url)
+        start = time.monotonic()
+        asyncio.run(worker(shared, "worker A"))
+        asyncio.run(worker(shared, "worker B"))
+        print(f"6 calls at 5/s across two workers took {time.monotonic() - start:.2f}s")

@@ -10,6 +10,7 @@ import time
 import pytest
 from act_operator_lib.cookbook.redis_backend import RedisBackend, RedisUnavailableError
 
+from tests.helpers import run_example
 from tests.redis_server import RedisServer
 
 
@@ -174,3 +175,10 @@ def test_the_url_is_validated_and_its_password_never_shown() -> None:
         RedisBackend("redis://127.0.0.1:1/0", timeout="1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="RedisBackend timeout must be > 0"):
         RedisBackend("redis://127.0.0.1:1/0", timeout=float("nan"))
+
+
+def test_example_runs() -> None:
+    out = run_example("redis_backend")
+    assert "6 calls at 5/s across two workers took" in out
+    took = float(out.rsplit("took ", 1)[1].rstrip().rstrip("s"))
+    assert took >= 0.95  # five intervals of 0.2 s: one budget across both workers
