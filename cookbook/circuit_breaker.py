@@ -11,8 +11,10 @@ it is *open* for ``reset_timeout`` seconds and every call fails at once with
 timeout it is *half-open*: up to ``half_open_probes`` calls go through as probes; a probe
 that succeeds closes the circuit, one that fails opens it again. A probe gets at most
 ``probe_timeout`` seconds; one that takes longer counts as a failure, so a hanging probe
-cannot keep the circuit half-open. Calls refused while a probe
-is in flight get a ``retry_after`` of the time left before that probe must have ended.
+cannot keep the circuit half-open. Calls refused while a probe is in flight get a
+``retry_after`` of the time left before that probe must have ended (at most
+``reset_timeout``): the circuit closes or re-opens as soon as the probe ends, and by then
+at the latest. Set ``probe_timeout`` near the slowest healthy answer to keep it short.
 
 What counts: ``failure_on`` decides which exceptions are the dependency's fault (any other
 exception means the dependency answered, which counts as a success). A ``TimeoutError``
@@ -23,9 +25,10 @@ LangGraph's control flow (``interrupt()`` pausing the run for a human, ``Command
 see ``act_operator_lib.control``), so pending approvals never open the circuit. A node
 ``TimeoutPolicy`` cancels the node from outside, so it reaches the breaker as a plain
 cancellation and is not counted: to count slow answers, put the timeout inside the guarded
-call (or rely on ``probe_timeout`` while half-open). Every
-``circuit_breaker(name, ...)`` call with the same name returns the same breaker, so all
-nodes, graphs and runs in the process (any event loop or thread) share what it learned.
+call (or rely on ``probe_timeout`` while half-open).
+
+Every ``circuit_breaker(name, ...)`` call with the same name returns the same breaker, so
+all nodes, graphs and runs in the process (any event loop or thread) share what it learned.
 
 Composes with retry: the retry recipe never retries ``CircuitOpenError``, so put the
 breaker inside the retried operation and an open circuit ends the retries at once.
@@ -234,8 +237,11 @@ class CircuitBreaker:
                     self._move("open", now)
                     raise CircuitOpenError(self.name, self.policy.reset_timeout)
                 if len(self._probe_deadlines) >= self.policy.half_open_probes:
-                    # The circuit leaves half-open by then at the latest, maybe much sooner.
-                    raise CircuitOpenError(self.name, earliest - now)
+                    # The circuit leaves half-open when the probe ends, at the latest by its
+                    # deadline; never promise a longer wait than an open circuit's.
+                    raise CircuitOpenError(
+                        self.name, min(earliest - now, self.policy.reset_timeout)
+                    )
             deadline = now + self.policy.probe_timeout
             self._probe_deadlines.append(deadline)
             return self._generation, deadline

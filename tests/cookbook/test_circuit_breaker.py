@@ -456,3 +456,16 @@ def test_probe_timeout_is_checked() -> None:
     with pytest.raises(TypeError, match="BreakerPolicy probe_timeout must be a number, got '1'"):
         BreakerPolicy(probe_timeout="1")  # type: ignore[arg-type]
     assert BreakerPolicy().probe_timeout == 30.0
+
+
+async def test_a_refusal_during_a_probe_never_waits_longer_than_an_open_circuit() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, reset_timeout=0.1))
+    service = Service(delay=0.2)  # well within the default probe_timeout of 30 s
+    graph = graph_for(service, breaker)
+    await open_then_wait(breaker)
+    probe = asyncio.create_task(graph.ainvoke({"fail_with": ""}))
+    await service.called.wait()
+    with pytest.raises(CircuitOpenError) as refused:
+        await graph.ainvoke({"fail_with": ""})
+    assert 0 < refused.value.retry_after <= 0.1
+    assert (await probe)["result"].startswith("ok")
