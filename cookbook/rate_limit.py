@@ -20,6 +20,25 @@ ordinary timer jitter does not lower the long-run rate; time lost beyond that is
 (Until this version each event loop, and synchronous callers, had a bucket of their own, so
 every ``asyncio.run`` started with a full bucket; and a stall was made up at once.)
 
+Shared by several worker processes (``shared=RedisBackend(...)``, see ``redis_backend``):
+
+    limiter = rate_limiter("openai", RateLimit(rate=50, capacity=10), shared=RedisBackend(URL))
+
+every process that names the same limiter on the same Redis draws from one budget. Each
+acquire is one round trip running a GCRA script on the server (the bucket is one stored
+number, the next token's due time on Redis's clock): it reserves the caller's place in the
+one queue of all processes and answers how long to wait, and the wait happens here,
+without polling. So callers are served in the order they reached Redis, across processes
+(no process can starve another), and in arrival order within an event loop. A caller
+cancelled while waiting gives its reservation back (one more round trip). ``limits`` and
+``pyrate-limiter`` were compared: both decide "allowed now or not" and leave the waiting to
+polling callers, which costs extra round trips per wait and serves waiters in no particular
+order; a reservation gives exact spacing and FIFO at one round trip per acquire
+(``benchmarks/bench_shared.py`` puts it against ``limits`` on the same server). When Redis
+is unavailable, acquires raise ``RedisUnavailableError``, or with
+``RedisBackend(fallback="local")`` use this process's own bucket, with a warning, until
+Redis answers again.
+
 When to use LangGraph's native tools instead: to bound how many nodes run at once, use
 ``max_concurrency`` in the run config (a concurrency limit, not a rate); to slow down
 retries of a whole node after a 429, give the node a ``RetryPolicy``. Use this recipe when
@@ -30,13 +49,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.rate_limiters import BaseRateLimiter
 from langgraph.runtime import Runtime
@@ -44,7 +65,9 @@ from langgraph.runtime import Runtime
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 
-__all__ = ["RateLimit", "RateLimitedNode", "RateLimiter", "rate_limiter"]
+__all__ = ["RateLimit", "RateLimitedNode", "RateLimiter", "SharedBucketStore", "rate_limiter"]
+
+logger = logging.getLogger("act_operator_lib.cookbook.rate_limit")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +136,21 @@ class _TokenBucket:
         """Give back ``tokens`` taken for a caller that was cancelled before it could use them."""
         level = self.level + tokens
         self.level = level if level < self.capacity else self.capacity
+
+
+class SharedBucketStore(Protocol):
+    """What a limiter shared by processes needs from its store (``RedisBackend`` has it)."""
+
+    fallback: str
+    url: str
+
+    async def reserve(
+        self, name: str, *, rate: float, capacity: int, tokens: int, blocking: bool
+    ) -> float | None: ...
+    def reserve_sync(
+        self, name: str, *, rate: float, capacity: int, tokens: int, blocking: bool
+    ) -> float | None: ...
+    async def refund(self, name: str, *, rate: float, tokens: int) -> None: ...
 
 
 class _Waiter:
@@ -188,8 +226,10 @@ class RateLimiter(BaseRateLimiter):
         "_lock",
         "_loops",
         "_queue",
+        "_turns",
         "name",
         "policy",
+        "shared",
     )
 
     policy: RateLimit
@@ -197,11 +237,27 @@ class RateLimiter(BaseRateLimiter):
     name: str
     """The name metrics and errors use (the registry's key, for a shared limiter)."""
 
-    def __init__(self, policy: RateLimit, *, name: str = "rate_limiter") -> None:
+    def __init__(
+        self,
+        policy: RateLimit,
+        *,
+        name: str = "rate_limiter",
+        shared: SharedBucketStore | None = None,
+    ) -> None:
         if not isinstance(policy, RateLimit):
             raise TypeError(f"RateLimiter policy must be a RateLimit, got {policy!r}")
+        if shared is not None and not callable(getattr(shared, "reserve", None)):
+            raise TypeError(
+                f"RateLimiter shared must be a shared store such as RedisBackend, got {shared!r}"
+            )
         self.policy = policy
         self.name = name
+        self.shared = shared
+        """The store the budget lives in when several processes share it, else ``None``."""
+        # With a shared store: one reservation at a time per event loop, in arrival order.
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()  # guards the bucket and the queue, never a sleep
         self._bucket = _TokenBucket(policy, time.monotonic())
         self._queue: deque[_Waiter] = deque()  # first come, first served, every caller
@@ -230,6 +286,8 @@ class RateLimiter(BaseRateLimiter):
         """
         if tokens != 1:
             self._check_tokens(tokens)
+        if self.shared is not None:
+            return await self._aacquire_shared(tokens, blocking)
         with self._lock:
             now = time.monotonic()
             if not self._queue and self._bucket.take(tokens, now) == 0.0:
@@ -266,6 +324,8 @@ class RateLimiter(BaseRateLimiter):
         """
         if tokens != 1:
             self._check_tokens(tokens)
+        if self.shared is not None:
+            return self._acquire_shared(tokens, blocking)
         with self._lock:
             arrived = time.monotonic()
             taken = not self._queue and self._bucket.take(tokens, arrived) == 0.0
@@ -304,6 +364,8 @@ class RateLimiter(BaseRateLimiter):
     def try_acquire(self, tokens: int = 1) -> bool:
         """Take ``tokens`` only if they are free now and nobody is waiting (never blocks)."""
         self._check_tokens(tokens)
+        if self.shared is not None:
+            return self._acquire_shared(tokens, blocking=False)
         with self._lock:
             now = time.monotonic()
             self._serve(now)  # anyone queued and due is served first
@@ -319,6 +381,111 @@ class RateLimiter(BaseRateLimiter):
         tb: TracebackType | None,
     ) -> None:
         return None
+
+    # With a shared store: reservations in the store, waits here.
+
+    async def _aacquire_shared(self, tokens: int, blocking: bool) -> bool:
+        shared = self.shared
+        assert shared is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        turn = self._turns.get(loop)
+        if turn is None:
+            turn = self._turns[loop] = asyncio.Lock()
+        async with turn:
+            # A task, shielded: a caller cancelled mid round trip cannot tell whether its
+            # reservation was made, so the task finishes and the reservation is given back.
+            reservation = loop.create_task(
+                shared.reserve(
+                    self.name,
+                    rate=self.policy.rate,
+                    capacity=self.policy.capacity,
+                    tokens=tokens,
+                    blocking=blocking,
+                )
+            )
+            try:
+                wait = await asyncio.shield(reservation)
+            except asyncio.CancelledError:
+                await self._give_back(reservation, tokens)
+                raise
+            except ConnectionError as error:
+                if not self._use_local(error):
+                    raise
+                return await self._local().aacquire(blocking=blocking, tokens=tokens)
+        if wait is None:
+            return False
+        if wait > 0.0:
+            try:
+                await asyncio.sleep(wait)
+            except asyncio.CancelledError:
+                await self._give_back(reservation, tokens)
+                raise
+        record("rate_limiter_wait_seconds", loop.time() - started, name=self.name)
+        return True
+
+    async def _give_back(self, reservation: asyncio.Task[float | None], tokens: int) -> None:
+        """Return a cancelled caller's reservation, once it is known to have been made."""
+        shared = self.shared
+        assert shared is not None
+
+        async def give_back() -> None:
+            try:
+                made = await reservation
+            except Exception:
+                return  # no reservation, nothing to give back
+            if made is not None:
+                with contextlib.suppress(ConnectionError):
+                    await shared.refund(self.name, rate=self.policy.rate, tokens=tokens)
+
+        # Shielded: the caller is being cancelled, the refund must still happen.
+        await asyncio.shield(asyncio.ensure_future(give_back()))
+
+    def _acquire_shared(self, tokens: int, blocking: bool) -> bool:
+        shared = self.shared
+        assert shared is not None
+        started = time.monotonic()
+        try:
+            wait = shared.reserve_sync(
+                self.name,
+                rate=self.policy.rate,
+                capacity=self.policy.capacity,
+                tokens=tokens,
+                blocking=blocking,
+            )
+        except ConnectionError as error:
+            if not self._use_local(error):
+                raise
+            local = self._local()
+            return local.acquire(blocking=blocking, tokens=tokens)
+        if wait is None:
+            return False
+        if wait > 0.0:
+            time.sleep(wait)
+        record("rate_limiter_wait_seconds", time.monotonic() - started, name=self.name)
+        return True
+
+    def _use_local(self, error: ConnectionError) -> bool:
+        """Whether an unavailable shared store falls back to this process's own bucket."""
+        # A shared store raises ConnectionError (RedisUnavailableError) only when it is down.
+        shared = self.shared
+        if shared is None or shared.fallback != "local":
+            return False
+        logger.warning(
+            "rate limiter %r: shared store %s unavailable, using this process's budget: %s",
+            self.name,
+            shared.url,
+            error,
+        )
+        return True
+
+    def _local(self) -> RateLimiter:
+        """The in-process limiter a shared one falls back to."""
+        with _registry_lock:
+            local = _fallbacks.get(self.name)
+            if local is None:
+                local = _fallbacks[self.name] = RateLimiter(self.policy, name=self.name)
+            return local
 
     # Everything below runs under self._lock.
 
@@ -420,26 +587,35 @@ class RateLimiter(BaseRateLimiter):
 
 
 _registry: dict[str, RateLimiter] = {}
+_fallbacks: dict[str, RateLimiter] = {}
 _registry_lock = threading.Lock()
 
 
-def rate_limiter(name: str, policy: RateLimit) -> RateLimiter:
+def rate_limiter(
+    name: str, policy: RateLimit, *, shared: SharedBucketStore | None = None
+) -> RateLimiter:
     """The limiter called ``name``, created with ``policy`` on first use.
 
         limiter = rate_limiter("openai", RateLimit(rate=50, capacity=50))
+        limiter = rate_limiter("openai", RateLimit(rate=50), shared=RedisBackend(URL))
 
     Asking again with the same name returns the same limiter; asking with a different
-    policy is a mistake and raises ``ValueError``.
+    policy or another shared store is a mistake and raises ``ValueError``.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"rate_limiter name must be a non-empty string, got {name!r}")
     with _registry_lock:
         limiter = _registry.get(name)
         if limiter is None:
-            limiter = _registry[name] = RateLimiter(policy, name=name)
+            limiter = _registry[name] = RateLimiter(policy, name=name, shared=shared)
         elif limiter.policy != policy:
             raise ValueError(
                 f"rate_limiter {name!r} already exists with {limiter.policy}; got {policy}"
+            )
+        elif limiter.shared is not shared:
+            raise ValueError(
+                f"rate_limiter {name!r} already exists with shared={limiter.shared!r};"
+                f" got shared={shared!r}"
             )
         return limiter
 
