@@ -9,6 +9,10 @@
     # A long-running worker: processes jobs until SIGTERM/SIGINT, then drains and exits.
     report = await run_worker(graph, jobs, resources, concurrency=8)
 
+    # One value per running event loop, closed when that loop shuts down (recipes' pools).
+    sessions = PerLoop(close=lambda s: s.close())
+    session = sessions.get(aiohttp.ClientSession)
+
 ``drain()`` stops new runs, asks every in-flight run to stop at its next superstep
 boundary through LangGraph's own ``RunControl.request_drain()`` (the run raises
 ``GraphDrained``; with a checkpointer it resumes later from where it stopped), waits up
@@ -28,9 +32,10 @@ import contextlib
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterable, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterable, Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphDrained
@@ -38,6 +43,7 @@ from langgraph.runtime import RunControl
 
 __all__ = [
     "Job",
+    "PerLoop",
     "ResourceClosedError",
     "Resources",
     "WorkerReport",
@@ -225,6 +231,196 @@ def close_at_loop_shutdown(close: Callable[[], Awaitable[object]]) -> Callable[[
 
 # The loop holds parked guards weakly: keep them alive until they ran.
 _parked: set[Any] = set()
+
+
+class PerLoop(Generic[T]):
+    """One value per running event loop (and key): made on first use, closed when that loop
+    shuts down. The registry behind every "one session/pool/semaphore per loop" recipe.
+
+        sessions = PerLoop(close=lambda s: s.close(), is_closed=lambda s: s.closed)
+        session = sessions.get(aiohttp.ClientSession)                 # this loop's, made once
+        pool = await pools.aget(lambda: asyncpg.create_pool(dsn), dsn)  # async make, keyed
+        await sessions.aclose()                                       # close this loop's now
+        sessions.items()                                              # [(loop, key, value)]
+
+    Loop-bound objects (asyncio primitives, aiohttp sessions, asyncpg pools, redis clients)
+    must never be used from another loop, so each ``asyncio.run`` (or uvloop runner, or
+    thread with its own loop) gets its own value. A value is closed when its loop shuts
+    down (``close_at_loop_shutdown``), by ``aclose()``, or, if ``is_closed`` says it was
+    closed elsewhere, replaced at the next ``get``. A loop closed without shutting down
+    (``loop.close()`` alone) cannot run ``close``: its values are forgotten at the next
+    creation or inspection. ``forgotten(value)`` is called once for every value that
+    leaves, whichever way (for gauges). Values are held strongly: a ``WeakKeyDictionary``
+    keyed by loop never lets go, because the values themselves reference their loop.
+    Thread-safe; creation for one (loop, key) happens once, also under concurrent first calls.
+    """
+
+    __slots__ = ("_close", "_creating", "_entries", "_forgotten", "_is_closed", "_lock")
+
+    def __init__(
+        self,
+        *,
+        close: Callable[[T], Awaitable[object]] | None = None,
+        is_closed: Callable[[T], bool] | None = None,
+        forgotten: Callable[[T], object] | None = None,
+    ) -> None:
+        for field, value in (("close", close), ("is_closed", is_closed), ("forgotten", forgotten)):
+            if value is not None and not callable(value):
+                raise TypeError(f"PerLoop {field} must be callable or None, got {value!r}")
+        self._close = close
+        self._is_closed = is_closed
+        self._forgotten = forgotten
+        self._entries: dict[asyncio.AbstractEventLoop, dict[Hashable, _Entry[T]]] = {}
+        self._creating: dict[tuple[asyncio.AbstractEventLoop, Hashable], asyncio.Lock] = {}
+        # Reentrant: is_closed/forgotten callbacks may run while it is held.
+        self._lock = threading.RLock()
+
+    def get(self, make: Callable[[], T], key: Hashable = None) -> T:
+        """The running loop's value for ``key``, made by ``make()`` on first use."""
+        loop = asyncio.get_running_loop()
+        entry = self._find(loop, key)
+        if entry is not None:
+            return entry.value
+        with self._lock:  # make() never awaits: holding a thread lock keeps it to one call
+            entry = self._find(loop, key)
+            if entry is not None:
+                return entry.value
+            self._sweep()
+            value = make()
+            self._store(loop, key, value)
+            return value
+
+    async def aget(self, make: Callable[[], Awaitable[T]], key: Hashable = None) -> T:
+        """``get`` for an async ``make``: concurrent first calls on a loop share one creation.
+
+        A ``make()`` that fails or is cancelled stores nothing; the next caller tries again.
+        """
+        loop = asyncio.get_running_loop()
+        entry = self._find(loop, key)
+        if entry is not None:
+            return entry.value
+        with self._lock:
+            creating = self._creating.setdefault((loop, key), asyncio.Lock())
+        async with creating:
+            entry = self._find(loop, key)
+            if entry is not None:
+                return entry.value
+            value = await make()
+            with self._lock:
+                self._sweep()
+                self._store(loop, key, value)
+                # Later callers find the value: the lock is only needed until it exists.
+                self._creating.pop((loop, key), None)
+            return value
+
+    def current(self, key: Hashable = None) -> T | None:
+        """The running loop's value for ``key`` if there is one; never makes one."""
+        entry = self._find(asyncio.get_running_loop(), key)
+        return None if entry is None else entry.value
+
+    def keys(self) -> list[Hashable]:
+        """The keys the running loop has values for."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            return list(self._entries.get(loop, ()))
+
+    def items(self) -> list[tuple[asyncio.AbstractEventLoop, Hashable, T]]:
+        """Every value held, as ``(loop, key, value)``; values of dead loops are forgotten first.
+
+        For inspection (tests, metrics): what is open right now, on which loop.
+        """
+        with self._lock:
+            self._sweep()
+            return [
+                (loop, key, entry.value)
+                for loop, entries in self._entries.items()
+                for key, entry in entries.items()
+            ]
+
+    def __len__(self) -> int:
+        return len(self.items())
+
+    async def aclose(self, key: Hashable = None) -> None:
+        """Close the running loop's value for ``key`` now; the next ``get`` makes a new one."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._entries.get(loop, {}).get(key)
+            if entry is None or not self._remove(loop, key, entry):
+                return
+        entry.disarm()
+        await self._release(entry.value)
+
+    async def _shutdown(
+        self, loop: asyncio.AbstractEventLoop, key: Hashable, entry: _Entry[T]
+    ) -> None:
+        """At loop shutdown: close the value unless ``aclose`` or a sweep removed it first."""
+        with self._lock:
+            if not self._remove(loop, key, entry):
+                return
+        await self._release(entry.value)
+
+    async def _release(self, value: T) -> None:
+        if self._forgotten is not None:
+            self._forgotten(value)
+        if self._close is not None:
+            await self._close(value)
+
+    def _find(self, loop: asyncio.AbstractEventLoop, key: Hashable) -> _Entry[T] | None:
+        entries = self._entries.get(loop)
+        entry = None if entries is None else entries.get(key)
+        if entry is not None and self._is_closed is not None and self._is_closed(entry.value):
+            self._drop(loop, key, entry)  # closed elsewhere: replace it
+            return None
+        return entry
+
+    def _store(self, loop: asyncio.AbstractEventLoop, key: Hashable, value: T) -> None:
+        entry = _Entry(value)
+        self._entries.setdefault(loop, {})[key] = entry
+        entry.disarm = close_at_loop_shutdown(lambda: self._shutdown(loop, key, entry))
+
+    def _remove(self, loop: asyncio.AbstractEventLoop, key: Hashable, entry: _Entry[T]) -> bool:
+        """Unregister ``entry`` if it is still registered; the caller holds the lock."""
+        entries = self._entries.get(loop)
+        if entries is None or entries.get(key) is not entry:
+            return False
+        del entries[key]
+        if not entries:
+            del self._entries[loop]
+        return True
+
+    def _drop(self, loop: asyncio.AbstractEventLoop, key: Hashable, entry: _Entry[T]) -> None:
+        """Forget ``entry`` without closing it (closed elsewhere, or its loop is dead)."""
+        with self._lock:
+            if not self._remove(loop, key, entry):
+                return
+        entry.disarm()
+        if self._forgotten is not None:
+            self._forgotten(entry.value)
+
+    def _sweep(self) -> None:
+        """Forget what loops closed without shutting down left behind; the lock is held."""
+        for loop in [loop for loop in self._entries if loop.is_closed()]:
+            for key, entry in list(self._entries[loop].items()):
+                self._drop(loop, key, entry)
+        for pending in [k for k in self._creating if k[0].is_closed()]:
+            del self._creating[pending]
+
+    def __repr__(self) -> str:
+        return f"PerLoop(loops={len(self._entries)}, values={len(self.items())})"
+
+
+class _Entry(Generic[T]):
+    """A value and the handle that cancels its loop-shutdown close."""
+
+    __slots__ = ("disarm", "value")
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+        self.disarm: Callable[[], None] = _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 class Job(NamedTuple):

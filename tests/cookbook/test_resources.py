@@ -10,12 +10,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
+import uvloop
+from act_operator_lib.cookbook import resources as resources_module
 from act_operator_lib.cookbook.resources import (
     Job,
+    PerLoop,
     ResourceClosedError,
     Resources,
     close_at_loop_shutdown,
@@ -378,3 +382,177 @@ def test_example_runs() -> None:
     assert "completed steps: ['a', 'b'], next: ['c']" in out
     assert "resumed to the end: ['a', 'b', 'c']" in out
     assert "pool closed" in out
+
+
+class Handle:
+    """Stands in for a loop-bound session: remembers its loop and whether it was closed."""
+
+    def __init__(self, log: list[str], tag: str = "") -> None:
+        self.loop = asyncio.get_running_loop()
+        self.log = log
+        self.tag = tag
+        self.closed = False
+
+    async def close(self) -> None:
+        assert asyncio.get_running_loop() is self.loop  # closed on its own, still running loop
+        await asyncio.sleep(0)
+        self.closed = True
+        self.log.append(f"closed {self.tag}")
+
+
+def registry(log: list[str]) -> PerLoop[Handle]:
+    return PerLoop(
+        close=Handle.close,
+        is_closed=lambda h: h.closed,
+        forgotten=lambda h: log.append(f"forgotten {h.tag}"),
+    )
+
+
+def test_per_loop_one_value_per_loop_closed_at_each_loop_shutdown() -> None:
+    log: list[str] = []
+    handles = registry(log)
+    seen: list[Handle] = []
+
+    async def use(tag: str) -> None:
+        first = handles.get(lambda: Handle(log, tag))
+        assert handles.get(lambda: Handle(log, "never")) is first
+        assert handles.current() is first
+        assert [(lp, key) for lp, key, _ in handles.items()] == [(first.loop, None)]
+        seen.append(first)
+
+    asyncio.run(use("a"))
+    asyncio.run(use("b"))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(use("c"))
+    assert all(h.closed for h in seen)
+    assert len({id(h.loop) for h in seen}) == 3
+    assert log == ["forgotten a", "closed a", "forgotten b", "closed b", "forgotten c", "closed c"]
+    assert handles.items() == []
+
+
+async def test_per_loop_aclose_closes_this_loops_value_once() -> None:
+    log: list[str] = []
+    handles = registry(log)
+    first = handles.get(lambda: Handle(log, "1"), "k")
+    other = handles.get(lambda: Handle(log, "other"), "other")
+    assert sorted(map(str, handles.keys())) == ["k", "other"]
+    await handles.aclose("k")
+    await handles.aclose("k")  # nothing left to close
+    assert first.closed
+    assert not other.closed
+    assert handles.current("k") is None
+    second = handles.get(lambda: Handle(log, "2"), "k")
+    assert second is not first
+    assert log == ["forgotten 1", "closed 1"]
+    await handles.aclose("k")
+    await handles.aclose("other")
+    assert len(handles) == 0
+
+
+async def test_per_loop_replaces_a_value_closed_elsewhere() -> None:
+    log: list[str] = []
+    handles = registry(log)
+    first = handles.get(lambda: Handle(log, "1"))
+    await first.close()  # by hand, not through the registry
+    second = handles.get(lambda: Handle(log, "2"))
+    assert second is not first
+    # Forgotten, never closed a second time; its loop-shutdown close was cancelled.
+    assert log == ["closed 1", "forgotten 1"]
+    await handles.aclose()
+    assert log == ["closed 1", "forgotten 1", "forgotten 2", "closed 2"]
+
+
+async def test_per_loop_aget_makes_once_under_concurrent_first_calls() -> None:
+    log: list[str] = []
+    handles = registry(log)
+    made = 0
+
+    async def make() -> Handle:
+        nonlocal made
+        made += 1
+        await asyncio.sleep(0.01)
+        return Handle(log, "async")
+
+    got = await asyncio.gather(*(handles.aget(make, "db") for _ in range(20)))
+    assert made == 1
+    assert all(h is got[0] for h in got)
+    await handles.aclose("db")
+    assert log == ["forgotten async", "closed async"]
+
+
+async def test_per_loop_aget_stores_nothing_when_make_fails_or_is_cancelled() -> None:
+    log: list[str] = []
+    handles = registry(log)
+    started = asyncio.Event()
+
+    async def fail() -> Handle:
+        raise OSError("cannot connect")
+
+    async def hang() -> Handle:
+        started.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    with pytest.raises(OSError, match="cannot connect"):
+        await handles.aget(fail)
+    waiting = asyncio.ensure_future(handles.aget(hang))
+    await started.wait()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert handles.items() == []
+
+    async def make() -> Handle:
+        return Handle(log, "ok")
+
+    value = await handles.aget(make)
+    assert handles.current() is value
+    await handles.aclose()
+
+
+def test_per_loop_forgets_a_loop_closed_without_shutdown() -> None:
+    log: list[str] = []
+    handles = registry(log)
+
+    async def use() -> Handle:
+        return handles.get(lambda: Handle(log, "dead"))
+
+    loop = asyncio.new_event_loop()
+    dead = loop.run_until_complete(use())
+    loop.close()  # no shutdown_asyncgens: the loop-shutdown close cannot run
+    before = len(resources_module._parked)
+    assert handles.items() == []  # inspection forgets it
+    assert log == ["forgotten dead"]
+    assert not dead.closed
+    assert len(resources_module._parked) == before - 1  # its guard is gone too
+
+
+def test_per_loop_gives_each_thread_loop_its_own_value() -> None:
+    log: list[str] = []
+    handles = registry(log)
+    seen: list[Handle] = []
+    lock = threading.Lock()
+
+    def in_thread(i: int) -> None:
+        async def use() -> None:
+            value = handles.get(lambda: Handle(log, str(i)))
+            await asyncio.sleep(0.01)
+            assert handles.get(lambda: Handle(log, "never")) is value
+            with lock:
+                seen.append(value)
+
+        asyncio.run(use())
+
+    threads = [threading.Thread(target=in_thread, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(h) for h in seen}) == 4
+    assert all(h.closed for h in seen)
+    assert handles.items() == []
+
+
+def test_per_loop_refuses_callbacks_that_are_not_callable() -> None:
+    with pytest.raises(TypeError, match="PerLoop close must be callable or None, got 3"):
+        PerLoop(close=3)  # type: ignore[arg-type]
