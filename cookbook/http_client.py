@@ -51,7 +51,6 @@ import contextvars
 import email.utils
 import json as jsonlib
 import re
-import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -73,7 +72,7 @@ from .egress import (
     is_credential_header,
     safe_url,
 )
-from .resources import Resources, close_at_loop_shutdown
+from .resources import PerLoop, Resources
 
 __all__ = [
     "EgressBlockedError",
@@ -311,6 +310,38 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class SharedSession:
+    """One loop's session for one ``HttpSettings``, and the clients using it."""
+
+    __slots__ = ("holders", "limit", "name", "resolver", "session")
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        resolver: AbstractResolver | None,
+        name: str,
+        limit: int,
+    ) -> None:
+        self.session = session
+        self.resolver = resolver
+        """A resolver made for this session: the connector does not own it, so closed here."""
+        self.name = name
+        """The creating client's name: the ``pool_size`` gauge label."""
+        self.limit = limit
+        self.holders: weakref.WeakSet[HttpClient] = weakref.WeakSet()
+        """The clients using it; the last one to ``aclose()`` closes it."""
+
+
+async def _close_shared(shared: SharedSession) -> None:
+    await shared.session.close()
+    if shared.resolver is not None:
+        await shared.resolver.close()
+
+
+def _uncount_shared(shared: SharedSession) -> None:
+    record("pool_size", -float(shared.limit), name=shared.name)
+
+
 class HttpClient:
     """JSON/text/bytes over one aiohttp session per event loop; see the module docstring.
 
@@ -320,15 +351,13 @@ class HttpClient:
         items = await http.get_json("http://127.0.0.1:8080/json")
     """
 
-    # (loop, settings) -> session, shared by every client with equal settings.
-    _sessions: ClassVar[
-        dict[tuple[asyncio.AbstractEventLoop, HttpSettings], aiohttp.ClientSession]
-    ] = {}
-    # id(session) -> (cancel its loop-shutdown close, the creating client's name, its resolver)
-    _disarms: ClassVar[dict[int, tuple[Any, str, AbstractResolver | None]]] = {}
-    # id(session) -> the clients using it; the last one to aclose() closes it.
-    _holders: ClassVar[dict[int, weakref.WeakSet[HttpClient]]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    sessions: ClassVar[PerLoop[SharedSession]] = PerLoop(
+        close=_close_shared,
+        is_closed=lambda shared: shared.session.closed,
+        forgotten=_uncount_shared,
+    )
+    """The open sessions, one per (event loop, settings), shared by every client with equal
+    settings; ``HttpClient.sessions.items()`` lists them (changed: a private dict before)."""
 
     __slots__ = ("__weakref__", "_guarded", "_prefix", "_recent", "name", "settings")
 
@@ -364,36 +393,12 @@ class HttpClient:
         recent = self._recent
         if recent is not None and recent[0] is loop and not recent[1].closed:
             return recent[1]
-        key = (loop, self.settings)
-        session = self._sessions.get(key)
-        if session is not None and not session.closed:
-            with self._lock:
-                self._holders.setdefault(id(session), weakref.WeakSet()).add(self)
-            self._recent = (loop, session)
-            return session
-        # Creating a session never awaits, so holding a thread lock keeps concurrent
-        # first calls (from any loop or thread) to one session per key.
-        with self._lock:
-            session = self._sessions.get(key)
-            if session is not None and not session.closed:
-                self._holders.setdefault(id(session), weakref.WeakSet()).add(self)
-                self._recent = (loop, session)
-                return session
-            for stale in [k for k in self._sessions if k[0].is_closed()]:
-                # Its loop ended without shutdown_asyncgens: forget the session.
-                self._forget(stale, self._sessions[stale])
-            session, resolver = self._new_session()
-            self._sessions[key] = session
-            self._holders[id(session)] = weakref.WeakSet([self])
-        disarm = close_at_loop_shutdown(lambda: self._close_session(key, session))
-        self._disarms[id(session)] = (disarm, self.name, resolver)
-        record(
-            "pool_size", float(self.settings.limit), name=self.name
-        )  # a gauge: + now, - on close
-        self._recent = (loop, session)
-        return session
+        shared = self.sessions.get(self._new_session, self.settings)
+        shared.holders.add(self)
+        self._recent = (loop, shared.session)
+        return shared.session
 
-    def _new_session(self) -> tuple[aiohttp.ClientSession, AbstractResolver | None]:
+    def _new_session(self) -> SharedSession:
         settings = self.settings
         policy = settings.egress
         resolver = settings.resolver() if settings.resolver is not None else None
@@ -420,32 +425,8 @@ class HttpClient:
             headers=dict(settings.headers),
             raise_for_status=False,
         )
-        return session, resolver
-
-    @classmethod
-    def _forget(
-        cls, key: tuple[asyncio.AbstractEventLoop, HttpSettings], session: aiohttp.ClientSession
-    ) -> None:
-        """Unregister ``session`` and cancel its loop-shutdown close; the caller holds the lock."""
-        if cls._sessions.get(key) is session:
-            del cls._sessions[key]
-        cls._holders.pop(id(session), None)
-        owner = cls._disarms.pop(id(session), None)
-        if owner is not None:
-            disarm, name, _ = owner
-            disarm()
-            record("pool_size", -float(key[1].limit), name=name)
-
-    @classmethod
-    async def _close_session(
-        cls, key: tuple[asyncio.AbstractEventLoop, HttpSettings], session: aiohttp.ClientSession
-    ) -> None:
-        with cls._lock:
-            owner = cls._disarms.get(id(session))
-            cls._forget(key, session)
-        await session.close()
-        if owner is not None and owner[2] is not None:
-            await owner[2].close()  # a resolver we made: the connector does not own it
+        record("pool_size", float(settings.limit), name=self.name)  # a gauge: + now, - on close
+        return SharedSession(session, resolver, self.name, settings.limit)
 
     async def aclose(self) -> None:
         """End this client's use of this loop's session; the last client using it closes it.
@@ -457,17 +438,12 @@ class HttpClient:
         if self._guarded is not None:
             await self._guarded.aclose()
         self._recent = None
-        key = (asyncio.get_running_loop(), self.settings)
-        with self._lock:
-            session = self._sessions.get(key)
-            if session is None:
-                return
-            holders = self._holders.get(id(session))
-            if holders is not None:
-                holders.discard(self)
-                if holders:
-                    return  # others still use it
-        await self._close_session(key, session)
+        shared = self.sessions.current(self.settings)
+        if shared is None:
+            return
+        shared.holders.discard(self)
+        if not shared.holders:  # else others still use it
+            await self.sessions.aclose(self.settings)
 
     def for_untrusted_urls(self) -> HttpClient:
         """This client, guarded for URLs taken from state (nodes call this).

@@ -56,7 +56,7 @@ def unused_port() -> int:
 
 def sessions_on_this_loop() -> list[aiohttp.ClientSession]:
     loop = asyncio.get_running_loop()
-    return [s for (lp, _), s in HttpClient._sessions.items() if lp is loop]
+    return [shared.session for lp, _, shared in HttpClient.sessions.items() if lp is loop]
 
 
 async def test_graph_runs_share_one_session(http_server: HttpTestServer) -> None:
@@ -103,7 +103,9 @@ def test_several_asyncio_runs_and_uvloop(http_server: HttpTestServer) -> None:
         assert "uvloop" in type(runner.get_loop()).__module__
     assert len({id(s) for s in seen}) == 3  # a new session on each loop
     assert all(s.closed for s in seen)  # each closed when its loop shut down
-    assert not any(lp.is_closed() for lp, _ in HttpClient._sessions)
+    assert not [
+        s for _, _, shared in HttpClient.sessions.items() for s in seen if shared.session is s
+    ]
 
 
 @metrics.collecting()
@@ -119,13 +121,12 @@ def test_a_loop_closed_without_shutdown_leaves_nothing_behind(http_server: HttpT
     loop = asyncio.new_event_loop()
     session_id = loop.run_until_complete(use_then_close_by_hand())
     loop.close()  # no shutdown_asyncgens: the loop-shutdown close never ran
-    assert any(lp is loop for lp, _ in HttpClient._sessions)
-    assert session_id in HttpClient._disarms
+    assert metrics.snapshot().value("pool_size", name="forgotten") == 9
     assert asyncio.run(client.get_json("/json"))["ok"] is True
-    # The next session creation forgot the dead loop's session and its bookkeeping.
-    assert not any(lp.is_closed() for lp, _ in HttpClient._sessions)
-    assert session_id not in HttpClient._disarms
-    assert metrics.snapshot().value("pool_size", name="forgotten") == 0  # both counted down
+    # The next session creation forgot the dead loop's session: both counted down.
+    assert metrics.snapshot().value("pool_size", name="forgotten") == 0
+    assert not [lp for lp, _, shared in HttpClient.sessions.items() if lp is loop]
+    assert session_id not in {id(shared.session) for _, _, shared in HttpClient.sessions.items()}
 
 
 async def test_text_bytes_and_echo(http_server: HttpTestServer) -> None:

@@ -261,7 +261,7 @@ WORKER_SCRIPT = textwrap.dedent(
         print(json.dumps({
             "completed": report.completed, "drained": report.drained, "failed": report.failed,
             "signal": report.signal, "drained_states": drained_states,
-            "open_sessions": len(HttpClient._sessions),
+            "open_sessions": len(HttpClient.sessions),
         }), flush=True)
 
     asyncio.run(main())
