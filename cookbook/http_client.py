@@ -61,6 +61,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from act_operator_lib import tracing
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 
@@ -518,18 +519,20 @@ class HttpClient:
         target = self.url(url)  # EgressBlockedError here: before any connection
         for attempt in range(1, attempts + 1):
             try:
-                # Asked each attempt: a close() while waiting out Retry-After means a new one.
-                return await self._send(
-                    self.session(),
-                    method,
-                    target,
-                    read,
-                    params,
-                    json,
-                    data,
-                    headers,
-                    request_timeout,
-                )
+                # One CLIENT span per attempt, a child of the node's span (free when off).
+                with tracing.client_span(_describe_request, method, target):
+                    # Asked each attempt: a close() while waiting out Retry-After means a new one.
+                    return await self._send(
+                        self.session(),
+                        method,
+                        target,
+                        read,
+                        params,
+                        json,
+                        data,
+                        headers,
+                        request_timeout,
+                    )
             except HTTPStatusError as exc:
                 wait = exc.retry_after
                 if (
@@ -623,6 +626,7 @@ class HttpClient:
                 total=request_timeout, sock_connect=self.settings.connect_timeout
             )
         response = await self._follow(session, method, url, params, json, data, headers, kwargs)
+        tracing.set_attribute("http.response.status_code", response.status)
         async with response:
             record("http_requests", 1.0, name=self.name)
             if response.status in _REDIRECTS and "Location" in response.headers:
@@ -706,6 +710,20 @@ class HttpClient:
     def __repr__(self) -> str:
         base = f", base_url={safe_url(self.settings.base_url)!r}" if self.settings.base_url else ""
         return f"HttpClient(name={self.name!r}{base})"
+
+
+def _describe_request(method: str, url: URL) -> tuple[str, dict[str, Any]]:
+    """An HTTP client span's name and attributes (stable HTTP semantic conventions); the
+    URL without its query or credentials, which may hold secrets."""
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.full": str(url.with_query(None).with_fragment(None).with_user(None)),
+    }
+    if url.host is not None:
+        attributes["server.address"] = url.host
+    if url.port is not None:
+        attributes["server.port"] = url.port
+    return method, attributes
 
 
 def _with_params(url: URL, params: Mapping[str, Any] | None) -> str:
