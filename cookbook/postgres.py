@@ -62,6 +62,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
+from act_operator_lib import tracing
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 
@@ -119,6 +120,19 @@ def _drop(conn: asyncpg.Connection) -> None:
     """Close ``conn`` at once unless it is closed already."""
     if not _is_closed(conn):
         conn.terminate()
+
+
+def _describe_query(query: str, pool: str) -> tuple[str, dict[str, Any]]:
+    """A query span's name and attributes (stable database semantic conventions). The
+    statement is parameterised (values never reach it), so it is safe to record."""
+    words = query.split(None, 1)
+    operation = words[0].upper() if words else "postgresql"
+    return operation, {
+        "db.system.name": "postgresql",
+        "db.operation.name": operation,
+        "db.query.text": query,
+        "db.client.connection.pool.name": pool,
+    }
 
 
 def redact_dsn(dsn: str) -> str:
@@ -528,7 +542,9 @@ class PostgresPool:
             pool = await self.pool(dsn)
             conn = await self._acquire(pool, dsn)
             try:
-                return await getattr(conn, method)(query, *args)
+                # A CLIENT span, child of the node's span (free when tracing is off).
+                with tracing.client_span(_describe_query, query, self.name):
+                    return await getattr(conn, method)(query, *args)
             except Exception as exc:
                 if not _is_gone(exc, conn):
                     raise  # the query or the arguments were wrong: not a lost connection
