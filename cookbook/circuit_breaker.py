@@ -30,6 +30,22 @@ call (or rely on ``probe_timeout`` while half-open).
 Every ``circuit_breaker(name, ...)`` call with the same name returns the same breaker, so
 all nodes, graphs and runs in the process (any event loop or thread) share what it learned.
 
+Shared by several worker processes (``shared=RedisBackend(...)``, see ``redis_backend``):
+
+    breaker = circuit_breaker("search", BreakerPolicy(failure_threshold=5), shared=RedisBackend(URL))
+    async with breaker.guard():
+        hits = await search(query)
+
+the failure count, the state and the time it opened live in Redis, changed only by
+server-side scripts (one round trip before a call, one after): once the circuit opens in
+one process, every process refuses its very next call, and half-open admits
+``half_open_probes`` probes across all processes together. A probe that outlives
+``probe_timeout`` (its process died, say) counts as a failed probe. A shared breaker is used
+with ``async with breaker.guard()``, ``await breaker.call(...)`` and ``await
+breaker.astate()``; its sync ``with``/``before_call`` raise ``TypeError``. When Redis is
+unavailable the guard raises ``RedisUnavailableError``, or with ``RedisBackend(
+fallback="local")`` falls back to this process's own circuit with a warning.
+
 Composes with retry: the retry recipe never retries ``CircuitOpenError``, so put the
 breaker inside the retried operation and an open circuit ends the retries at once.
 
@@ -43,12 +59,13 @@ service; a ``RetryPolicy`` alone is the better choice when failures are independ
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.control import is_control_flow
@@ -59,8 +76,11 @@ __all__ = [
     "CircuitBreaker",
     "CircuitBreakerNode",
     "CircuitOpenError",
+    "SharedCircuitStore",
     "circuit_breaker",
 ]
+
+logger = logging.getLogger("act_operator_lib.cookbook.circuit_breaker")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -145,6 +165,28 @@ class BreakerPolicy:
         return bool(failure_on(error))
 
 
+class SharedCircuitStore(Protocol):
+    """What a breaker shared by processes needs from its store (``RedisBackend`` has it)."""
+
+    fallback: str
+    url: str
+
+    async def breaker_before(
+        self, name: str, *, reset_timeout: float, half_open_probes: int, probe_timeout: float
+    ) -> Any: ...
+    async def breaker_after(
+        self,
+        name: str,
+        ticket: Any,
+        outcome: Literal["success", "failure", "neutral"],
+        *,
+        failure_threshold: int,
+        reset_timeout: float,
+        probe_timeout: float,
+    ) -> str: ...
+    async def breaker_state(self, name: str) -> tuple[str, float]: ...
+
+
 class CircuitBreaker:
     """Counts failures of calls to one dependency and refuses calls while it is down.
 
@@ -167,6 +209,7 @@ class CircuitBreaker:
         "_state",
         "name",
         "policy",
+        "shared",
     )
 
     policy: BreakerPolicy
@@ -174,13 +217,25 @@ class CircuitBreaker:
     name: str
     """The name errors and metrics use (the registry's key, for a shared breaker)."""
 
-    def __init__(self, policy: BreakerPolicy | None = None, *, name: str = "circuit") -> None:
+    def __init__(
+        self,
+        policy: BreakerPolicy | None = None,
+        *,
+        name: str = "circuit",
+        shared: SharedCircuitStore | None = None,
+    ) -> None:
         if policy is None:
             policy = BreakerPolicy()
         if not isinstance(policy, BreakerPolicy):
             raise TypeError(f"CircuitBreaker policy must be a BreakerPolicy, got {policy!r}")
+        if shared is not None and not callable(getattr(shared, "breaker_before", None)):
+            raise TypeError(
+                f"CircuitBreaker shared must be a shared store such as RedisBackend, got {shared!r}"
+            )
         self.policy = policy
         self.name = name
+        self.shared = shared
+        """The store the circuit lives in when several processes share it, else ``None``."""
         self._lock = threading.Lock()
         self._state: State = "closed"
         self._failures = 0  # consecutive, while closed
@@ -196,11 +251,21 @@ class CircuitBreaker:
 
     @property
     def state(self) -> State:
-        """``"closed"``, ``"open"`` or ``"half_open"`` (an open circuit past its timeout)."""
+        """``"closed"``, ``"open"`` or ``"half_open"`` (an open circuit past its timeout).
+
+        For a shared breaker: this process's own circuit (its fallback); ask ``astate()``.
+        """
         with self._lock:
             if self._state == "open" and self._retry_after(time.monotonic()) <= 0:
                 return "half_open"
             return self._state
+
+    async def astate(self) -> State:
+        """The state as the next call would meet it; for a shared breaker, as Redis has it."""
+        if self.shared is None:
+            return self.state
+        state, _ = await self.shared.breaker_state(self.name)
+        return state  # type: ignore[return-value]
 
     def _retry_after(self, now: float) -> float:
         return self._opened_at + self.policy.reset_timeout - now
@@ -220,6 +285,10 @@ class CircuitBreaker:
 
         The ticket is opaque: the state's generation and, for a probe, when it must end.
         """
+        self._refuse_sync_use()
+        return self._local_before_call()
+
+    def _local_before_call(self) -> tuple[int, float | None]:
         with self._lock:
             if self._state == "closed":
                 return self._generation, None
@@ -273,6 +342,34 @@ class CircuitBreaker:
             elif not neutral:
                 self._failures = 0
 
+    def _refuse_sync_use(self) -> None:
+        if self.shared is not None:
+            raise TypeError(
+                f"circuit breaker {self.name!r} is shared through {self.shared.url}: use"
+                " `async with breaker.guard()` or `await breaker.call(...)`"
+            )
+
+    def _outcome(self, error: BaseException | None) -> Literal["success", "failure", "neutral"]:
+        if error is None:
+            return "success"
+        if not isinstance(error, Exception) or is_control_flow(error):
+            return "neutral"
+        return "failure" if self.policy.is_failure(error) else "success"
+
+    def _use_local(self, error: ConnectionError) -> bool:
+        """Whether an unavailable shared store falls back to this process's own circuit."""
+        # A shared store raises ConnectionError (RedisUnavailableError) only when it is down.
+        shared = self.shared
+        if shared is None or shared.fallback != "local":
+            return False
+        logger.warning(
+            "circuit breaker %r: shared store %s unavailable, using this process's circuit: %s",
+            self.name,
+            shared.url,
+            error,
+        )
+        return True
+
     def _probe_timed_out(self, ticket: tuple[int, float | None]) -> TimeoutError:
         """Count a probe cut off at its deadline as a failure; the error to raise."""
         error = TimeoutError(
@@ -297,6 +394,9 @@ class CircuitBreaker:
         self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """``await operation(*args, **kwargs)`` through the breaker (a probe is bounded)."""
+        if self.shared is not None:
+            async with self.guard():
+                return await operation(*args, **kwargs)
         ticket = self.before_call()
         limit = self._probe_limit(ticket)
         try:
@@ -327,12 +427,13 @@ class CircuitBreaker:
 class _Guard:
     """One call through a breaker, as a (sync or async) context manager."""
 
-    __slots__ = ("_breaker", "_limit", "_ticket")
+    __slots__ = ("_breaker", "_limit", "_shared_ticket", "_ticket")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self._breaker = breaker
         self._ticket: tuple[int, float | None] | None = None
         self._limit: asyncio.Timeout | None = None
+        self._shared_ticket: Any = None  # the shared store's admission, when shared
 
     def __enter__(self) -> None:
         if self._ticket is not None:
@@ -349,7 +450,33 @@ class _Guard:
         self._breaker.after_call(self._ticket, exc)
 
     async def __aenter__(self) -> None:
-        self.__enter__()
+        breaker = self._breaker
+        shared = breaker.shared
+        if shared is not None:
+            if self._shared_ticket is not None or self._ticket is not None:
+                raise RuntimeError("a CircuitBreaker.guard() is single-use; call guard() again")
+            policy = breaker.policy
+            try:
+                ticket = await shared.breaker_before(
+                    breaker.name,
+                    reset_timeout=policy.reset_timeout,
+                    half_open_probes=policy.half_open_probes,
+                    probe_timeout=policy.probe_timeout,
+                )
+            except ConnectionError as error:
+                if not breaker._use_local(error):
+                    raise
+                self._ticket = breaker._local_before_call()
+            else:
+                if not ticket.admitted:
+                    raise CircuitOpenError(breaker.name, ticket.retry_after)
+                self._shared_ticket = ticket
+                if ticket.probe:
+                    self._limit = asyncio.timeout(policy.probe_timeout)
+                    await self._limit.__aenter__()
+                return
+        else:
+            self.__enter__()
         assert self._ticket is not None
         self._limit = self._breaker._probe_limit(self._ticket)
         if self._limit is not None:
@@ -361,6 +488,9 @@ class _Guard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._shared_ticket is not None:
+            await self._shared_exit(exc, tb)
+            return
         assert self._ticket is not None
         if self._limit is not None:
             try:
@@ -369,18 +499,60 @@ class _Guard:
                 raise self._breaker._probe_timed_out(self._ticket) from timed_out
         self.__exit__(exc_type, exc, tb)
 
+    async def _shared_exit(self, exc: BaseException | None, tb: TracebackType | None) -> None:
+        breaker = self._breaker
+        shared = breaker.shared
+        assert shared is not None
+        outcome = breaker._outcome(exc)
+        timed_out: TimeoutError | None = None
+        if self._limit is not None:
+            try:
+                await self._limit.__aexit__(type(exc) if exc else None, exc, tb)
+            except TimeoutError as error:  # the probe ran out of time: a failure
+                outcome = "failure"
+                timed_out = TimeoutError(
+                    f"probe of circuit {breaker.name!r} took longer than"
+                    f" {breaker.policy.probe_timeout:g}s (probe_timeout); counted as a failure"
+                )
+                timed_out.__cause__ = error
+        policy = breaker.policy
+        try:
+            # Shielded: a caller cancelled right now must still free its probe slot.
+            state = await asyncio.shield(
+                shared.breaker_after(
+                    breaker.name,
+                    self._shared_ticket,
+                    outcome,
+                    failure_threshold=policy.failure_threshold,
+                    reset_timeout=policy.reset_timeout,
+                    probe_timeout=policy.probe_timeout,
+                )
+            )
+        except ConnectionError as error:
+            if exc is None and timed_out is None:
+                raise
+            logger.warning("circuit breaker %r: outcome not recorded: %s", breaker.name, error)
+        else:
+            if state != self._shared_ticket.state:
+                record("circuit_state_changes", name=breaker.name, state=state)
+        if timed_out is not None:
+            raise timed_out
+
 
 _registry: dict[str, CircuitBreaker] = {}
 _registry_lock = threading.Lock()
 
 
-def circuit_breaker(name: str, policy: BreakerPolicy | None = None) -> CircuitBreaker:
+def circuit_breaker(
+    name: str, policy: BreakerPolicy | None = None, *, shared: SharedCircuitStore | None = None
+) -> CircuitBreaker:
     """The breaker called ``name``, created with ``policy`` (default ``BreakerPolicy()``).
 
         breaker = circuit_breaker("payments", BreakerPolicy(failure_threshold=3))
+        breaker = circuit_breaker("payments", shared=RedisBackend(URL))  # every worker's
 
     Asking again with the same name returns the same breaker; asking with a different
-    policy is a mistake and raises ``ValueError``.
+    policy or another shared store is a mistake and raises ``ValueError``.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"circuit_breaker name must be a non-empty string, got {name!r}")
@@ -388,10 +560,15 @@ def circuit_breaker(name: str, policy: BreakerPolicy | None = None) -> CircuitBr
     with _registry_lock:
         breaker = _registry.get(name)
         if breaker is None:
-            breaker = _registry[name] = CircuitBreaker(policy, name=name)
+            breaker = _registry[name] = CircuitBreaker(policy, name=name, shared=shared)
         elif breaker.policy != policy:
             raise ValueError(
                 f"circuit_breaker {name!r} already exists with {breaker.policy}; got {policy}"
+            )
+        elif breaker.shared is not shared:
+            raise ValueError(
+                f"circuit_breaker {name!r} already exists with shared={breaker.shared!r};"
+                f" got shared={shared!r}"
             )
         return breaker
 

@@ -19,6 +19,8 @@ from typing import Any, TypedDict
 from act_operator_lib.cookbook.cache import AsyncCache, CachedNode, CacheSettings
 from act_operator_lib.cookbook.circuit_breaker import (
     BreakerPolicy,
+    CircuitBreaker,
+    CircuitBreakerNode,
     CircuitOpenError,
     circuit_breaker,
 )
@@ -129,6 +131,50 @@ async def breaker_mode(url: str, log: str, threshold: int) -> int:
         await backend.aclose()
 
 
+async def open_mode(url: str, name: str, threshold: int) -> int:
+    """Fails ``threshold`` calls in a graph node guarded by the shared breaker."""
+    backend = RedisBackend(url)
+    breaker = CircuitBreaker(
+        BreakerPolicy(failure_threshold=threshold, reset_timeout=30), name=name, shared=backend
+    )
+
+    async def charge(state: State) -> dict[str, Any]:
+        raise ConnectionError("payments down")
+
+    builder = StateGraph(State)
+    builder.add_node("charge", CircuitBreakerNode(charge, breaker))
+    builder.add_edge(START, "charge")
+    graph = builder.compile()
+    failures = 0
+    try:
+        for _ in range(threshold):
+            try:
+                await graph.ainvoke({})
+            except ConnectionError:
+                failures += 1
+    finally:
+        await backend.aclose()
+    return failures
+
+
+async def probe_mode(url: str, name: str, probes: int, reset: float) -> int:
+    """Tries one call through a half-open shared breaker; 1 if it was admitted as a probe."""
+    backend = RedisBackend(url)
+    breaker = CircuitBreaker(
+        BreakerPolicy(failure_threshold=1, reset_timeout=reset, half_open_probes=probes),
+        name=name,
+        shared=backend,
+    )
+    try:
+        async with breaker.guard():
+            await asyncio.sleep(1.0)  # a slow probe: the others arrive meanwhile
+        return 1
+    except CircuitOpenError:
+        return 0
+    finally:
+        await backend.aclose()
+
+
 def main() -> None:
     mode, url, start_at, log, *args = sys.argv[1:]
     delay = float(start_at) - time.time()
@@ -143,6 +189,10 @@ def main() -> None:
         result = asyncio.run(rate_mode(url, waiters, rate, seconds, shared))
     elif mode == "breaker":
         result = asyncio.run(breaker_mode(url, log, int(args[0])))
+    elif mode == "open":
+        result = asyncio.run(open_mode(url, args[0], int(args[1])))
+    elif mode == "probe":
+        result = asyncio.run(probe_mode(url, args[0], int(args[1]), float(args[2])))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print(json.dumps(result), flush=True)
