@@ -48,10 +48,10 @@ in tables you manage; retrying a failed node is ``RetryPolicy(retry_on=is_connec
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import re
-import threading
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -66,7 +66,7 @@ from act_operator_lib import tracing
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 
-from .resources import Resources, close_at_loop_shutdown
+from .resources import PerLoop, Resources
 
 __all__ = [
     "ConnectionLostError",
@@ -317,6 +317,34 @@ SQLQuery = LiteralString
 """A query written in the source, with ``$n`` placeholders: never built from values."""
 
 
+class SharedPool:
+    """One loop's asyncpg pool for one (DSN, ``PostgresSettings``), shared by ``PostgresPool``s."""
+
+    __slots__ = ("close_timeout", "lent", "max_size", "name", "pool")
+
+    def __init__(self, pool: asyncpg.Pool, name: str, settings: PostgresSettings) -> None:
+        self.pool = pool
+        self.name = name
+        """The creating ``PostgresPool``'s name: the ``pool_size`` gauge label."""
+        self.max_size = settings.max_size
+        self.close_timeout = settings.acquire_timeout
+        """Longest wait for connections still in use at close; then they are terminated."""
+        self.lent = 0
+        """Connections acquired through ``PostgresPool`` and not yet released (only for the
+        ``pool_waits`` metric: the acquire timeout is armed for every acquire)."""
+
+
+async def _close_shared(shared: SharedPool) -> None:
+    try:
+        await asyncio.wait_for(shared.pool.close(), shared.close_timeout)
+    except TimeoutError:
+        shared.pool.terminate()  # a connection was never released: do not hang shutdown
+
+
+def _uncount_shared(shared: SharedPool) -> None:
+    record("pool_size", -float(shared.max_size), name=shared.name)
+
+
 class PostgresPool:
     """Query helpers over one asyncpg pool per (event loop, DSN); see the module docstring.
 
@@ -326,17 +354,13 @@ class PostgresPool:
         await db.execute("INSERT INTO events(kind) VALUES ($1)", "login")
     """
 
-    _pools: ClassVar[
-        dict[tuple[asyncio.AbstractEventLoop, str, PostgresSettings], asyncpg.Pool]
-    ] = {}
-    _locks: ClassVar[
-        dict[tuple[asyncio.AbstractEventLoop, str, PostgresSettings], asyncio.Lock]
-    ] = {}
-    _disarms: ClassVar[dict[int, Any]] = {}
-    # id(pool) -> connections acquired through this class and not yet released; only for
-    # the pool_waits metric (the acquire timeout is armed for every acquire).
-    _lent: ClassVar[dict[int, int]] = {}
-    _guard: ClassVar[threading.Lock] = threading.Lock()
+    pools: ClassVar[PerLoop[SharedPool]] = PerLoop(
+        close=_close_shared,
+        is_closed=lambda shared: shared.pool.is_closing(),
+        forgotten=_uncount_shared,
+    )
+    """The open pools, one per (event loop, (DSN, settings)); ``PostgresPool.pools.items()``
+    lists them (changed: private dicts before). A pool closed by hand is replaced."""
 
     __slots__ = ("_recent", "name", "settings")
 
@@ -354,7 +378,7 @@ class PostgresPool:
         self.settings = settings or PostgresSettings()
         self.name = name
         # The last pool used: skips hashing the registry key on every call.
-        self._recent: tuple[asyncio.AbstractEventLoop, str, asyncpg.Pool] | None = None
+        self._recent: tuple[asyncio.AbstractEventLoop, str, SharedPool] | None = None
         if resources is not None:
             resources.add(self)
 
@@ -369,37 +393,23 @@ class PostgresPool:
 
     async def pool(self, dsn: str | None = None) -> asyncpg.Pool:
         """This loop's pool for ``dsn``, created on first use (concurrent first calls share it)."""
+        return (await self._shared(self._dsn(dsn))).pool
+
+    async def _shared(self, dsn: str) -> SharedPool:
         loop = asyncio.get_running_loop()
-        dsn = self._dsn(dsn)
         recent = self._recent
         if (
             recent is not None
             and recent[0] is loop
             and recent[1] == dsn
-            and not recent[2].is_closing()
+            and not recent[2].pool.is_closing()
         ):
             return recent[2]
-        key = (loop, dsn, self.settings)
-        pool = self._pools.get(key)
-        if pool is not None:
-            self._recent = (loop, dsn, pool)
-            return pool
-        with self._guard:
-            # Forget what a loop that ended without shutdown_asyncgens left behind.
-            for stale in [k for k in {*self._locks, *self._pools} if k[0].is_closed()]:
-                self._forget(stale, self._pools.get(stale))
-            lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            pool = self._pools.get(key)
-            if pool is None:
-                pool = await self._create(key[1])
-                self._pools[key] = pool
-                self._disarms[id(pool)] = close_at_loop_shutdown(lambda: self._close(key, pool))
-                record("pool_size", float(self.settings.max_size), name=self.name)  # a gauge
-        self._recent = (loop, dsn, pool)
-        return pool
+        shared = await self.pools.aget(functools.partial(self._create, dsn), (dsn, self.settings))
+        self._recent = (loop, dsn, shared)
+        return shared
 
-    async def _create(self, dsn: str) -> asyncpg.Pool:
+    async def _create(self, dsn: str) -> SharedPool:
         settings = self.settings
         server_settings = {"application_name": self.name}
         if settings.statement_timeout is not None:
@@ -408,7 +418,7 @@ class PostgresPool:
                 math.ceil(settings.statement_timeout * 1000 - 1e-9)
             )
         try:
-            return await asyncpg.create_pool(
+            pool = await asyncpg.create_pool(
                 dsn,
                 min_size=settings.min_size,
                 max_size=settings.max_size,
@@ -420,39 +430,19 @@ class PostgresPool:
                 f"{self.name}: cannot connect to {redact_dsn(dsn)}: {type(exc).__name__}:"
                 f" {_redacted(exc, dsn)}"
             ) from None
-
-    def _forget(self, key: tuple[Any, str, PostgresSettings], pool: asyncpg.Pool | None) -> None:
-        """Unregister ``pool`` and cancel its loop-shutdown close; the caller holds ``_guard``."""
-        self._locks.pop(key, None)
-        if pool is None:
-            return
-        if self._pools.get(key) is pool:
-            del self._pools[key]
-        self._lent.pop(id(pool), None)
-        disarm = self._disarms.pop(id(pool), None)
-        if disarm is not None:
-            disarm()
-            record("pool_size", -float(key[2].max_size), name=self.name)
-
-    async def _close(self, key: tuple[Any, str, PostgresSettings], pool: asyncpg.Pool) -> None:
-        with self._guard:
-            self._forget(key, pool)
-        try:
-            await asyncio.wait_for(pool.close(), self.settings.acquire_timeout)
-        except TimeoutError:
-            pool.terminate()  # a connection was never released: do not hang shutdown
+        record("pool_size", float(settings.max_size), name=self.name)  # a gauge
+        return SharedPool(pool, self.name, settings)
 
     async def aclose(self) -> None:
         """Close this loop's pools of this object's settings (the next call opens new ones)."""
-        loop = asyncio.get_running_loop()
-        for key, pool in list(self._pools.items()):
-            if key[0] is loop and key[2] == self.settings:
-                await self._close(key, pool)
+        for key in self.pools.loop_keys():
+            if isinstance(key, tuple) and key[1] == self.settings:
+                await self.pools.aclose(key)
 
-    async def _acquire(self, pool: asyncpg.Pool, dsn: str) -> asyncpg.Connection:
-        key = id(pool)
-        lent = self._lent.get(key, 0)
-        self._lent[key] = lent + 1
+    async def _acquire(self, shared: SharedPool, dsn: str) -> asyncpg.Connection:
+        pool = shared.pool
+        lent = shared.lent
+        shared.lent = lent + 1
         if lent >= self.settings.max_size:
             record("pool_waits", 1.0, name=self.name)
         try:
@@ -462,7 +452,7 @@ class PostgresPool:
                 idle: asyncpg.Connection = await pool.acquire()
                 return idle
         except BaseException:
-            self._unlend(key)
+            _unlend(shared)
             raise
         # Otherwise the wait is bounded whoever holds the connections (a caller of pool()
         # too). asyncio.timeout rather than acquire(timeout=), which costs a task per call.
@@ -472,7 +462,7 @@ class PostgresPool:
                 conn: asyncpg.Connection = await pool.acquire()
                 return conn
         except BaseException as exc:
-            self._unlend(key)
+            _unlend(shared)
             if isinstance(exc, TimeoutError) and deadline.expired():
                 in_use = pool.get_size() - pool.get_idle_size()
                 why = "all in use" if in_use >= self.settings.max_size else "opening one"
@@ -489,16 +479,11 @@ class PostgresPool:
                 ) from None
             raise
 
-    async def _release(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    async def _release(self, shared: SharedPool, conn: asyncpg.Connection) -> None:
         try:
-            await pool.release(conn)
+            await shared.pool.release(conn)
         finally:
-            self._unlend(id(pool))
-
-    def _unlend(self, key: int) -> None:
-        count = self._lent.get(key)
-        if count:  # absent once the pool was closed meanwhile
-            self._lent[key] = count - 1
+            _unlend(shared)
 
     @asynccontextmanager
     async def connection(self, dsn: str | None = None) -> AsyncIterator[asyncpg.Connection]:
@@ -509,17 +494,17 @@ class PostgresPool:
         kills them all); any other error, yours included, returns it to the pool.
         """
         dsn = self._dsn(dsn)
-        pool = await self.pool(dsn)
-        conn = await self._acquire(pool, dsn)
+        shared = await self._shared(dsn)
+        conn = await self._acquire(shared, dsn)
         try:
             yield conn
         except Exception as exc:
             if _is_gone(exc, conn):
                 _drop(conn)  # never hand a broken connection to the next caller
-                await pool.expire_connections()
+                await shared.pool.expire_connections()
             raise
         finally:
-            await self._release(pool, conn)
+            await self._release(shared, conn)
 
     @asynccontextmanager
     async def transaction(self, dsn: str | None = None) -> AsyncIterator[asyncpg.Connection]:
@@ -539,8 +524,8 @@ class PostgresPool:
         retried = False
         while True:
             # connection() inlined: this is the per-query hot path.
-            pool = await self.pool(dsn)
-            conn = await self._acquire(pool, dsn)
+            shared = await self._shared(dsn)
+            conn = await self._acquire(shared, dsn)
             try:
                 # A CLIENT span, child of the node's span (free when tracing is off).
                 with tracing.client_span(_describe_query, query, self.name):
@@ -551,9 +536,9 @@ class PostgresPool:
                 _drop(conn)
                 lost = exc
             finally:
-                await self._release(pool, conn)
+                await self._release(shared, conn)
             # A lost connection usually means a restart: every idle one is dead too.
-            await pool.expire_connections()
+            await shared.pool.expire_connections()
             # Classified only now, off the hot path.
             safe = is_read_only(query) if idempotent is None else idempotent
             if safe and self.settings.retry_reads and not retried:
@@ -621,6 +606,11 @@ class PostgresPool:
 
     def __repr__(self) -> str:
         return f"PostgresPool(name={self.name!r}, settings={self.settings!r})"
+
+
+def _unlend(shared: SharedPool) -> None:
+    if shared.lent:
+        shared.lent -= 1
 
 
 def _redacted(exc: BaseException, dsn: str) -> str:

@@ -318,7 +318,7 @@ class PerLoop(Generic[T]):
         entry = self._find(asyncio.get_running_loop(), key)
         return None if entry is None else entry.value
 
-    def keys(self) -> list[Hashable]:
+    def loop_keys(self) -> list[Hashable]:
         """The keys the running loop has values for."""
         loop = asyncio.get_running_loop()
         with self._lock:

@@ -435,7 +435,7 @@ async def test_per_loop_aclose_closes_this_loops_value_once() -> None:
     handles = registry(log)
     first = handles.get(lambda: Handle(log, "1"), "k")
     other = handles.get(lambda: Handle(log, "other"), "other")
-    assert sorted(map(str, handles.keys())) == ["k", "other"]
+    assert sorted(map(str, handles.loop_keys())) == ["k", "other"]
     await handles.aclose("k")
     await handles.aclose("k")  # nothing left to close
     assert first.closed
