@@ -40,7 +40,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from types import CodeType, FrameType, TracebackType
+from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from act_operator_lib._internal import node_classes
@@ -241,11 +241,7 @@ class BlockingDetector:
 def _node_on_stack(frame: FrameType) -> str | None:
     """The innermost graph node on ``frame``'s stack: its name in the graph if LangGraph
     passed a config down to it, else the ``name`` of the ``BaseNode`` running there."""
-    executes: set[CodeType] = set()
-    for cls in list(node_classes.node_classes):
-        execute = getattr(cls.__dict__.get("__call__"), "__wrapped__", None)
-        if execute is not None:
-            executes.add(execute.__code__)
+    executes = {node_classes.execute_code(cls) for cls in node_classes.registered()}
     node_name = None
     current: FrameType | None = frame
     while current is not None:

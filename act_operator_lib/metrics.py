@@ -6,6 +6,7 @@
         graph.invoke({"n": 0})
     print(metrics.format_table(metrics.snapshot()))
     metrics.snapshot().nodes["fetch"].calls     # plain data, for tests
+    metrics.enabled()                           # whether they are being recorded
     metrics.prometheus_registry()               # a dedicated prometheus-client registry
 
 Every node built on ``BaseNode`` / ``AsyncBaseNode`` is counted by its graph node name:
@@ -13,10 +14,24 @@ calls, errors by exception type, in-flight calls and a latency histogram (p50/p9
 over the most recent calls). Cookbook primitives add their own through ``record``
 (retries, timeouts, circuit state changes, rate-limiter waits, pool sizes, cache hits...).
 
+Every metric is declared once, in ``METRICS``: its name, kind, unit, labels and
+description (``Metric``). ``record`` takes only declared names, with exactly the declared
+labels, and exporters read the same table. Two labels recur with one meaning each:
+``node`` is the graph's name for the node it happened in (``current_node()``), ``name``
+the name the user gave the primitive (a limiter, breaker, pool, client, cache, batcher or
+``retry_call``), never a recipe's name.
+
 When metrics are off nothing is measured: node classes keep the ``__call__`` that
-``base_node`` generated and ``record`` returns after one flag check. ``enable()`` swaps
-each node class's ``__call__`` for an instrumented one (so do classes defined while
-enabled) and ``disable()`` swaps the plain one back.
+``base_node`` generated and ``record`` returns after one flag check. ``enable()`` adds an
+instrumenting wrapper around each node class's generated ``__call__`` (so do classes
+defined while enabled; see ``_internal/node_classes``) and ``disable()`` removes it.
+
+API changes: ``enabled`` is a function (it was a module attribute); a metric's kind comes
+from its declaration (it was guessed from its name's suffix); the recipe metrics recorded
+as ``timeouts`` with ``name="fanout"`` / ``"gather_by_deadline"`` / a retry's name are
+``fanout_timeouts`` / ``gather_by_deadline_timeouts`` (labelled ``node``) and
+``retry_timeouts`` (labelled ``name``); ``hedge_started``, ``llm_stream_tokens``,
+``pg_stream_rows`` and ``stream_pipeline_items`` are labelled ``node``.
 
 Export goes through prometheus-client (the ``metrics`` extra), into a registry of its
 own rather than the process-wide default, so embedding applications choose whether to
@@ -36,26 +51,42 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
 from langgraph.errors import GraphBubbleUp
 
 from act_operator_lib._internal import node_classes
+from act_operator_lib._internal.metric_types import (
+    LATENCY_BUCKETS,
+    METRICS,
+    RECENT,
+    Kind,
+    Latency,
+    Metric,
+    NodeMetrics,
+    Series,
+    Snapshot,
+    declared,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 __all__ = [
     "LATENCY_BUCKETS",
+    "METRICS",
+    "RECENT",
+    "Kind",
     "Latency",
+    "Metric",
     "NodeMetrics",
     "Series",
     "Snapshot",
     "collecting",
+    "current_node",
     "disable",
     "enable",
     "enabled",
@@ -66,35 +97,47 @@ __all__ = [
     "snapshot",
 ]
 
-enabled = False
-"""Whether metrics are being recorded."""
+_enabled = False
+# The wrapper key metrics install around node classes' generated __call__.
+_WRAPPER = "metrics"
 
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
-"""Upper bounds (seconds) of the node latency histogram's buckets; +Inf is implied."""
 
-RECENT = 1024
-"""How many recent latencies / observations per series the percentiles are taken over."""
-
-_GAUGE_SUFFIXES = ("_size", "_in_use", "_in_flight", "_open")
+def enabled() -> bool:
+    """Whether metrics are being recorded (``enable()`` / ``collecting()``)."""
+    return _enabled
 
 
 def record(metric: str, value: float = 1.0, **labels: str) -> None:
-    """Add ``value`` to ``metric`` with ``labels``; a no-op unless metrics are enabled.
+    """Add ``value`` to the declared ``metric`` with ``labels``; a no-op unless enabled.
 
         record("retry_attempts", name="fetch")                  # a counter: +1
         record("rate_limiter_wait_seconds", 0.25, name="api")   # an observation
         record("pool_size", -1, name="pg")                      # a gauge: a signed delta
 
-    The name decides the kind: ``*_seconds`` are observations (count, sum, percentiles),
-    ``*_size`` / ``*_in_use`` / ``*_in_flight`` / ``*_open`` are gauges that move by
-    ``value`` (negative to go down), everything else is a counter.
+    ``metric`` must be declared in ``METRICS`` (its kind comes from there) and ``labels``
+    must be exactly its declared labels; anything else raises ``ValueError`` when metrics
+    are enabled. While they are off nothing is checked, so the call stays one flag test;
+    ``tests/observability/test_metric_declarations.py`` checks every ``record`` call in the
+    library and the cookbook against the declarations instead.
     """
-    if not enabled:
+    if not _enabled:
         return
     _record(metric, value, labels)
+
+
+def current_node(default: str = "") -> str:
+    """The graph's name for the node the running LangGraph task runs, else ``default``.
+
+        record("fanout_timeouts", node=current_node())
+
+    Read from the task's config (its ``langgraph_node`` metadata), which LangGraph hands
+    to everything the node runs, tasks it starts included: the value of the ``node`` label.
+    """
+    config = var_child_runnable_config.get()
+    if config is None:
+        return default
+    name = config.get("metadata", {}).get("langgraph_node")
+    return name if isinstance(name, str) else default
 
 
 # -- per-node instrumentation -----------------------------------------------------------
@@ -162,7 +205,7 @@ def _begin(node: Any) -> tuple[_NodeStats, Token[object], float]:
 
 
 def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a node class's generated ``__call__``, exposing the very same signature."""
+    """Wrap a node class's call to count it (``node_classes`` keeps its signature)."""
     call: Callable[..., Any]
     if inspect.iscoroutinefunction(plain):
 
@@ -193,44 +236,23 @@ def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
             stats.finished(perf_counter() - start)
             return result
 
-    # LangGraph decides what to inject from these: keep them identical to the plain call.
-    for attribute in ("__signature__", "__wrapped__", "__doc__", "__module__", "__qualname__"):
-        setattr(call, attribute, getattr(plain, attribute))
-    call.__annotations__ = dict(plain.__annotations__)
-    call.__dict__["_act_plain_call"] = plain  # how disable() finds the plain call
     return call
-
-
-def _instrument(cls: type[Any]) -> None:
-    current = cls.__dict__.get("__call__")
-    if current is not None and not hasattr(current, "_act_plain_call"):
-        cls.__call__ = _instrumented(current)
-
-
-def _restore(cls: type[Any]) -> None:
-    plain = getattr(cls.__dict__.get("__call__"), "_act_plain_call", None)
-    if plain is not None:
-        cls.__call__ = plain
 
 
 def enable() -> None:
     """Start recording: instrument every node class, present and future. Idempotent."""
-    global enabled
+    global _enabled
     with _lock:
-        node_classes.add_listener(_instrument)
-        for cls in list(node_classes.node_classes):
-            _instrument(cls)
-        enabled = True
+        node_classes.add_call_wrapper(_WRAPPER, _instrumented)
+        _enabled = True
 
 
 def disable() -> None:
     """Stop recording and give node classes back their plain ``__call__``. Keeps the data."""
-    global enabled
+    global _enabled
     with _lock:
-        enabled = False
-        node_classes.remove_listener(_instrument)
-        for cls in list(node_classes.node_classes):
-            _restore(cls)
+        _enabled = False
+        node_classes.remove_call_wrapper(_WRAPPER)
 
 
 @contextlib.contextmanager
@@ -240,7 +262,7 @@ def collecting() -> Iterator[None]:
     with metrics.collecting():
         graph.invoke({"n": 0})
     """
-    was_enabled = enabled
+    was_enabled = _enabled
     enable()
     try:
         yield
@@ -259,15 +281,12 @@ def reset() -> None:
 # -- primitives' series -----------------------------------------------------------------
 
 
-Kind = Literal["counter", "gauge", "observation"]
-
-
-def _kind(metric: str) -> Kind:
-    if metric.endswith("_seconds"):
-        return "observation"
-    if metric.endswith(_GAUGE_SUFFIXES):
-        return "gauge"
-    return "counter"
+# What record() accepts: the declared metrics primitives report, and their label names.
+_RECORDED: dict[str, tuple[Metric, frozenset[str]]] = {
+    metric.name: (metric, frozenset(metric.labels))
+    for metric in METRICS.values()
+    if metric.recorded
+}
 
 
 class _SeriesStats:
@@ -284,11 +303,24 @@ _series: dict[tuple[str, tuple[tuple[str, str], ...]], _SeriesStats] = {}
 
 
 def _record(metric: str, value: float, labels: Mapping[str, str]) -> None:
+    found = _RECORDED.get(metric)
+    if found is None:
+        declared(metric, "metrics.record")  # raises for a name that is not declared at all
+        raise ValueError(
+            f"metrics.record metric must be one that primitives record, got {metric!r},"
+            " which node classes keep themselves"
+        )
+    declaration, names = found
+    if labels.keys() != names:
+        raise ValueError(
+            f"metrics.record labels of {metric!r} must be exactly"
+            f" {', '.join(declaration.labels)}, got {', '.join(sorted(labels)) or 'none'}"
+        )
     key = (metric, tuple(sorted((name, str(value)) for name, value in labels.items())))
     with _lock:
         stats = _series.get(key)
         if stats is None:
-            stats = _series[key] = _SeriesStats(_kind(metric))
+            stats = _series[key] = _SeriesStats(METRICS[metric].kind)
         stats.value += value
         stats.count += 1
         if stats.kind == "observation":
@@ -296,82 +328,6 @@ def _record(metric: str, value: float, labels: Mapping[str, str]) -> None:
 
 
 # -- snapshot ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Latency:
-    """A latency distribution: totals since the last reset, percentiles of recent calls."""
-
-    count: int
-    """How many calls (or observations) finished."""
-    total: float
-    """Their summed duration, seconds."""
-    p50: float | None
-    """Median of the most recent ``RECENT``, seconds; ``None`` when there were none."""
-    p95: float | None
-    """95th percentile of the most recent ``RECENT``, seconds."""
-    p99: float | None
-    """99th percentile of the most recent ``RECENT``, seconds."""
-    buckets: tuple[int, ...] = ()
-    """Calls per ``LATENCY_BUCKETS`` bucket (not cumulative), the last one being +Inf."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NodeMetrics:
-    """What one graph node did."""
-
-    calls: int
-    """Calls started."""
-    errors: Mapping[str, int]
-    """Calls that raised, by exception class name (interrupts are not errors)."""
-    in_flight: int
-    """Calls started and not yet finished."""
-    latency: Latency
-    """How long finished calls took."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Series:
-    """One metric a primitive recorded, for one set of labels."""
-
-    metric: str
-    """The name given to ``record``."""
-    labels: Mapping[str, str]
-    """The labels given to ``record``."""
-    kind: Kind
-    """``counter``, ``gauge`` or ``observation`` (decided by the name, see ``record``)."""
-    value: float
-    """The total: a counter's count, a gauge's level, an observation's sum."""
-    count: int
-    """How many times it was recorded."""
-    latency: Latency | None
-    """For observations (``*_seconds``): their distribution."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Snapshot:
-    """Everything recorded, as plain values: ``snapshot().nodes["fetch"].calls``."""
-
-    nodes: Mapping[str, NodeMetrics]
-    """Per graph node name."""
-    series: tuple[Series, ...]
-    """What primitives recorded, sorted by metric then labels."""
-
-    def value(self, metric: str, **labels: str) -> float:
-        """The summed value of ``metric`` over the series whose labels include ``labels``.
-
-        snapshot().value("retry_attempts", name="fetch")  # 2.0
-        """
-        return sum(s.value for s in self._matching(metric, labels))
-
-    def count(self, metric: str, **labels: str) -> int:
-        """How many times ``metric`` was recorded with (at least) ``labels``."""
-        return sum(s.count for s in self._matching(metric, labels))
-
-    def _matching(self, metric: str, labels: Mapping[str, str]) -> Iterator[Series]:
-        for series in self.series:
-            if series.metric == metric and labels.items() <= series.labels.items():
-                yield series
 
 
 def _percentile(ordered: list[float], fraction: float) -> float | None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from bench_nodes import NODES, AsyncStep, Step, chain, median_ratio
 
 from act_operator_lib import metrics
+from act_operator_lib._internal import node_classes
 
 INVOKES_PER_ROUND = 10
 
@@ -83,7 +84,7 @@ def main() -> None:
     print(f"metrics_call_overhead_us={metrics_call_overhead_us():.3f}", flush=True)
     calls = metrics.snapshot().nodes["n0"].calls
     assert calls > 0, "metrics recorded nothing while enabled"
-    plain = not hasattr(Step.__dict__["__call__"], "_act_plain_call")
+    plain = Step.__dict__["__call__"] is node_classes.generated_call(Step)
     print(f"off_call_is_plain={int(plain)}", flush=True)
 
 

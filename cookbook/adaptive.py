@@ -302,7 +302,7 @@ class AdaptiveLimiter:
                 name=self.name,
                 direction="up" if after > before else "down",
             )
-        if metrics.enabled and after != self._reported:
+        if metrics.enabled() and after != self._reported:
             record("adaptive_limit_size", after - self._reported, name=self.name)
             self._reported = after
 

@@ -77,7 +77,7 @@ from langgraph.config import get_config
 from langgraph.runtime import Runtime, get_runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
-from act_operator_lib.metrics import record
+from act_operator_lib.metrics import current_node, record
 
 __all__ = [
     "BUDGET_KEY",
@@ -415,7 +415,7 @@ async def gather_by_deadline(
         # run() catches the operations' own errors, so this is the deadline firing.
         if not timeout.expired():
             raise
-        record("timeouts", name="gather_by_deadline")
+        record("gather_by_deadline_timeouts", node=current_node())
     cancelled = tuple(key for key in operations if key not in results and key not in errors)
     return PartialResults(results, errors, cancelled)
 

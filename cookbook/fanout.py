@@ -44,7 +44,7 @@ from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.control import CONTROL_FLOW, is_control_flow
-from act_operator_lib.metrics import record
+from act_operator_lib.metrics import current_node, record
 
 from .deadline import current_deadline
 
@@ -146,7 +146,7 @@ async def bounded_map(
                 left = deadline - time.monotonic()
                 if left <= 0:
                     halted = True
-                    record("timeouts", name="fanout")
+                    record("fanout_timeouts", node=current_node())
                     late = TimeoutError(
                         f"deadline passed before fan-out item {index} started;"
                         " no later item was taken"
@@ -179,7 +179,7 @@ async def bounded_map(
                 raise
             except Exception as exc:
                 if isinstance(exc, TimeoutError):
-                    record("timeouts", name="fanout")
+                    record("fanout_timeouts", node=current_node())
                 if fail_fast:
                     halted = True
                     exc.add_note(f"fan-out item {index} failed; the other items were cancelled")

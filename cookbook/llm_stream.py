@@ -40,7 +40,7 @@ from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
-from act_operator_lib.metrics import record
+from act_operator_lib.metrics import current_node, record
 
 __all__ = ["LLMStreamNode", "MessagesState", "TokenStreamPolicy", "fake_chat_model"]
 
@@ -135,7 +135,7 @@ class LLMStreamNode(AsyncBaseNode):
                     write(text)
         if answer is None:
             raise RuntimeError(f"{self.name}: the chat model streamed no chunks")
-        record("llm_stream_tokens", float(tokens), name=self.name)
+        record("llm_stream_tokens", float(tokens), node=current_node(self.name))
         self.log("answered", tokens=tokens)
         return {key: [message_chunk_to_message(answer)]}
 

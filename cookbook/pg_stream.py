@@ -46,7 +46,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
-from act_operator_lib.metrics import record
+from act_operator_lib.metrics import current_node, record
 
 from .postgres import PostgresPool, PostgresSettings, SQLQuery, dsn_from
 
@@ -201,7 +201,7 @@ class PgCursorStreamNode(AsyncBaseNode):
         except asyncpg.PostgresError as exc:
             exc.add_note(f"{self.name}: stopped after {rows_read} rows in {batches} batches")
             raise
-        record("pg_stream_rows", float(rows_read), name=self.name)
+        record("pg_stream_rows", float(rows_read), node=current_node(self.name))
         self.log("read", rows=rows_read, batches=batches)
         return None if policy.output_key is None else {policy.output_key: rows_read}
 

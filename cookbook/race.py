@@ -44,7 +44,7 @@ from typing import Any, Generic, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.control import CONTROL_FLOW
-from act_operator_lib.metrics import record
+from act_operator_lib.metrics import current_node, record
 
 from .deadline import remaining
 
@@ -180,7 +180,7 @@ async def hedged(operation: Callable[[], Awaitable[T]], policy: HedgePolicy) -> 
     async def start_attempts(group: asyncio.TaskGroup) -> None:
         for number in range(policy.max_attempts):
             if number:
-                record("hedge_started", name="hedged")
+                record("hedge_started", node=current_node())
             contest.start(group, operation, f"attempt {number + 1}")
             if number + 1 == policy.max_attempts:
                 return

@@ -178,7 +178,7 @@ async def retry_call(
     for number in range(1, policy.max_attempts + 1):
         started = time.monotonic()
         if deadline is not None and started >= deadline:
-            record("timeouts", name=name)
+            record("retry_timeouts", name=name)
             raise TimeoutError(f"retry {name!r}: the deadline passed before attempt {number}")
         limit = asyncio.timeout(None if deadline is None else deadline - started)
         try:
@@ -190,7 +190,7 @@ async def retry_call(
             now = time.monotonic()
             attempts.append(Attempt(number, exc, now - started, 0.0))
             if limit.expired():
-                record("timeouts", name=name)
+                record("retry_timeouts", name=name)
                 error: Exception = TimeoutError(
                     f"retry {name!r}: time ran out during attempt {number}"
                 )

@@ -246,7 +246,7 @@ class StreamPipelineNode(AsyncBaseNode, Generic[Item, Result]):
             on_progress=progress if policy.progress_every else None,
             progress_every=policy.progress_every,
         )
-        record("stream_pipeline_items", float(processed), name=name)
+        record("stream_pipeline_items", float(processed), node=name)
         return None if policy.count_key is None else {policy.count_key: processed}
 
 

@@ -1,52 +1,118 @@
-"""Every concrete node class defined so far, and what LangGraph reads of a node's code.
+"""Every concrete node class, the ``__call__`` generated for it, and what reads its code.
 
-``base_node`` registers each class once its ``__call__`` is installed; metrics swap that
-``__call__`` for an instrumented one and back, the blocking detector recognises
-``execute`` frames. A ``WeakSet`` so a class defined in a test or a notebook cell is
-forgotten with it.
+The protocol between ``base_node`` and what observes nodes, in one place:
+
+* ``base_node`` generates a ``__call__`` for each concrete class (with ``execute``'s
+  signature, ``__wrapped__`` set to ``execute``) and then calls ``register(cls)``.
+* Observers never set ``cls.__call__`` themselves: they add a *call wrapper*
+  (``add_call_wrapper("metrics", wrap)``), a function from the call below it to the call
+  to install. Every registered class, present and future, then runs the wrappers around
+  its generated call, in the order they were added; ``remove_call_wrapper`` puts the
+  rest back, so with none the class runs exactly the generated call (nothing measured).
+  Metrics use it; an OpenTelemetry layer can add its own beside them.
+* What LangGraph and ``inspect`` read of the installed call (``__signature__``,
+  ``__wrapped__``, annotations, names) is the generated call's, whatever wraps it.
+* ``execute_code(cls)`` is the code object a class's call runs, how the blocking detector
+  recognises a node's frames on a stack.
+
+A ``WeakKeyDictionary`` so a class defined in a test or a notebook cell is forgotten
+with it.
 """
 
 from __future__ import annotations
 
 import dis
 import inspect
+import threading
 import weakref
 from collections.abc import Callable
 from types import CellType, CodeType, FunctionType
 from typing import Any
 
 __all__ = [
+    "CallWrapper",
     "CodeView",
     "WrappedExecute",
-    "add_listener",
-    "node_classes",
+    "add_call_wrapper",
+    "execute_code",
+    "generated_call",
     "register",
-    "remove_listener",
+    "registered",
+    "remove_call_wrapper",
 ]
 
-node_classes: weakref.WeakSet[type[Any]] = weakref.WeakSet()
-"""Node classes with a generated ``__call__`` (abstract intermediates are left out)."""
+CallWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
+"""Takes the call below it (the generated ``__call__`` or another wrapper's) and returns the
+call to install; the result must be a coroutine function when the call below is one."""
 
-_listeners: list[Callable[[type[Any]], None]] = []
+_generated: weakref.WeakKeyDictionary[type[Any], Callable[..., Any]] = weakref.WeakKeyDictionary()
+_wrappers: dict[str, CallWrapper] = {}
+# Held while the installed calls change: classes are defined and wrappers added from any thread.
+_lock = threading.RLock()
+
+# What LangGraph and inspect read of a node's __call__: kept identical under every wrapper.
+_CALL_METADATA = ("__signature__", "__wrapped__", "__doc__", "__module__", "__qualname__")
 
 
 def register(cls: type[Any]) -> None:
-    """Remember ``cls`` and tell the listeners (e.g. enabled metrics) about it."""
-    node_classes.add(cls)
-    for listener in tuple(_listeners):
-        listener(cls)
+    """Remember ``cls`` and its generated ``__call__`` (just installed by ``base_node``), and
+    install the current wrappers around it."""
+    with _lock:
+        _generated[cls] = cls.__dict__["__call__"]
+        _install(cls)
 
 
-def add_listener(listener: Callable[[type[Any]], None]) -> None:
-    """Call ``listener(cls)`` for every node class defined from now on."""
-    if listener not in _listeners:
-        _listeners.append(listener)
+def registered() -> list[type[Any]]:
+    """The node classes registered so far (abstract intermediates are never registered)."""
+    with _lock:
+        return list(_generated)
 
 
-def remove_listener(listener: Callable[[type[Any]], None]) -> None:
-    """Stop calling ``listener``; a no-op when it was not added."""
-    if listener in _listeners:
-        _listeners.remove(listener)
+def generated_call(cls: type[Any]) -> Callable[..., Any] | None:
+    """The ``__call__`` ``base_node`` generated for ``cls``, whatever is installed over it;
+    ``None`` for a class that was never registered."""
+    return _generated.get(cls)
+
+
+def execute_code(cls: type[Any]) -> CodeType | None:
+    """The code object of the ``execute`` that ``cls``'s generated call runs (its outermost
+    decorator's, when decorated), or ``None`` when that is not a Python function."""
+    execute = getattr(_generated.get(cls), "__wrapped__", None)
+    code = getattr(execute, "__code__", None)
+    return code if isinstance(code, CodeType) else None
+
+
+def add_call_wrapper(key: str, wrap: CallWrapper) -> None:
+    """Run ``wrap`` around the call of every node class, present and future.
+
+    Idempotent per ``key``: adding a key already present changes nothing.
+    """
+    with _lock:
+        if key in _wrappers:
+            return
+        _wrappers[key] = wrap
+        for cls in list(_generated):
+            _install(cls)
+
+
+def remove_call_wrapper(key: str) -> None:
+    """Stop running the wrapper added as ``key``; a no-op when there is none."""
+    with _lock:
+        if _wrappers.pop(key, None) is None:
+            return
+        for cls in list(_generated):
+            _install(cls)
+
+
+def _install(cls: type[Any]) -> None:
+    generated = _generated[cls]
+    call = generated
+    for wrap in _wrappers.values():
+        call = wrap(call)
+        for attribute in _CALL_METADATA:
+            setattr(call, attribute, getattr(generated, attribute))
+        call.__annotations__ = dict(generated.__annotations__)
+    cls.__call__ = call
 
 
 # -- what LangGraph reads of a node class's code ---------------------------------------------

@@ -2,13 +2,14 @@
 
 A custom collector (prometheus-client's documented way to export values kept
 elsewhere) so the hot path updates plain counters and pays nothing for exposition.
+Names, types, help texts and label names come from the declarations in
+``metric_types`` (``metrics.METRICS``); this module never imports ``metrics``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import (
@@ -18,13 +19,11 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-if TYPE_CHECKING:
-    from act_operator_lib.metrics import Series, Snapshot
+from act_operator_lib._internal.metric_types import LATENCY_BUCKETS, METRICS, Series, Snapshot
 
 __all__ = ["registry_for"]
 
 _PREFIX = "act_"
-_INVALID = re.compile(r"[^a-zA-Z0-9_:]")
 
 
 def registry_for(take_snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
@@ -39,20 +38,11 @@ class _SnapshotCollector:
         self._take_snapshot = take_snapshot
 
     def collect(self) -> Iterable[Metric]:
-        from act_operator_lib.metrics import LATENCY_BUCKETS
-
         data = self._take_snapshot()
-        calls = CounterMetricFamily(f"{_PREFIX}node_calls", "Node calls started.", labels=["node"])
-        errors = CounterMetricFamily(
-            f"{_PREFIX}node_errors", "Node calls that raised, by exception type.",
-            labels=["node", "error"],
-        )  # fmt: skip
-        in_flight = GaugeMetricFamily(
-            f"{_PREFIX}node_in_flight", "Node calls started and not finished.", labels=["node"]
-        )
-        latency = HistogramMetricFamily(
-            f"{_PREFIX}node_latency_seconds", "How long node calls took.", labels=["node"]
-        )
+        calls = _family(CounterMetricFamily, "node_calls")
+        errors = _family(CounterMetricFamily, "node_errors")
+        in_flight = _family(GaugeMetricFamily, "node_in_flight")
+        latency = _family(HistogramMetricFamily, "node_latency_seconds")
         bounds = [*(f"{bound:g}" for bound in LATENCY_BUCKETS), "+Inf"]
         for name, node in data.nodes.items():
             calls.add_metric([name], node.calls)
@@ -68,22 +58,33 @@ class _SnapshotCollector:
         yield from _primitive_families(data.series)
 
 
+_F = TypeVar("_F", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
+
+
+def _family(family: type[_F], metric: str) -> _F:
+    """The family of a declared node metric, named, described and labelled as declared."""
+    declared = METRICS[metric]
+    return family(_PREFIX + metric, declared.description, labels=list(declared.labels))
+
+
+# Declared kinds as prometheus-client types: observations keep recent percentiles (a summary).
+_TYPES = {"counter": "counter", "gauge": "gauge", "observation": "summary"}
+
+
 def _primitive_families(all_series: Iterable[Series]) -> Iterable[Metric]:
     families: dict[str, Metric] = {}
     for series in all_series:
-        name = _PREFIX + _INVALID.sub("_", series.metric)
+        declared = METRICS[series.metric]
+        name = _PREFIX + series.metric
         labels = dict(series.labels)
-        if series.kind == "counter":
-            name = name.removesuffix("_total")
-            family = families.setdefault(
-                name, Metric(name, f"{series.metric} (counter)", "counter")
-            )
+        family = families.get(name)
+        if family is None:
+            family = families[name] = Metric(name, declared.description, _TYPES[declared.kind])
+        if declared.kind == "counter":
             family.add_sample(f"{name}_total", labels, series.value)
-        elif series.kind == "gauge":
-            family = families.setdefault(name, Metric(name, f"{series.metric} (gauge)", "gauge"))
+        elif declared.kind == "gauge":
             family.add_sample(name, labels, series.value)
         else:
-            family = families.setdefault(name, Metric(name, f"{series.metric}", "summary"))
             latency = series.latency
             if latency is not None:
                 for quantile, value in (

@@ -18,6 +18,7 @@ from langgraph.types import Command, RetryPolicy, Send, interrupt
 from prometheus_client import REGISTRY, generate_latest
 
 from act_operator_lib import AsyncBaseNode, BaseNode, metrics
+from act_operator_lib._internal import node_classes
 
 
 class State(TypedDict, total=False):
@@ -65,11 +66,11 @@ class FlakyOnce(BaseNode):
 
 
 def test_off_by_default_and_nothing_is_recorded() -> None:
-    assert metrics.enabled is False
+    assert metrics.enabled() is False
     graph = StateGraph(State).add_node(Increment()).add_edge(START, "Increment").compile()
     assert graph.invoke({"n": 1})["n"] == 2
     # The class runs base_node's own generated __call__, untouched.
-    assert not hasattr(Increment.__dict__["__call__"], "_act_plain_call")
+    assert Increment.__dict__["__call__"] is node_classes.generated_call(Increment)
     metrics.record("retry_attempts", name="x")
     assert metrics.snapshot() == metrics.Snapshot(nodes={}, series=())
 
@@ -179,25 +180,28 @@ def test_enable_and_disable_swap_the_call_for_existing_and_new_classes() -> None
             def execute(self, state: State) -> dict[str, Any]:
                 return {"n": 1}
 
-        assert hasattr(DefinedWhileEnabled.__dict__["__call__"], "_act_plain_call")
+        generated = node_classes.generated_call(DefinedWhileEnabled)
+        assert generated is not None
+        assert DefinedWhileEnabled.__dict__["__call__"] is not generated
+        instrumented = Increment.__dict__["__call__"]
         metrics.enable()  # idempotent: not wrapped twice
-        inner = Increment.__dict__["__call__"]._act_plain_call
-        assert inner is plain
+        assert Increment.__dict__["__call__"] is instrumented
+        assert node_classes.generated_call(Increment) is plain
     finally:
         metrics.disable()
     assert Increment.__dict__["__call__"] is plain
-    assert not hasattr(DefinedWhileEnabled.__dict__["__call__"], "_act_plain_call")
+    assert DefinedWhileEnabled.__dict__["__call__"] is generated
 
 
 def test_collecting_leaves_an_enabled_state_enabled() -> None:
     metrics.enable()
     with metrics.collecting():
         pass
-    assert metrics.enabled is True
+    assert metrics.enabled() is True
     metrics.disable()
     with metrics.collecting():
-        assert metrics.enabled is True
-    assert metrics.enabled is False
+        assert metrics.enabled() is True
+    assert metrics.enabled() is False
 
 
 class Gate(AsyncBaseNode):
