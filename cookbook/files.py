@@ -48,7 +48,6 @@ import stat
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ import aiofiles.threadpool
 
 from act_operator_lib.base_node import AsyncBaseNode
 
-from .resources import Resources
+from .resources import PerLoop, Resources
 
 __all__ = ["FileSettings", "FileStore", "PathEscapeError", "WriteFiles"]
 
@@ -137,10 +136,9 @@ class FileStore:
         # No I/O here: a store is often built inside async code (mkdir would block the loop).
         self._base: str | None = None
         self._prepare_lock = threading.Lock()
-        # asyncio primitives belong to one loop: one semaphore per loop using the store.
-        self._limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
+        # asyncio primitives belong to one loop: one semaphore per loop using the store,
+        # forgotten when that loop shuts down.
+        self._limits: PerLoop[asyncio.Semaphore] = PerLoop()
         self.in_flight = 0
         """File operations running right now (never above ``max_concurrency``)."""
         if resources is not None:
@@ -165,16 +163,15 @@ class FileStore:
 
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        limit = self._limits.get(loop)
-        if limit is None:
-            limit = self._limits[loop] = asyncio.Semaphore(self.settings.max_concurrency)
-        async with limit:
+        async with self._limits.get(self._new_limit):
             self.in_flight += 1
             try:
                 yield
             finally:
                 self.in_flight -= 1
+
+    def _new_limit(self) -> asyncio.Semaphore:
+        return asyncio.Semaphore(self.settings.max_concurrency)
 
     async def read_bytes(self, path: str | os.PathLike[str]) -> bytes:
         """The whole file (up to ``max_read_size``; stream bigger files with ``iter_chunks``)."""
@@ -283,7 +280,7 @@ class FileStore:
 
     async def aclose(self) -> None:
         """Nothing to release (files are closed after each operation); here for ``Resources``."""
-        self._limits.clear()
+        await self._limits.aclose()
 
     def __repr__(self) -> str:
         return f"FileStore(base_dir={str(self.settings.base_dir)!r})"

@@ -41,7 +41,6 @@ import multiprocessing
 import pickle
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 
-from .resources import ResourceClosedError, Resources
+from .resources import PerLoop, ResourceClosedError, Resources
 
 __all__ = ["BlockingCall", "OffloadSettings", "Offloader", "UnpicklableCallError"]
 
@@ -117,12 +116,14 @@ class Offloader:
         self._executor: concurrent.futures.Executor | None = None
         self._closed = False
         self._guard = threading.Lock()
-        # Semaphores belong to one loop: one per loop using this pool.
-        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Semaphores belong to one loop: one per loop using this pool, forgotten when that
+        # loop shuts down.
+        self._slots: PerLoop[asyncio.Semaphore] = PerLoop()
         if resources is not None:
             resources.add(self)
+
+    def _new_slots(self) -> asyncio.Semaphore:
+        return asyncio.Semaphore(self.settings.max_workers)
 
     def _closed_error(self) -> ResourceClosedError:
         return ResourceClosedError(f"Offloader {self.settings.name!r} is closed")
@@ -175,9 +176,7 @@ class Offloader:
         if self._closed:
             raise self._closed_error()
         loop = asyncio.get_running_loop()
-        slots = self._slots.get(loop)
-        if slots is None:
-            slots = self._slots[loop] = asyncio.Semaphore(self.settings.max_workers)
+        slots = self._slots.get(self._new_slots)
         if slots.locked():
             record("pool_waits", 1.0, name=self.settings.name)
         await slots.acquire()
@@ -231,7 +230,7 @@ class Offloader:
         if executor is not None:
             record("pool_size", -float(self.settings.max_workers), name=self.settings.name)
         # Wake one waiter per loop: it sees the close, fails, and wakes the next one.
-        for loop, slots in list(self._slots.items()):
+        for loop, _, slots in self._slots.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                 loop.call_soon_threadsafe(slots.release)
         return executor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import stat
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+import weakref
 from contextlib import aclosing
 from pathlib import Path
 from typing import TypedDict
@@ -441,3 +443,19 @@ def test_example_runs() -> None:
     assert "written: 10 files" in out
     assert "transformed 7000 bytes: 'NOTE 3\\n'" in out
     assert "refused: file path '../outside.txt' leads outside" in out
+
+
+def test_a_finished_event_loop_is_not_kept_alive_by_the_store(tmp_path: Path) -> None:
+    # One semaphore per loop, dropped when the loop shuts down (a semaphore a caller waited
+    # on references its loop, so a weak-keyed registry kept every such loop alive).
+    store = FileStore(FileSettings(base_dir=tmp_path, max_concurrency=1))
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def contend(round: int) -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await asyncio.gather(*(store.write_text(f"{round}-{i}.txt", "x") for i in range(3)))
+
+    for round in range(2):
+        asyncio.run(contend(round))
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import os
 import signal
 import threading
 import time
+import weakref
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypedDict
 
@@ -293,3 +295,23 @@ def test_example_runs() -> None:
     out = run_example("offload", timeout=90)
     assert "thread digest: req-42:2cf24dba5fb0" in out
     assert "primes below 20000: 2262" in out
+
+
+def test_a_finished_event_loop_is_not_kept_alive_by_the_pool() -> None:
+    # Each loop gets its own semaphore; once the loop shut down the pool holds nothing of
+    # it (a semaphore a caller waited on references its loop, so a weak-keyed registry
+    # kept every such loop alive).
+    pool = Offloader(OffloadSettings(max_workers=1))
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def contend() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await asyncio.gather(*(pool.run(time.sleep, 0.01) for _ in range(3)))
+
+    try:
+        for _ in range(2):
+            asyncio.run(contend())
+        gc.collect()
+        assert [ref() for ref in loops] == [None, None]
+    finally:
+        pool.close()
