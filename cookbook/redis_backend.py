@@ -32,8 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, NoReturn, cast
 
@@ -43,7 +41,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from yarl import URL
 
-from .resources import close_at_loop_shutdown
+from .resources import PerLoop
 
 __all__ = ["BreakerTicket", "RedisBackend", "RedisUnavailableError"]
 
@@ -220,7 +218,10 @@ _State = Literal["closed", "open", "half_open"]
 class _LoopClient(NamedTuple):
     client: redis.asyncio.Redis
     scripts: dict[str, Any]
-    disarm: Callable[[], None]
+
+
+async def _close_client(entry: _LoopClient) -> None:
+    await entry.client.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,9 +286,8 @@ class RedisBackend:
         self.fallback = fallback
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
-            weakref.WeakKeyDictionary()
-        )
+        # One asyncio client per event loop, closed when that loop shuts down.
+        self._async: PerLoop[_LoopClient] = PerLoop(close=_close_client)
         self._scripts = {
             "reserve": _RESERVE,
             "refund": _REFUND,
@@ -327,15 +327,12 @@ class RedisBackend:
         return client
 
     def _async_client(self) -> _LoopClient:
-        loop = asyncio.get_running_loop()
-        entry = self._async.get(loop)
-        if entry is None:
-            client = redis.asyncio.Redis.from_url(self._secret_url, **self._options())
-            scripts = {name: client.register_script(text) for name, text in self._scripts.items()}
-            entry = self._async[loop] = _LoopClient(
-                client, scripts, close_at_loop_shutdown(client.aclose)
-            )
-        return entry
+        return self._async.get(self._new_async_client)
+
+    def _new_async_client(self) -> _LoopClient:
+        client = redis.asyncio.Redis.from_url(self._secret_url, **self._options())
+        scripts = {name: client.register_script(text) for name, text in self._scripts.items()}
+        return _LoopClient(client, scripts)
 
     def _unavailable(self, error: BaseException) -> NoReturn:
         raise RedisUnavailableError(self.url, error) from error
@@ -367,10 +364,7 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Close this loop's client and the sync client; other loops close theirs at shutdown."""
-        entry = self._async.pop(asyncio.get_running_loop(), None)
-        if entry is not None:
-            entry.disarm()
-            await entry.client.aclose()
+        await self._async.aclose()
         self.close_sync()
 
     def close_sync(self) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import socket
 import time
+import weakref
 
 import pytest
+import uvloop
 from act_operator_lib.cookbook.redis_backend import RedisBackend, RedisUnavailableError
 
 from tests.helpers import run_example
@@ -181,3 +184,21 @@ def test_example_runs() -> None:
     assert "6 calls at 5/s across two workers took" in out
     took = float(out.rsplit("took ", 1)[1].rstrip().rstrip("s"))
     assert took >= 0.95  # five intervals of 0.2 s: one budget across both workers
+
+
+def test_each_loop_gets_a_client_closed_when_the_loop_shuts_down(redis_url: str) -> None:
+    shared = RedisBackend(redis_url)
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def ping_twice() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await asyncio.gather(shared.ping(), shared.ping())
+
+    for _ in range(2):
+        asyncio.run(ping_twice())  # no aclose(): the loop's shutdown closes its client
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(ping_twice())
+    gc.collect()
+    # Nothing of the finished loops is kept (a weak-keyed dict kept them alive through
+    # the clients), and no ResourceWarning for an unclosed client was raised.
+    assert [ref() for ref in loops] == [None, None, None]
