@@ -28,9 +28,10 @@ LangGraph's: ``builder.add_node(node, retry_policy=RetryPolicy(), timeout=Timeou
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -125,7 +126,9 @@ class LLMStreamNode(AsyncBaseNode):
         answer: AIMessageChunk | None = None
         tokens = 0
         # aclosing: a cancelled run closes the model's stream now, not at garbage collection.
-        async with aclosing(self.model.astream(messages, config)) as stream:
+        # BaseChatModel.astream is an async generator, typed as the AsyncIterator it returns.
+        chunks = cast(AsyncGenerator[AIMessageChunk, None], self.model.astream(messages, config))
+        async with aclosing(chunks) as stream:
             async for chunk in stream:
                 answer = chunk if answer is None else answer + chunk
                 tokens += 1
@@ -151,7 +154,7 @@ if __name__ == "__main__":
         builder.add_node(LLMStreamNode(fake_chat_model("Tokens stream to the caller one by one.")))
         builder.add_edge(START, "LLMStreamNode")
         graph = builder.compile()
-        inputs = {"messages": [HumanMessage("Say something")]}
+        inputs: MessagesState = {"messages": [HumanMessage("Say something")]}
         print("custom stream: ", end="")
         async for mode, chunk in graph.astream(inputs, stream_mode=["custom", "messages"]):
             if mode == "custom":

@@ -94,7 +94,7 @@ class CursorStreamPolicy:
 
 
 async def stream_batches(
-    connection: asyncpg.Connection,
+    connection: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     query: str,
     *args: Any,
     batch_size: int = 1000,

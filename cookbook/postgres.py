@@ -97,7 +97,7 @@ _LOST_ERRORS: tuple[type[BaseException], ...] = (
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_LOST_ERRORS, OSError, TimeoutError)
 
 
-def _is_gone(exc: BaseException, conn: asyncpg.Connection) -> bool:
+def _is_gone(exc: BaseException, conn: asyncpg.pool.PoolConnectionProxy) -> bool:
     """Whether ``exc``, raised while ``conn`` was in use, means ``conn`` is unusable.
 
     The connection's own state decides for errors that can also be a caller's bug
@@ -109,14 +109,14 @@ def _is_gone(exc: BaseException, conn: asyncpg.Connection) -> bool:
     return isinstance(exc, (*_LOST_ERRORS, asyncpg.InternalClientError)) or _is_closed(conn)
 
 
-def _is_closed(conn: asyncpg.Connection) -> bool:
+def _is_closed(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
     try:
         return bool(conn.is_closed())
     except asyncpg.InterfaceError:
         return True  # a pool's proxy, detached because its connection closed
 
 
-def _drop(conn: asyncpg.Connection) -> None:
+def _drop(conn: asyncpg.pool.PoolConnectionProxy) -> None:
     """Close ``conn`` at once unless it is closed already."""
     if not _is_closed(conn):
         conn.terminate()
@@ -439,7 +439,7 @@ class PostgresPool:
             if isinstance(key, tuple) and key[1] == self.settings:
                 await self.pools.aclose(key)
 
-    async def _acquire(self, shared: SharedPool, dsn: str) -> asyncpg.Connection:
+    async def _acquire(self, shared: SharedPool, dsn: str) -> asyncpg.pool.PoolConnectionProxy:
         pool = shared.pool
         lent = shared.lent
         shared.lent = lent + 1
@@ -449,7 +449,7 @@ class PostgresPool:
             if pool.get_idle_size():
                 # An idle connection is taken without waiting (asyncio is single-threaded
                 # until the acquire's first suspension), so the timer is not needed.
-                idle: asyncpg.Connection = await pool.acquire()
+                idle = await pool.acquire()
                 return idle
         except BaseException:
             _unlend(shared)
@@ -459,7 +459,7 @@ class PostgresPool:
         deadline = asyncio.timeout(self.settings.acquire_timeout)
         try:
             async with deadline:
-                conn: asyncpg.Connection = await pool.acquire()
+                conn = await pool.acquire()
                 return conn
         except BaseException as exc:
             _unlend(shared)
@@ -479,19 +479,25 @@ class PostgresPool:
                 ) from None
             raise
 
-    async def _release(self, shared: SharedPool, conn: asyncpg.Connection) -> None:
+    async def _release(self, shared: SharedPool, conn: asyncpg.pool.PoolConnectionProxy) -> None:
         try:
             await shared.pool.release(conn)
         finally:
             _unlend(shared)
 
     @asynccontextmanager
-    async def connection(self, dsn: str | None = None) -> AsyncIterator[asyncpg.Connection]:
+    async def connection(
+        self, dsn: str | None = None
+    ) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
         """A pooled connection for several statements (no transaction of its own).
 
         An error raised inside the block propagates as it is. Only when the connection
         itself is gone is it dropped, and the pool's idle connections replaced (a restart
         kills them all); any other error, yours included, returns it to the pool.
+
+        Typed as what the pool lends, asyncpg's ``PoolConnectionProxy`` (every
+        ``Connection`` method); it was annotated ``asyncpg.Connection`` before, which
+        mypy --strict with asyncpg-stubs refuses. The object itself is unchanged.
         """
         dsn = self._dsn(dsn)
         shared = await self._shared(dsn)
@@ -507,7 +513,9 @@ class PostgresPool:
             await self._release(shared, conn)
 
     @asynccontextmanager
-    async def transaction(self, dsn: str | None = None) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(
+        self, dsn: str | None = None
+    ) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
         """A connection inside a transaction: committed on exit, rolled back on error."""
         async with self.connection(dsn) as conn, conn.transaction():
             yield conn
