@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -31,16 +32,37 @@ def run(*cmd: str | Path, check: bool = True) -> int:
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, check=check).returncode
 
 
+def install(python: Path, *args: str) -> None:
+    """pip install, silent unless it fails (then its whole output, to see why)."""
+    cmd = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        sys.stderr.write(done.stdout + done.stderr)
+        sys.exit(f"dev.py: `{' '.join(cmd)}` failed (exit {done.returncode})")
+
+
 def ensure_venv() -> Path:
     python = BIN / "python"
-    if not python.exists():
-        venv.create(VENV, with_pip=True)
     stamp = VENV / ".installed"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if not stamp.exists() or stamp.read_text() != digest:
-        run(python, "-m", "pip", "install", "-q", "--upgrade", "pip")
-        run(python, "-m", "pip", "install", "-q", "-e", ".[dev]")
+    if not python.exists() or not stamp.exists() or stamp.read_text() != digest:
+        # The only slow step, so it is the only one that talks: later runs say nothing.
+        if python.exists():
+            what = "pyproject.toml changed: reinstalling into .venv/"
+        else:
+            what = "first run: creating .venv/ and installing"
+        print(
+            f"dev.py: {what} act-operator-lib with its dev extras"
+            " (a few minutes on a fresh machine, seconds when pip's cache has everything)...",
+            flush=True,
+        )
+        started = time.monotonic()
+        if not python.exists():
+            venv.create(VENV, with_pip=True)
+            install(python, "--upgrade", "pip")
+        install(python, "-e", ".[dev]")
         stamp.write_text(digest)
+        print(f"dev.py: .venv/ ready ({time.monotonic() - started:.0f}s)", flush=True)
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     os.environ["VIRTUAL_ENV"] = str(VENV)
     return python
