@@ -14,8 +14,9 @@ between ``min_limit`` and ``max_limit``:
   (Brakmo & Peterson, 1994), as adapted by Netflix's concurrency-limits ``VegasLimit``,
   the queue the limit builds at the dependency is estimated once per window of about
   ``limit`` calls (one round trip) as ``limit * (1 - baseline / latency)``, ``latency``
-  being the window's mean and ``baseline`` the lowest latency seen lately (the
-  dependency unloaded). At first the limit doubles every other window (Vegas' slow
+  being the window's fastest call (a queue at the dependency delays every call, while
+  jitter on the way delays only some) and ``baseline`` the lowest latency seen lately
+  (the dependency unloaded). At first the limit doubles every other window (Vegas' slow
   start) until a queue shows; then no queue: + log10(limit); a small queue (3 to 6
   log10(limit) calls): hold, this is the knee; a longer one (latency rising above the
   baseline): - log10(limit).
@@ -58,9 +59,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from act_operator_lib import metrics
 from act_operator_lib.metrics import record
@@ -71,6 +73,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 OVERLOAD_STATUSES = frozenset({429, 503})
+
+# The limiters whose slot the current task holds: a nested slot of the same limiter (a
+# fan-out and its HTTP client sharing one) passes through instead of waiting on itself.
+_held: ContextVar[frozenset[int]] = ContextVar("adaptive_slots_held", default=frozenset())
 
 
 def is_overload(error: BaseException) -> bool:
@@ -131,22 +137,19 @@ class AdaptiveLimit:
 class _Window:
     """The calls finished since the limit was last decided on."""
 
-    __slots__ = ("count", "peak", "total")
+    __slots__ = ("count", "fastest", "peak")
 
     def __init__(self) -> None:
         self.count = 0
-        self.total = 0.0
+        self.fastest = math.inf  # a queue delays every call; jitter only some
         self.peak = 0  # most calls in flight when one of them finished
 
     def add(self, latency: float, in_flight: int) -> None:
         self.count += 1
-        self.total += latency
+        if latency < self.fastest:
+            self.fastest = latency
         if in_flight > self.peak:
             self.peak = in_flight
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.count
 
 
 class _Waiter:
@@ -254,6 +257,17 @@ class AdaptiveLimiter:
         async with _Slot(self):
             return await fn(*args, **kwargs)
 
+    def record_overload(self, started: float) -> None:
+        """Report an overload the slot could not see: a call begun at ``started``
+        (``time.monotonic()``) that a timeout *around* the slot cancelled (inside the slot
+        it only saw a cancellation). ``bounded_map`` does this for its item timeouts."""
+        with self._lock:
+            record("adaptive_overloads", name=self.name, reason="TimeoutError")
+            before = int(self._limit)
+            self._on_overload(started, time.monotonic())
+            after = int(self._limit)
+        self._report(before, after)
+
     # -- slots ------------------------------------------------------------------------------
 
     async def _acquire(self) -> float:
@@ -296,6 +310,9 @@ class AdaptiveLimiter:
             after = int(self._limit)
             self._serve()
         record("adaptive_in_flight", -1, name=self.name)
+        self._report(before, after)
+
+    def _report(self, before: int, after: int) -> None:
         if after != before:
             record(
                 "adaptive_limit_changes",
@@ -322,7 +339,7 @@ class AdaptiveLimiter:
         if window.peak * 2 < limit:
             return  # the callers did not use the limit: their latency says nothing about more
         log = max(1.0, math.log10(limit))
-        queue = limit * (1.0 - self._baseline / window.mean) if window.mean > 0 else 0.0
+        queue = limit * (1.0 - self._baseline / window.fastest) if window.fastest > 0 else 0.0
         if queue > 6 * log:
             self._slow_start = False
             limit -= log  # latency rose above the baseline: calls queue at the dependency
@@ -385,14 +402,20 @@ def _reason(error: BaseException) -> str:
 class _Slot:
     """One slot of an ``AdaptiveLimiter``, held for the body of ``async with``."""
 
-    __slots__ = ("limiter", "started")
+    __slots__ = ("limiter", "started", "token")
 
     def __init__(self, limiter: AdaptiveLimiter) -> None:
         self.limiter = limiter
         self.started = 0.0
+        self.token: Any = None
 
     async def __aenter__(self) -> None:
+        held = _held.get()
+        key = id(self.limiter)
+        if key in held:
+            return  # this task already holds one of this limiter's slots
         self.started = await self.limiter._acquire()
+        self.token = _held.set(held | {key})
 
     async def __aexit__(
         self,
@@ -400,6 +423,10 @@ class _Slot:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.token is None:
+            return
+        _held.reset(self.token)
+        self.token = None
         self.limiter._release(self.started, exc)
 
 

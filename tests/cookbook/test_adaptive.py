@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from typing import Any, TypedDict
 
 import pytest
@@ -276,3 +277,33 @@ def test_example_runs() -> None:
     out = run_example("adaptive")
     assert "limit: started at 2" in out
     assert "2000 calls by 200 workers" in out
+
+
+async def test_a_nested_slot_of_the_same_limiter_passes_through() -> None:
+    # A fan-out and its HTTP client may share one limiter: the inner slot must not wait
+    # for a slot its own task holds.
+    limiter = AdaptiveLimiter(AdaptiveLimit(initial_limit=1, min_limit=1, max_limit=1))
+
+    async def inner() -> str:
+        async with limiter.slot():
+            return "inner ran"
+
+    assert await asyncio.wait_for(limiter.call(inner), 10) == "inner ran"
+    assert limiter.in_flight == 0
+
+
+async def test_a_timeout_around_the_slot_is_reported_as_one_overload() -> None:
+    limiter = AdaptiveLimiter(AdaptiveLimit(initial_limit=20), name="outside")
+
+    async def timed_out(item: int) -> None:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(0.02):
+                await limiter.call(asyncio.sleep, 10)
+        except TimeoutError:
+            limiter.record_overload(started)
+
+    await asyncio.gather(*(timed_out(i) for i in range(10)))
+
+    assert limiter.limit == 18  # ten timeouts of one window: one decrease
+    assert limiter.in_flight == 0
