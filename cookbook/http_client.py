@@ -89,6 +89,7 @@ __all__ = [
     "HttpSettings",
     "is_retryable",
     "safe_url",
+    "status_error",
 ]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -418,11 +419,7 @@ class HttpClient:
             middlewares=(middleware,),
             # A jar would send a host's cookies to its other ports (cookies ignore ports).
             cookie_jar=aiohttp.DummyCookieJar() if policy is not None else None,
-            # sock_connect, not connect: aiohttp arms a connect timer on every request,
-            # even one served by a pooled connection; this one only times new sockets.
-            timeout=aiohttp.ClientTimeout(
-                total=settings.timeout, sock_connect=settings.connect_timeout
-            ),
+            timeout=self.client_timeout(settings.timeout),
             headers=dict(settings.headers),
             raise_for_status=False,
         )
@@ -462,16 +459,27 @@ class HttpClient:
             self._guarded = HttpClient(settings, name=self.name)
         return self._guarded
 
+    def client_timeout(
+        self, total: float | None, *, sock_read: float | None = None
+    ) -> aiohttp.ClientTimeout:
+        """The aiohttp timeout for a request of this client: ``total`` seconds for all of
+        it (None: no limit), ``sock_read`` between two reads, ``connect_timeout`` to open a
+        new socket.
+
+        The connect bound is aiohttp's ``sock_connect``, never ``connect``: aiohttp arms a
+        ``connect`` timer on every request, also one waiting for a pooled connection, so a
+        busy pool would fail requests that never tried to connect.
+        """
+        return aiohttp.ClientTimeout(
+            total=total, sock_connect=self.settings.connect_timeout, sock_read=sock_read
+        )
+
     def url(self, url: str | URL) -> URL:
         """The absolute URL a request for ``url`` goes to: ``base_url`` is a prefix, and
         with an ``egress`` policy the URL is checked and its host made canonical."""
         target = self._join(url)
         policy = self.settings.egress
         return target if policy is None else policy.check_url(target)
-
-    def _full_url(self, url: str | URL, params: Mapping[str, Any] | None) -> str:
-        """The URL a request for ``url`` goes to, for error messages (nothing checked)."""
-        return _with_params(self._join(url), params)
 
     def _join(self, url: str | URL) -> URL:
         prefix = self._prefix
@@ -622,9 +630,7 @@ class HttpClient:
     ) -> Any:
         kwargs: dict[str, Any] = {}
         if request_timeout is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(
-                total=request_timeout, sock_connect=self.settings.connect_timeout
-            )
+            kwargs["timeout"] = self.client_timeout(request_timeout)
         response = await self._follow(session, method, url, params, json, data, headers, kwargs)
         tracing.set_attribute("http.response.status_code", response.status)
         async with response:
@@ -637,14 +643,7 @@ class HttpClient:
                     str(response.url),
                 )
             if response.status >= 300:
-                snippet = (await response.content.read(_SNIPPET)).decode("utf-8", "replace")
-                raise HTTPStatusError(
-                    response.status,
-                    method,
-                    str(response.url),
-                    snippet,
-                    _retry_after_seconds(response.headers.get("Retry-After")),
-                )
+                raise await status_error(response, method)
             body = await self._read_limited(response, method)
             if read == "bytes":
                 return body
@@ -724,6 +723,19 @@ def _describe_request(method: str, url: URL) -> tuple[str, dict[str, Any]]:
     if url.port is not None:
         attributes["server.port"] = url.port
     return method, attributes
+
+
+async def status_error(response: aiohttp.ClientResponse, method: str) -> HTTPStatusError:
+    """The ``HTTPStatusError`` for a non-2xx ``response``: its status, the first bytes of
+    its body and its ``Retry-After`` (the other HTTP recipes raise it too)."""
+    snippet = (await response.content.read(_SNIPPET)).decode("utf-8", "replace")
+    return HTTPStatusError(
+        response.status,
+        method,
+        str(response.url),
+        snippet,
+        _retry_after_seconds(response.headers.get("Retry-After")),
+    )
 
 
 def _with_params(url: URL, params: Mapping[str, Any] | None) -> str:

@@ -36,6 +36,14 @@ take; a larger event, or a longer line in ``format="lines"``, raises ``StreamEve
 without a ``data:`` field (only ``event:``, ``id:``, ``retry:`` or comments) is not
 dispatched, and an event without ``id:`` has no ``"id"`` key; lines end with LF or CRLF.
 
+Every failure is an ``http_client.HttpError`` (changed: the three stream errors were not):
+``HTTPStatusError`` for a non-2xx answer (with its ``Retry-After``, as ``HttpClient``
+raises it), and the stream errors above. The request follows the client's rules: a
+relative URL is joined to ``base_url`` as a prefix (changed: aiohttp's RFC 3986 join
+dropped the base URL's path for ``"/events"``), its ``egress`` policy is checked before
+connecting, and ``connect_timeout`` bounds opening a socket only (changed: it also
+bounded waiting for a free pooled connection, so a stream queued behind busy ones failed).
+
 When to use LangGraph's native tools instead: if the whole body is small and only the
 result matters, ``HttpClient.get_json`` in a plain node with ``RetryPolicy`` and
 ``TimeoutPolicy(run_timeout=...)`` is simpler; stream only when the caller wants items live
@@ -56,7 +64,7 @@ from langgraph.runtime import Runtime
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 
-from .http_client import HttpClient, HttpSettings, HTTPStatusError, safe_url
+from .http_client import HttpClient, HttpError, HttpSettings, safe_url, status_error
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -127,7 +135,7 @@ class HttpStreamPolicy:
             )
 
 
-class StreamIdleTimeout(TimeoutError):
+class StreamIdleTimeout(HttpError, TimeoutError):
     """The server sent nothing for ``idle_timeout`` seconds: no headers, or mid-stream."""
 
     def __init__(
@@ -143,7 +151,7 @@ class StreamIdleTimeout(TimeoutError):
         super().__init__(f"GET {self.url} {message}")
 
 
-class StreamEventTooLarge(ValueError):
+class StreamEventTooLarge(HttpError, ValueError):
     """One event (or line) outgrew ``max_event_bytes``; the items before it were delivered."""
 
     def __init__(self, url: str, max_event_bytes: int, items: int, *, what: str) -> None:
@@ -156,7 +164,7 @@ class StreamEventTooLarge(ValueError):
         )
 
 
-class StreamInterruptedError(ConnectionError):
+class StreamInterruptedError(HttpError, ConnectionError):
     """The connection closed before the stream ended.
 
     ``last_event_id`` is the id of the last event handed to the caller (``None`` if none
@@ -195,22 +203,21 @@ async def stream_http(
     _check_max_event_bytes("stream_http", max_event_bytes)
     session = client.session()
     # No total: a stream lasts as long as it lasts. sock_read is the idle timeout.
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=client.settings.connect_timeout, sock_read=idle_timeout
-    )
+    timeout = client.client_timeout(None, sock_read=idle_timeout)
     accept = {"Accept": "text/event-stream"} if format == "sse" else {}
-    where = client._full_url(url, None)  # errors name the absolute URL, as requested
+    # The client's own URL rules (base_url as a prefix, the egress policy); errors name it.
+    target = client.url(url)
+    where = str(target)
     items = 0
     last_id: str | None = None  # the id of the last event yielded: where a resume starts
     try:
-        response = await session.get(url, timeout=timeout, headers={**accept, **(headers or {})})
+        response = await session.get(target, timeout=timeout, headers={**accept, **(headers or {})})
     except aiohttp.SocketTimeoutError:
         # sock_read also bounds the wait for the headers: a silent server is an idle stream.
         raise StreamIdleTimeout(where, idle_timeout or 0.0, 0, before_headers=True) from None
     async with response:
         if response.status >= 300:
-            snippet = (await response.content.read(200)).decode("utf-8", "replace")
-            raise HTTPStatusError(response.status, "GET", str(response.url), snippet)
+            raise await status_error(response, "GET")
         record("http_streams", 1.0, name=client.name)
         sse = format == "sse"
         what = "an event" if sse else "a line"

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, TypedDict
 
 import pytest
-from act_operator_lib.cookbook.http_client import HttpClient, HttpSettings, HTTPStatusError
+from act_operator_lib.cookbook.http_client import (
+    HttpClient,
+    HttpError,
+    HttpSettings,
+    HTTPStatusError,
+)
 from act_operator_lib.cookbook.http_stream import (
     HttpStreamNode,
     HttpStreamPolicy,
+    StreamEventTooLarge,
     StreamIdleTimeout,
     StreamInterruptedError,
     stream_http,
@@ -239,3 +245,72 @@ def test_example_runs() -> None:
     stdout = run_example("http_stream")
     assert "custom {'event': 'tick', 'id': '4', 'data': '{\"i\": 4}'}" in stdout
     assert "'stream': {'items': 5, 'last_event_id': '4'}" in stdout
+
+
+async def read_all(stream: AsyncGenerator[Any, None]) -> list[Any]:
+    async with aclosing(stream) as items:
+        return [item async for item in items]
+
+
+async def test_every_stream_failure_is_an_http_error(http: HttpClient) -> None:
+    assert issubclass(StreamIdleTimeout, HttpError)
+    assert issubclass(StreamEventTooLarge, HttpError)
+    assert issubclass(StreamInterruptedError, HttpError)
+    with pytest.raises(HttpError) as dropped:
+        await read_all(stream_http(http, "/sse-drop"))
+    assert isinstance(dropped.value, StreamInterruptedError)
+    assert isinstance(dropped.value, ConnectionError)
+
+
+async def test_a_status_error_carries_retry_after_as_the_client_raises_it(
+    http: HttpClient,
+) -> None:
+    url = "/retry-after?key=stream-429&fails=1&status=429&after=7"
+    with pytest.raises(HTTPStatusError) as caught:
+        await read_all(stream_http(http, url))
+    assert caught.value.status == 429
+    assert caught.value.retry_after == 7.0
+    assert caught.value.snippet == "slow down"
+
+
+async def test_a_relative_url_is_joined_to_base_url_as_a_prefix(
+    http_server: HttpTestServer,
+) -> None:
+    # base_url ".../status" + "/418" is ".../status/418", as HttpClient requests it
+    # (aiohttp's own join would drop the base path and ask for "/418").
+    client = HttpClient(HttpSettings(base_url=http_server.url + "/status"))
+    try:
+        with pytest.raises(HTTPStatusError) as caught:
+            await read_all(stream_http(client, "/418"))
+        assert caught.value.status == 418
+        assert caught.value.url.endswith("/status/418")
+    finally:
+        await client.aclose()
+
+
+async def test_a_stream_waiting_for_a_pooled_connection_is_not_a_connect_timeout(
+    http_server: HttpTestServer,
+) -> None:
+    # One connection; the second stream waits for the first to finish, far longer than
+    # connect_timeout, which bounds opening a socket, not waiting for the pool.
+    client = HttpClient(
+        HttpSettings(base_url=http_server.url, limit=1, connect_timeout=0.2), name="one-conn"
+    )
+    first_event = asyncio.Event()
+
+    async def slow_stream() -> int:
+        seen = 0
+        async with aclosing(stream_http(client, "/sse?n=3&delay=0.5")) as events:
+            async for _ in events:
+                seen += 1
+                first_event.set()
+        return seen
+
+    try:
+        slow = asyncio.create_task(slow_stream())
+        await first_event.wait()
+        queued = await read_all(stream_http(client, "/sse?n=2"))
+        assert len(queued) == 2
+        assert await slow == 3
+    finally:
+        await client.aclose()
