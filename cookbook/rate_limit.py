@@ -393,21 +393,19 @@ class RateLimiter(BaseRateLimiter):
         if turn is None:
             turn = self._turns[loop] = asyncio.Lock()
         async with turn:
-            # A task, shielded: a caller cancelled mid round trip cannot tell whether its
-            # reservation was made, so the task finishes and the reservation is given back.
-            reservation = loop.create_task(
-                shared.reserve(
+            try:
+                wait = await shared.reserve(
                     self.name,
                     rate=self.policy.rate,
                     capacity=self.policy.capacity,
                     tokens=tokens,
                     blocking=blocking,
                 )
-            )
-            try:
-                wait = await asyncio.shield(reservation)
             except asyncio.CancelledError:
-                await self._give_back(reservation, tokens)
+                # Cancelled mid round trip: the request was sent (a command goes out before
+                # its answer is awaited), so the reservation is taken as made and given back.
+                if blocking:
+                    await self._give_back(tokens)
                 raise
             except ConnectionError as error:
                 if not self._use_local(error):
@@ -419,24 +417,19 @@ class RateLimiter(BaseRateLimiter):
             try:
                 await asyncio.sleep(wait)
             except asyncio.CancelledError:
-                await self._give_back(reservation, tokens)
+                await self._give_back(tokens)
                 raise
         record("rate_limiter_wait_seconds", loop.time() - started, name=self.name)
         return True
 
-    async def _give_back(self, reservation: asyncio.Task[float | None], tokens: int) -> None:
-        """Return a cancelled caller's reservation, once it is known to have been made."""
+    async def _give_back(self, tokens: int) -> None:
+        """Return a cancelled caller's reservation to the shared bucket."""
         shared = self.shared
         assert shared is not None
 
         async def give_back() -> None:
-            try:
-                made = await reservation
-            except Exception:
-                return  # no reservation, nothing to give back
-            if made is not None:
-                with contextlib.suppress(ConnectionError):
-                    await shared.refund(self.name, rate=self.policy.rate, tokens=tokens)
+            with contextlib.suppress(ConnectionError):
+                await shared.refund(self.name, rate=self.policy.rate, tokens=tokens)
 
         # Shielded: the caller is being cancelled, the refund must still happen.
         await asyncio.shield(asyncio.ensure_future(give_back()))
