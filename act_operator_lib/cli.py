@@ -156,23 +156,36 @@ def add_node(
 def update(path: ProjectPath = Path(".")) -> None:
     """Merge this act-operator-lib's project template into the project (commit first).
 
-    Copier renders the template version the project was made from and the current one,
-    and merges the difference into your files (conflicts marked inline). Template
-    versions are kept in ~/.cache/act-operator/project-template by `new` and `update`.
+    The template is rendered with the project's answers and committed as a pristine
+    render whose parent is the last one the project took in (found in the project's own
+    git history), then merged with `git merge`: your edits stay, the template's changes
+    arrive, and a clean merge is committed. Conflicts are left marked in the files, the
+    command exits 1 naming them; finish with `git add` and `git commit`, or undo with
+    `git merge --abort`. Needs the project's full git history, nothing else.
     """
-    from act_operator_lib._internal.scaffold import find_project, has_changes, update_project
+    from act_operator_lib._internal.scaffold import update_project
 
     with _refusals():
-        version = update_project(path)
-        changed = has_changes(find_project(path).root)
-    if not changed:
+        outcome = update_project(path)
+    if not outcome.changed:
         typer.echo(
-            f"Nothing changed: the project already matches the act-operator-lib {version} template"
+            "Nothing changed: the project already matches the act-operator-lib"
+            f" {outcome.version} template"
         )
         return
+    if outcome.conflicts:
+        typer.secho(
+            f"error: the act-operator-lib {outcome.version} template conflicts with your edits"
+            f" in {', '.join(outcome.conflicts)}: the rest is merged; resolve the conflict"
+            " markers (<<<<<<< ... >>>>>>>) in those files, then `git add` them and"
+            " `git commit` to finish the update, or undo it with `git merge --abort`",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(1)
     typer.echo(
-        f"Updated to the act-operator-lib {version} template; review with `git diff`"
-        " (conflicts are marked inline)"
+        f"Updated to the act-operator-lib {outcome.version} template and committed the merge;"
+        " review it with `git diff HEAD^1 HEAD`"
     )
 
 

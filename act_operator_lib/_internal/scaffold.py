@@ -10,17 +10,18 @@ directory next to its target and renamed into place, a node into a temporary dir
 and copied file by file only after every target has been checked, so an error leaves
 nothing behind.
 
-Two environment variables move what the scaffolder reads and keeps:
-``ACT_OPERATOR_TEMPLATE_DIR`` renders another project template (a fork of the packaged
-one), and ``ACT_OPERATOR_TEMPLATE_HISTORY`` moves the git repository of template
-versions that ``update`` merges from (default ``~/.cache/act-operator/project-template``).
+``update`` needs nothing but the project's own git history: ``new`` commits the pristine
+render of the template (the project as generated, with an ``Act-Operator-Template:``
+trailer), and each ``update`` commits the installed template's pristine render on top of
+the previous one and merges it with ``git merge``, so the merge base is always the render
+the project last took in. Nothing is cached on the machine and no file names a path of it.
+``ACT_OPERATOR_TEMPLATE_DIR`` renders another project template instead of the packaged one
+(a fork, or a test's stand-in for the next release).
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
-import fcntl
 import functools
 import gc
 import importlib.metadata
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,12 +50,13 @@ import act_operator_lib
 
 __all__ = [
     "ANSWERS_FILE",
+    "TEMPLATE_TRAILER",
     "Project",
     "ScaffoldError",
+    "Update",
     "add_node",
     "create_project",
     "find_project",
-    "has_changes",
     "node_names",
     "package_name_for",
     "update_project",
@@ -65,6 +67,15 @@ ANSWERS_FILE = ".copier-answers.yml"
 
 _MARKER = "act_operator_lib_version"
 """An answer only our project template asks, so a foreign copier project is told apart."""
+
+TEMPLATE_TRAILER = "Act-Operator-Template"
+"""The commit-message trailer of a commit whose tree is a pristine render of the template.
+
+``new`` puts it on the project's first commit and ``update`` on each render it merges; its
+value is the act-operator-lib version whose template was rendered.
+"""
+# Projects generated before the trailer existed: their first commit is the pristine render.
+_FIRST_COMMIT_BEFORE_TRAILERS = "^Generate .+ with act-operator new$"
 
 # A distribution name as PEP 508 allows it; it is also the project's directory name.
 _PROJECT_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
@@ -129,6 +140,18 @@ class Project:
     @property
     def package_dir(self) -> Path:
         return self.root / "src" / self.package
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What ``update_project`` did."""
+
+    version: str
+    """The act-operator-lib version whose template was merged (or already matched)."""
+    changed: bool
+    """False when the template renders exactly as last merged: nothing was done."""
+    conflicts: tuple[str, ...] = ()
+    """Files left with conflict markers; the merge is then in progress, awaiting a commit."""
 
 
 def template_dir(name: str) -> Path:
@@ -324,7 +347,9 @@ def create_project(
     """Render the project template as ``parent / name`` (or ``target``) and return it.
 
     The target must not exist or be an empty directory. With ``git`` (and git installed)
-    the project becomes a git repository with one commit, which ``update`` needs.
+    the project becomes a git repository whose first commit, the pristine render with a
+    ``TEMPLATE_TRAILER``, is what ``update`` merges from; a project inside another git
+    work tree is left for the user to commit (and cannot be updated).
     """
     package = package_name_for(name)
     root = (target if target is not None else parent / name.strip()).absolute()
@@ -347,27 +372,13 @@ def create_project(
     # filesystem and is atomic.
     with tempfile.TemporaryDirectory(prefix=f".{root.name}.", dir=staging_parent) as staging:
         staged = Path(staging) / root.name
-        with _template_source(use_git) as (src_path, ref):
-            _copier(
-                copier.run_copy,
-                src_path=src_path,
-                dst_path=staged,
-                vcs_ref=ref,
-                data=data,
-                defaults=True,
-                quiet=True,
-            )
+        _render_project(staged, data)
         if use_git and not _inside_git_worktree(staging_parent):
+            # The first commit is the pristine render: the base of the first update's merge.
             _git(staged, "init", "-q")
-            _git(staged, "add", "-A")
-            _git(
-                staged,
-                "commit",
-                "-q",
-                "-m",
-                f"Generate {name.strip()} with act-operator new",
-                as_user=True,
-            )
+            _git(staged, "add", "--all", "--force")
+            message = _pristine_message(f"Generate {name.strip()} with act-operator new")
+            _git(staged, "commit", "-q", "-m", message, as_user=True)
         staged.replace(root)  # replaces an empty directory too (rename(2))
     return Project(root, package)
 
@@ -458,52 +469,160 @@ def write_files(root: Path, files: Mapping[Path, bytes], *, force: bool) -> list
     return sorted(changed)
 
 
-def update_project(project_root: Path) -> str:
-    """Re-apply the installed act-operator-lib's project template, merging with local edits.
+def update_project(project_root: Path) -> Update:
+    """Merge the installed act-operator-lib's project template into the project at ``project_root``.
 
-    Copier three-way merges: it renders the template version the project was generated
-    from, diffs it against the current one and applies that diff to the project, leaving
-    conflict markers where both changed. Returns the template version applied.
+    Needs only the project's git history, no cache and no network: the installed template
+    is rendered with the project's answers (``.copier-answers.yml``) and committed as the
+    next pristine render, whose parent is the render the project last took in (its first
+    commit, or the render the last update merged). ``git merge`` of that commit then
+    applies exactly what the template changed since, keeps the user's edits, and leaves
+    conflict markers where both changed the same lines. A clean merge is committed; a
+    conflicted one is left in progress (``git merge --abort`` undoes it) and its files
+    are returned in ``Update.conflicts``.
+
+    Changed in 0.1.1: returns an ``Update`` instead of the version string, commits the
+    merge, and no longer reads the template history that ``new`` used to keep in
+    ``~/.cache/act-operator`` (a project generated before keeps working: its first commit
+    is taken as the pristine render).
     """
     project = find_project(project_root)
     if shutil.which("git") is None:
-        raise ScaffoldError("`act-operator update` needs git (copier merges through it)")
+        raise ScaffoldError("`act-operator update` needs git on PATH (it merges through git)")
     answers = _read_answers(project.root / ANSWERS_FILE)
-    old_ref = answers.get("_commit")
-    history = _history_repo()
-    if not isinstance(old_ref, str):
-        # Older projects do not record git_on_path; they were made with --no-git or no git.
+    repo = _repository_of(project.root)
+    if repo is None:
         why = "--no-git" if answers.get("git_on_path", True) else "git was not on PATH"
         raise ScaffoldError(
-            f"{ANSWERS_FILE} records no template version (_commit): the project was generated"
-            f" without git ({why}), so there is no version to merge from"
+            f"{project.root} is not a git repository: the project was generated without git"
+            f" ({why}), so no history holds the template it was made from, and there is"
+            " nothing to merge from"
         )
-    if answers.get("_src_path") != str(history) or not _has_tag(history, old_ref):
+    if repo != project.root.resolve():
         raise ScaffoldError(
-            f"the template version {old_ref!r} this project was generated from is not in the"
-            f" local template history {history}; update needs the act-operator-lib that made"
-            " the project to have run on this machine (re-generate with `act-operator new`"
-            " and copy your code across instead)"
+            f"{project.root} is inside the git repository {repo} rather than a repository of"
+            " its own: update merges from the pristine template render that `act-operator new`"
+            " commits as a project repository's first commit, and a project generated inside"
+            " another repository has none"
         )
-    # copier reads the template's location from the answers (the history repository)
-    # and renders both the recorded version and `ref`, the one committed just now.
-    with _template_source(True) as (_, ref):
-        _copier(
-            copier.run_update,
-            dst_path=project.root,
-            vcs_ref=ref,
-            data={"act_operator_lib_version": act_operator_lib.__version__},
-            defaults=True,
-            overwrite=True,
-            quiet=True,
-            skip_answered=True,
+    _require_clean(repo)
+    base = _last_pristine_render(repo)
+    version = act_operator_lib.__version__
+    data = {key: value for key, value in answers.items() if not key.startswith("_")}
+    data["act_operator_lib_version"] = version
+    with tempfile.TemporaryDirectory(prefix="act-operator-update-") as staging:
+        rendered = Path(staging) / project.root.name
+        _render_project(rendered, data)
+        tree = _tree_of(repo, rendered, index=Path(staging) / "index")
+    if tree == _git(repo, "rev-parse", f"{base}^{{tree}}").strip():
+        return Update(version, changed=False)
+    render = _git(
+        repo,
+        "commit-tree",
+        tree,
+        "-p",
+        base,
+        "-m",
+        _pristine_message(f"The act-operator-lib {version} project template, rendered as is"),
+    ).strip()
+    merge = _git_run(
+        repo,
+        "merge",
+        "--no-ff",
+        "--no-edit",
+        "-m",
+        f"Update to the act-operator-lib {version} project template\n\n"
+        f"Merged by `act-operator update`: the second parent is the template's pristine render.",
+        render,
+        as_user=True,
+    )
+    if merge.returncode == 0:
+        return Update(version, changed=True)
+    conflicts = tuple(_git(repo, "diff", "--name-only", "--diff-filter=U").split("\n"))
+    conflicts = tuple(name for name in conflicts if name)
+    if not conflicts:
+        raise ScaffoldError(
+            f"git merge of the act-operator-lib {version} template failed in {repo}:"
+            f" {(merge.stderr or merge.stdout).strip()}"
         )
-        return ref or act_operator_lib.__version__
+    return Update(version, changed=True, conflicts=conflicts)
 
 
-def has_changes(project_root: Path) -> bool:
-    """Whether the project's git work tree differs from its last commit (``update`` ran)."""
-    return bool(_git(project_root, "status", "--porcelain").strip())
+def _render_project(target: Path, data: Mapping[str, object]) -> None:
+    """Render the project template (``template_dir("project")``) into ``target``."""
+    _copier(
+        copier.run_copy,
+        src_path=str(template_dir("project")),
+        dst_path=target,
+        data=dict(data),
+        defaults=True,
+        quiet=True,
+    )
+
+
+def _pristine_message(subject: str) -> str:
+    return f"{subject}\n\n{TEMPLATE_TRAILER}: {act_operator_lib.__version__}\n"
+
+
+def _repository_of(path: Path) -> Path | None:
+    """The top of the git work tree holding ``path``, or None outside any."""
+    result = _git_run(path, "rev-parse", "--show-toplevel")
+    return Path(result.stdout.strip()).resolve() if result.returncode == 0 else None
+
+
+def _require_clean(repo: Path) -> None:
+    """Refuse a work tree with uncommitted changes or a merge in progress, naming them."""
+    if _git_run(repo, "rev-parse", "--quiet", "--verify", "MERGE_HEAD").returncode == 0:
+        raise ScaffoldError(
+            f"a merge is in progress in {repo}: finish it (resolve, `git add`, `git commit`)"
+            " or undo it (`git merge --abort`), then run `act-operator update` again"
+        )
+    status = _git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()
+    if status:
+        files = [line[3:] for line in status]
+        named = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+        raise ScaffoldError(
+            f"the work tree is dirty: {repo} has uncommitted changes ({named}); commit or"
+            " stash them first, so the template's merge is a commit of its own and nothing"
+            " of yours can be mixed into it"
+        )
+
+
+def _last_pristine_render(repo: Path) -> str:
+    """The newest commit reachable from HEAD whose tree is a pristine template render."""
+    if _git_run(repo, "rev-parse", "--quiet", "--verify", "HEAD").returncode != 0:
+        raise ScaffoldError(f"{repo} has no commit yet; commit the project, then update it")
+    for pattern in (f"^{TEMPLATE_TRAILER}: ", _FIRST_COMMIT_BEFORE_TRAILERS):
+        found = _git(
+            repo, "rev-list", "--topo-order", "-1", "--extended-regexp", f"--grep={pattern}", "HEAD"
+        ).strip()
+        if found:
+            return found
+    if _git(repo, "rev-parse", "--is-shallow-repository").strip() == "true":
+        raise ScaffoldError(
+            f"{repo} is a shallow clone, so it lacks the commit holding the template this"
+            " project was last rendered from; get the whole history with"
+            " `git fetch --unshallow` (in CI: `fetch-depth: 0`), then run update again"
+        )
+    raise ScaffoldError(
+        f"no commit reachable from HEAD in {repo} holds a pristine template render (a commit"
+        f" with a {TEMPLATE_TRAILER!r} trailer, made by `act-operator new` or `update`), so"
+        " there is no base to merge the template with; was the history rewritten, or the"
+        " project committed by hand?"
+    )
+
+
+def _tree_of(repo: Path, directory: Path, *, index: Path) -> str:
+    """Write ``directory`` into ``repo``'s object store as a tree; its id.
+
+    A private index keeps the user's index and work tree untouched, and ``--force`` takes
+    every rendered file, whatever ignore rules this machine has.
+    """
+    git_dir = _git(repo, "rev-parse", "--absolute-git-dir").strip()
+    location = ("--git-dir", git_dir, "--work-tree", str(directory))
+    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    _git(directory, *location, "add", "--all", "--force", env=env)
+    return _git(directory, *location, "write-tree", env=env).strip()
 
 
 def _copier(run: Callable[..., object], /, **kwargs: Any) -> None:
@@ -527,67 +646,6 @@ def _copier(run: Callable[..., object], /, **kwargs: Any) -> None:
     raise ScaffoldError(message)
 
 
-# --- template history: copier updates need the template versioned in git ---------------
-
-
-def _history_repo() -> Path:
-    """The per-user git repository holding every project template version used here."""
-    override = os.environ.get("ACT_OPERATOR_TEMPLATE_HISTORY")
-    if override:
-        return Path(override)
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "act-operator" / "project-template"
-
-
-@contextlib.contextmanager
-def _template_source(use_git: bool) -> Iterator[tuple[str, str | None]]:
-    """The project template as copier's ``(src_path, vcs_ref)``.
-
-    With git, the packaged template is committed to the history repository and tagged
-    with the library version (``0.1.0``; ``0.1.0.postN`` when a development checkout has
-    changed the template without a version bump), so a later ``update`` can render the
-    exact template that generated a project.
-    """
-    source = template_dir("project")
-    if not use_git:
-        yield str(source), None
-        return
-    repo = _history_repo()
-    repo.mkdir(parents=True, exist_ok=True)
-    # Two act-operator processes at once must not interleave their commits.
-    with open(repo.parent / f".{repo.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield str(repo), _commit_template(repo, source)
-
-
-def _commit_template(repo: Path, source: Path) -> str:
-    """Commit ``source`` to ``repo`` unless its last commit holds it; the commit's tag."""
-    if not (repo / ".git").exists():
-        _git(repo, "init", "-q")
-    # Mirror the packaged template into the work tree, then commit only if it changed.
-    for entry in repo.iterdir():
-        if entry.name != ".git":
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    shutil.copytree(
-        source, repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
-    _git(repo, "add", "-A")
-    dirty = _git(repo, "status", "--porcelain").strip()
-    version = act_operator_lib.__version__
-    tags = _git(repo, "tag", "--list", f"{version}*").split()
-    if dirty or not tags:
-        _git(repo, "commit", "-q", "--allow-empty", "-m", f"act-operator-lib {version} template")
-        tag = version if version not in tags else f"{version}.post{len(tags)}"
-        _git(repo, "tag", tag)
-    return _git(repo, "describe", "--tags", "--exact-match", "HEAD").strip()
-
-
-def _has_tag(repo: Path, tag: str) -> bool:
-    if not (repo / ".git").exists():
-        return False
-    return tag in _git(repo, "tag", "--list", tag).split()
-
-
 def _git_user_configured(cwd: Path) -> bool:
     result = subprocess.run(
         ["git", "config", "user.email"], cwd=cwd, capture_output=True, text=True, check=False
@@ -606,14 +664,20 @@ def _inside_git_worktree(path: Path) -> bool:
     return result.returncode == 0 and result.stdout.strip() == "true"
 
 
-def _git(cwd: Path, *args: str, as_user: bool = False) -> str:
+def _git(cwd: Path, *args: str, as_user: bool = False, env: Mapping[str, str] | None = None) -> str:
+    result = _git_run(cwd, *args, as_user=as_user, env=env)
+    if result.returncode != 0:
+        raise ScaffoldError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _git_run(
+    cwd: Path, *args: str, as_user: bool = False, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     # No signing, and a fixed identity unless the commit is the user's own and git knows
     # who they are: these commits must work on machines where git has no user configured.
     settings = ["commit.gpgsign=false", "tag.gpgsign=false"]
     if not (as_user and _git_user_configured(cwd)):
         settings += ["user.name=act-operator", "user.email=act-operator@localhost"]
     command = ["git", *(arg for setting in settings for arg in ("-c", setting)), *args]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ScaffoldError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip()}")
-    return result.stdout
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from act_operator_lib.cli import app
 from tests.cli.conftest import run, snapshot
 
 
-def test_update_with_nothing_new_says_nothing_changed(
-    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ACT_OPERATOR_TEMPLATE_HISTORY", str(tmp_path / "history"))
+def test_update_with_nothing_new_says_nothing_changed(runner: CliRunner, tmp_path: Path) -> None:
     assert runner.invoke(app, ["new", "my-agent", "--path", str(tmp_path)]).exit_code == 0
     project = tmp_path / "my-agent"
     before = snapshot(project)
