@@ -133,12 +133,18 @@ def _import() -> Any:
     return _otel
 
 
-def enable(tracer_provider: TracerProvider | None = None) -> None:
+def enable(tracer_provider: TracerProvider | None = None, *, run_spans: bool = True) -> None:
     """Trace every node class, present and future, and the recipes' client calls.
 
     ``tracer_provider``: where spans go; ``None`` (the default) follows OpenTelemetry's
     global provider, and costs one check per node call until one is set. Calling it again
     switches the provider. ``disable()`` undoes it.
+
+    ``run_spans``: give a run with no current span its own span. It takes a LangChain
+    callback handler on every run, which costs LangGraph far more per node than the node
+    spans do (``benchmarks/bench_otel.py``); an application that invokes graphs under its
+    own span (a request's) can turn it off, and the node spans are then children of
+    that span. Without a tracer provider configured the handler is not installed.
     """
     global _enabled, _set_env
     otel = _import()
@@ -151,10 +157,14 @@ def enable(tracer_provider: TracerProvider | None = None) -> None:
         otel.configure(tracer_provider)
         # Beside the metrics wrapper, if any: node_classes installs both (see there).
         node_classes.add_call_wrapper(_WRAPPER, otel.traced_call)
-        if os.environ.get(otel.RUNS_ENV) is None:
+        wanted = run_spans and (tracer_provider is not None or otel.live_tracer() is not None)
+        if wanted and os.environ.get(otel.RUNS_ENV) is None:
             os.environ[otel.RUNS_ENV] = "true"
             _set_env = True
-        _register_run_hook(otel)
+            _register_run_hook(otel)
+        elif not wanted and _set_env:
+            os.environ.pop(otel.RUNS_ENV, None)
+            _set_env = False
         otel.enabled = _enabled = True
 
 
