@@ -10,6 +10,7 @@ import time
 import weakref
 
 import pytest
+import redis.asyncio
 import uvloop
 from act_operator_lib.cookbook.redis_backend import RedisBackend, RedisUnavailableError
 
@@ -202,3 +203,33 @@ def test_each_loop_gets_a_client_closed_when_the_loop_shuts_down(redis_url: str)
     # Nothing of the finished loops is kept (a weak-keyed dict kept them alive through
     # the clients), and no ResourceWarning for an unclosed client was raised.
     assert [ref() for ref in loops] == [None, None, None]
+
+
+async def test_every_key_a_run_leaves_expires(redis_url: str) -> None:
+    from act_operator_lib.cookbook.cache import AsyncCache, CacheSettings
+    from act_operator_lib.cookbook.circuit_breaker import BreakerPolicy, CircuitBreaker
+    from act_operator_lib.cookbook.rate_limit import RateLimit, RateLimiter
+
+    shared = RedisBackend(redis_url, prefix="ttl-test:")
+    limiter = RateLimiter(RateLimit(rate=5, capacity=1), name="ttl-limiter", shared=shared)
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1), name="ttl-circuit", shared=shared)
+    cache: AsyncCache[int] = AsyncCache(CacheSettings(ttl=60, name="ttl-cache"), shared=shared)
+
+    async def load() -> int:
+        return 1
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        for _ in range(3):
+            await limiter.aacquire()
+        with pytest.raises(ConnectionError):
+            async with breaker.guard():
+                raise ConnectionError("down")
+        await cache.get_or_load("k", load)
+        keys = [key async for key in client.scan_iter("ttl-test:*")]
+        assert len(keys) == 3  # one bucket, one circuit, one value; no lock left behind
+        for key in keys:
+            assert await client.pttl(key) > 0, key
+    finally:
+        await client.aclose()
+        await shared.aclose()
