@@ -303,3 +303,25 @@ def test_generated_files_hold_no_machine_local_path(tmp_path: Path) -> None:
 
     assert "_src_path" not in answers
     assert _machine_local_text(project, tmp_path, Path.home(), Path(sys.prefix)) == []
+
+
+def test_a_project_generated_before_the_trailer_updates_and_loses_its_machine_path(
+    tmp_path: Path,
+) -> None:
+    # act-operator-lib 0.1.0 committed the render as "Generate ... with act-operator new"
+    # with no trailer, and its answers file named the generating machine's cache.
+    project = _generate(tmp_path)
+    answers = project / ".copier-answers.yml"
+    old_path = "/home/someone/.cache/act-operator/project-template"
+    answers.write_text(f"_commit: 0.1.0\n_src_path: {old_path}\n" + answers.read_text())
+    _git(project, "add", "-A")
+    _git(project, "commit", "-q", "--amend", "-m", "Generate my-agent with act-operator new")
+    _edit_as_a_user(project)
+    template = _release(tmp_path, "next-release")
+
+    result = _act("update", cwd=project, env=_env(tmp_path / "home-b", template))
+
+    assert result.returncode == 0, result.stderr
+    assert "_src_path" not in answers.read_text()
+    assert "typecheck:" in (project / "Makefile").read_text()
+    assert (project / "README.md").read_text().startswith("# my-agent: the support bot\n")
