@@ -208,54 +208,12 @@ class PgCursorStreamNode(AsyncBaseNode):
 
 if __name__ == "__main__":
     import asyncio
-    import glob
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import tempfile
-    from contextlib import contextmanager
     from typing import TypedDict
 
     from langgraph.graph import START, StateGraph
 
+    from .postgres import temporary_postgres
     from .resources import Resources
-
-    @contextmanager
-    def local_postgres() -> Any:
-        """$DATABASE_URL if set; otherwise a throwaway PostgreSQL cluster on 127.0.0.1 (trust auth)."""
-        if dsn := os.environ.get("DATABASE_URL"):
-            yield dsn
-            return
-        found = shutil.which("initdb") or next(
-            iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None
-        )
-        if found is None:
-            raise SystemExit(
-                "set DATABASE_URL or install PostgreSQL (initdb, pg_ctl) to run the example"
-            )
-        bin_dir = os.path.dirname(found)
-        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        root = tempfile.mkdtemp(prefix="pg-stream-example-")
-        if as_user:
-            shutil.chown(root, "postgres", "postgres")
-        data, run = os.path.join(root, "data"), subprocess.run
-        try:  # the directory goes even when initdb or the start fails
-            run([*as_user, f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"],
-                check=True, capture_output=True)  # fmt: skip
-            options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-            run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-o", options, "-l", f"{root}/log", "-w", "start"],
-                check=True, capture_output=True)  # fmt: skip
-            try:
-                yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-            finally:
-                run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
-                    capture_output=True)  # fmt: skip
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
 
     class State(TypedDict, total=False):
         upto: int
@@ -280,5 +238,5 @@ if __name__ == "__main__":
             ):
                 print(mode, chunk)
 
-    with local_postgres() as dsn:
+    with temporary_postgres() as dsn:
         asyncio.run(main(dsn))

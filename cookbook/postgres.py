@@ -40,6 +40,10 @@ For durable graph execution on the same server, compile with ``postgres_checkpoi
 checkpoint with ``graph.ainvoke(None, {"configurable": {"thread_id": ...}})``; its
 docstring says which ``durability`` mode side-effecting nodes need.
 
+For examples and tests, ``TemporaryPostgres`` starts a throwaway server (initdb + pg_ctl
+in a temporary directory) and ``temporary_postgres()`` yields ``DATABASE_URL`` or such a
+server's DSN; the recipes' examples and this project's test suite use this one launcher.
+
 When to use LangGraph's native tools instead: state that belongs to the graph (progress,
 messages, memory) goes in the checkpointer / ``BaseStore`` (``AsyncPostgresStore``), not
 in tables you manage; retrying a failed node is ``RetryPolicy(retry_on=is_connection_error)``.
@@ -49,13 +53,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import glob
 import math
 import os
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, LiteralString, cast
+from pathlib import Path
+from typing import Any, ClassVar, Literal, LiteralString, cast
 
 import asyncpg
 from langchain_core.runnables import RunnableConfig
@@ -74,11 +86,13 @@ __all__ = [
     "PostgresPool",
     "PostgresSettings",
     "SQLQuery",
+    "TemporaryPostgres",
     "dsn_from",
     "is_connection_error",
     "is_read_only",
     "postgres_checkpointer",
     "redact_dsn",
+    "temporary_postgres",
 ]
 
 _PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
@@ -738,52 +752,176 @@ class QueryRows(AsyncBaseNode):
         return {self.output_key: [dict(row) for row in rows]}
 
 
+class TemporaryPostgres:
+    """A throwaway PostgreSQL server in a temporary directory, for examples and tests.
+
+        with TemporaryPostgres() as pg:          # initdb + start on a free 127.0.0.1 port
+            db = PostgresPool(PostgresSettings(dsn=pg.dsn))
+            pg.restart()                         # stop + start, same port and data
+            dsn = pg.create_database()           # a fresh, empty database
+
+    Needs the server binaries (``initdb``, ``pg_ctl``, ``psql``) on PATH or where Debian and
+    Ubuntu install them. The server refuses to run as root, so as root they run as the
+    ``postgres`` user (``runuser``). Host connections need a password (scram-sha-256), as in
+    production; durability is off (``fsync``), so this is for throwaway data only. Every
+    method blocks: call them from sync code or through ``asyncio.to_thread``.
+    """
+
+    user = "app"
+    """The superuser the DSNs name."""
+
+    def __init__(self) -> None:
+        self.bin = _find_pg_bin()
+        self.port = _free_port()
+        self.password = secrets.token_urlsafe(16)
+        self._as_root = os.geteuid() == 0
+        self.root = Path(tempfile.mkdtemp(prefix="act-pg-"))
+        """The directory holding the data, the log and the server's unix socket."""
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.running = False
+        try:
+            if self._as_root:
+                shutil.chown(self.root, "postgres", "postgres")
+            self._initdb()
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+
+    @property
+    def dsn(self) -> str:
+        """The DSN of the ``postgres`` database, password included."""
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, database: str) -> str:
+        """The DSN of ``database`` on this server, password included."""
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str) -> None:
+        command = [str(self.bin / args[0]), *args[1:]]
+        if self._as_root:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            log = self.log.read_text() if self.log.exists() else ""
+            raise RuntimeError(
+                f"{' '.join(args[:2])} failed ({result.returncode}):"
+                f" {result.stderr}{result.stdout}\n{log}"
+            )
+
+    def _initdb(self) -> None:
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if self._as_root:
+            shutil.chown(pwfile, "postgres", "postgres")
+        pwfile.chmod(0o600)
+        self._run("initdb", "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
+                  "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                  "--no-sync", "--no-instructions")  # fmt: skip
+        pwfile.unlink()
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.root}'\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "max_connections = 200\nshared_buffers = 32MB\n"
+            )
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        if not self.running:
+            self._run(
+                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "30", "start"
+            )
+            self.running = True
+
+    def stop(self, mode: Literal["smart", "fast", "immediate"] = "fast") -> None:
+        """Stop the server (``fast``: disconnect clients, roll back open transactions)."""
+        if self.running:
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
+            self.running = False
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and data directory."""
+        self.stop()
+        self.start()
+
+    def create_database(self, name: str | None = None) -> str:
+        """Create an empty database (a random name by default) and return its DSN."""
+        name = name or f"t_{uuid.uuid4().hex[:12]}"
+        self._psql(f'CREATE DATABASE "{name}"')
+        return self.dsn_for(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop a database, disconnecting whoever is still in it."""
+        self._psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _psql(self, sql: str) -> None:
+        # Over the unix socket (trust auth): the admin work needs no password.
+        self._run("psql", "-h", str(self.root), "-p", str(self.port), "-U", self.user,
+                  "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql)  # fmt: skip
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> TemporaryPostgres:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TemporaryPostgres(port={self.port}, running={self.running})"
+
+
+@contextmanager
+def temporary_postgres() -> Iterator[str]:
+    """A DSN for the block: ``DATABASE_URL`` if set, else a ``TemporaryPostgres`` server's.
+
+    with temporary_postgres() as dsn:      # what the recipes' examples run on
+        asyncio.run(main(dsn))
+    """
+    if dsn := os.environ.get("DATABASE_URL"):
+        yield dsn
+        return
+    with TemporaryPostgres() as server:
+        yield server.dsn
+
+
+def _find_pg_bin() -> Path:
+    """The directory of ``initdb``/``pg_ctl``: PATH first, then /usr/lib/postgresql/*/bin."""
+    on_path = shutil.which("pg_ctl")
+    if on_path and shutil.which("initdb"):
+        return Path(on_path).resolve().parent
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if Path(candidate, "pg_ctl").exists():
+            return Path(candidate)
+    raise RuntimeError(
+        "TemporaryPostgres needs the PostgreSQL server binaries (initdb, pg_ctl) on PATH or"
+        " in /usr/lib/postgresql/*/bin: install PostgreSQL, or set DATABASE_URL"
+    )
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 if __name__ == "__main__":
-    import shutil
-    import subprocess
-    import tempfile
-    from contextlib import contextmanager
-    from pathlib import Path
     from typing import TypedDict
 
     from langgraph.graph import StateGraph
-
-    @contextmanager
-    def temporary_postgres() -> Any:
-        """DATABASE_URL if set, else a throwaway local server (initdb + pg_ctl)."""
-        if os.environ.get("DATABASE_URL"):
-            yield os.environ["DATABASE_URL"]
-            return
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        root = Path(tempfile.mkdtemp(prefix="pg-example-"))
-        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if as_user:
-            shutil.chown(root, "postgres", "postgres")
-        data = root / "data"
-
-        def run(tool: str, *args: str) -> None:
-            # On PATH, or where Debian/Ubuntu packages put the server binaries.
-            found = shutil.which(tool) or next(
-                iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"), reverse=True)), None
-            )
-            if found is None:
-                raise SystemExit(f"{tool} not found: install PostgreSQL or set DATABASE_URL")
-            subprocess.run([*as_user, str(found), *args], check=True, capture_output=True)
-
-        try:
-            run("initdb", "-D", str(data), "-U", "example", "--auth=trust", "--no-sync")
-            opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-            run("pg_ctl", "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start")
-            try:
-                yield f"postgresql://example@127.0.0.1:{port}/postgres"
-            finally:
-                run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
 
     class State(TypedDict, total=False):
         team: str

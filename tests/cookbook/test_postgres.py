@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,10 +26,12 @@ from act_operator_lib.cookbook.postgres import (
     PostgresPool,
     PostgresSettings,
     QueryRows,
+    TemporaryPostgres,
     dsn_from,
     is_connection_error,
     postgres_checkpointer,
     redact_dsn,
+    temporary_postgres,
 )
 from act_operator_lib.cookbook.resources import Resources
 from langgraph.graph import StateGraph
@@ -552,3 +555,23 @@ def test_example_runs() -> None:
     out = run_example("postgres", timeout=90, env=env)
     assert "red: ['ada', 'cy']" in out
     assert "blue: ['bob']" in out
+
+
+def test_temporary_postgres_starts_a_throwaway_server_or_uses_database_url(
+    pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The suite's server is the recipe's launcher: one for the examples and the tests.
+    assert isinstance(pg_server, TemporaryPostgres)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with temporary_postgres() as dsn:
+        assert re.fullmatch(r"postgresql://app:[^@:]+@127\.0\.0\.1:\d+/postgres", dsn)
+        db = PostgresPool(PostgresSettings(dsn=dsn, min_size=0))
+        assert asyncio.run(db.fetchval("SELECT 1")) == 1  # the pool closes with the loop
+        without_password = re.sub(r":[^@:]+@", "@", dsn)
+        with pytest.raises(asyncpg.InvalidPasswordError):  # host logins need the password
+            asyncio.run(asyncpg.connect(without_password))
+    with pytest.raises(ConnectionRefusedError):  # stopped and removed on exit
+        asyncio.run(asyncpg.connect(dsn, timeout=5))
+    monkeypatch.setenv("DATABASE_URL", "postgresql://someone@db.example/app")
+    with temporary_postgres() as given:
+        assert given == "postgresql://someone@db.example/app"
