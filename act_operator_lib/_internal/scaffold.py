@@ -592,12 +592,9 @@ def _last_pristine_render(repo: Path) -> str:
     """The newest commit reachable from HEAD whose tree is a pristine template render."""
     if _git_run(repo, "rev-parse", "--quiet", "--verify", "HEAD").returncode != 0:
         raise ScaffoldError(f"{repo} has no commit yet; commit the project, then update it")
-    for pattern in (f"^{TEMPLATE_TRAILER}: ", _FIRST_COMMIT_BEFORE_TRAILERS):
-        found = _git(
-            repo, "rev-list", "--topo-order", "-1", "--extended-regexp", f"--grep={pattern}", "HEAD"
-        ).strip()
-        if found:
-            return found
+    found = _pristine_chain_head(repo)
+    if found is not None:
+        return found
     if _git(repo, "rev-parse", "--is-shallow-repository").strip() == "true":
         raise ScaffoldError(
             f"{repo} is a shallow clone, so it lacks the commit holding the template this"
@@ -610,6 +607,45 @@ def _last_pristine_render(repo: Path) -> str:
         " there is no base to merge the template with; was the history rewritten, or the"
         " project committed by hand?"
     )
+
+
+def _pristine_chain_head(repo: Path) -> str | None:
+    """The newest marked commit that is a root or sits on an unbroken chain of marked commits.
+
+    A marked commit (trailer, or the first commit of a project made before the trailer)
+    is pristine only on that chain: a render replayed by ``git rebase`` keeps its message
+    but sits on the user's work, and taking it for the base would revert that work.
+    """
+    listing = _git(
+        repo,
+        "log",
+        "--topo-order",
+        "--extended-regexp",
+        f"--grep=^{TEMPLATE_TRAILER}: ",
+        f"--grep={_FIRST_COMMIT_BEFORE_TRAILERS}",
+        "--format=%H %P",
+        "HEAD",
+    )
+    parents = {line.split()[0]: line.split()[1:] for line in listing.splitlines() if line}
+    pristine: dict[str, bool] = {}
+
+    def on_chain(commit: str) -> bool:
+        path: list[str] = []
+        while commit not in pristine:  # walk down to a root or a break, then mark the path
+            path.append(commit)
+            below = parents.get(commit)
+            if below is None or len(below) > 1:
+                pristine[commit] = False
+                break
+            if not below:
+                pristine[commit] = True
+                break
+            commit = below[0]
+        verdict = pristine[commit]
+        pristine.update(dict.fromkeys(path, verdict))
+        return verdict
+
+    return next((commit for commit in parents if on_chain(commit)), None)
 
 
 def _tree_of(repo: Path, directory: Path, *, index: Path) -> str:

@@ -325,3 +325,29 @@ def test_a_project_generated_before_the_trailer_updates_and_loses_its_machine_pa
     assert "_src_path" not in answers.read_text()
     assert "typecheck:" in (project / "Makefile").read_text()
     assert (project / "README.md").read_text().startswith("# my-agent: the support bot\n")
+
+
+def test_a_rebased_render_is_not_taken_for_a_pristine_one(tmp_path: Path) -> None:
+    # `git pull --rebase` flattens the update's merge: the render commit is replayed on the
+    # user's work, keeping its trailer but no longer holding the pristine template.
+    project = _generate(tmp_path)
+    _edit_as_a_user(project)
+    assert (
+        _act("update", cwd=project, env=_env(tmp_path / "h", _release(tmp_path, "r2"))).returncode
+        == 0
+    )
+    _git(project, "rebase", "-q", "HEAD^1")
+    assert len(run("git", "rev-list", "--parents", "-1", "HEAD", cwd=project).split()) == 2
+    third = _release(tmp_path, "r3")
+    (third / "template" / "LICENSE.jinja").write_text("MIT, {{ project_name }}\n")
+
+    result = _act("update", cwd=project, env=_env(tmp_path / "h", third))
+
+    assert result.returncode == 0, result.stderr
+    assert (project / "LICENSE").read_text() == "MIT, my-agent\n"
+    assert (project / "src" / "my_agent" / "summarise.py").is_file()
+    assert (
+        'builder.add_edge(START, "Summarise")'
+        in (project / "src" / "my_agent" / "graph.py").read_text()
+    )
+    assert (project / "README.md").read_text().startswith("# my-agent: the support bot\n")
