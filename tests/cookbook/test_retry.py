@@ -10,6 +10,7 @@ import pytest
 import uvloop
 from act_operator_lib.cookbook.circuit_breaker import CircuitOpenError
 from act_operator_lib.cookbook.deadline import with_deadline
+from act_operator_lib.cookbook.egress import EgressBlockedError
 from act_operator_lib.cookbook.fanout import FanoutNode, FanoutPolicy
 from act_operator_lib.cookbook.retry import Attempt, RetryNode, check_retry_policy, retry_call
 from langgraph.graph import END, START, StateGraph
@@ -17,6 +18,8 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import RetryPolicy
 
 from act_operator_lib import metrics
+from act_operator_lib._internal.cookbook_index import dependency_closure, find_recipes
+from act_operator_lib.control import DoNotRetry
 from tests.helpers import run_example
 
 FAST = RetryPolicy(initial_interval=0.001, backoff_factor=2, max_attempts=4, jitter=False)
@@ -149,6 +152,25 @@ async def test_an_open_circuit_is_never_retried() -> None:
     assert caught.value.retry_after == 3.0
 
 
+async def test_an_error_marked_do_not_retry_is_never_retried() -> None:
+    class QuotaGone(DoNotRetry, ConnectionError):
+        """A recipe's own refusal: marked in the core, so retry needs no import of it."""
+
+    refused = Flaky(failures=5, error=QuotaGone("quota used up"))
+    with pytest.raises(QuotaGone) as caught:
+        await retry_call(refused, FAST._replace(retry_on=Exception))
+    assert refused.calls == 1
+    assert "gave up after 1 attempt(s): not retryable" in retry_report(caught.value)
+    blocked = Flaky(failures=5, error=EgressBlockedError("http://10.0.0.1/", "private network"))
+    with pytest.raises(EgressBlockedError):
+        await retry_call(blocked, FAST._replace(retry_on=Exception))
+    assert blocked.calls == 1
+
+
+def test_copying_retry_brings_the_deadline_recipe_only() -> None:
+    assert dependency_closure(find_recipes(), ["retry"]) == ["deadline", "retry"]
+
+
 async def test_cancellation_is_never_retried_and_leaks_nothing() -> None:
     started = asyncio.Event()
     calls = 0
@@ -267,7 +289,7 @@ async def test_attempts_exhaustion_and_timeouts_are_counted_in_metrics() -> None
 
     assert added("retry_attempts") == 2 + 3
     assert added("retry_exhausted") == 1
-    assert added("timeouts") == 1
+    assert added("retry_timeouts") == 1
 
 
 def test_the_same_graph_runs_under_several_asyncio_runs_and_uvloop() -> None:

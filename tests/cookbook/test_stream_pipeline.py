@@ -98,8 +98,8 @@ async def test_progress_names_the_graph_node_so_two_pipelines_are_told_apart() -
     assert by_node == {"evens": [2, 4], "odds": [2, 4]}
     # The same names the per-node metrics (and the blocking detector) use.
     assert {"evens", "odds"} <= set(recorded.nodes)
-    assert recorded.value("stream_pipeline_items", name="evens") == 4
-    assert recorded.value("stream_pipeline_items", name="odds") == 4
+    assert recorded.value("stream_pipeline_items", node="evens") == 4
+    assert recorded.value("stream_pipeline_items", node="odds") == 4
 
     # Called directly, outside a graph, the node reports under its own name.
     node = StreamPipelineNode(numbers, double, name="direct")
