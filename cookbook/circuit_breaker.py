@@ -68,7 +68,7 @@ from types import TracebackType
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
-from act_operator_lib.control import is_control_flow
+from act_operator_lib.control import DoNotRetry, is_control_flow
 from act_operator_lib.metrics import record
 
 __all__ = [
@@ -87,10 +87,11 @@ T = TypeVar("T")
 State = Literal["closed", "open", "half_open"]
 
 
-class CircuitOpenError(RuntimeError):
+class CircuitOpenError(DoNotRetry, RuntimeError):
     """A call was refused because the circuit is open; ``retry_after`` seconds until a probe.
 
-    Retrying before ``retry_after`` is pointless: the retry recipe never retries it.
+    Retrying before ``retry_after`` is pointless: marked ``DoNotRetry``, so the retry
+    recipe never retries it.
     """
 
     def __init__(self, name: str, retry_after: float) -> None:

@@ -53,6 +53,8 @@ from urllib.parse import unquote
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from act_operator_lib.control import DoNotRetry
+
 __all__ = [
     "EgressBlockedError",
     "EgressPolicy",
@@ -90,8 +92,11 @@ class HttpError(Exception):
     """Base of every failure of the HTTP recipes: catch this to catch them all."""
 
 
-class EgressBlockedError(HttpError, ValueError):
-    """A request the egress policy refused, before any connection: ``url`` and ``rule``."""
+class EgressBlockedError(DoNotRetry, HttpError, ValueError):
+    """A request the egress policy refused, before any connection: ``url`` and ``rule``.
+
+    Marked ``DoNotRetry``: the same URL is refused again, so the retry recipe never retries it.
+    """
 
     def __init__(self, url: str | URL, rule: str) -> None:
         self.url = safe_url(url)

@@ -16,8 +16,9 @@ Never retried: LangGraph's control flow (``GraphInterrupt`` from ``interrupt()``
 ``act_operator_lib.control``) passes through at once, untouched, as LangGraph's own node
 retry lets it through, so a human-in-the-loop pause inside the operation pauses the run
 and resuming it calls the operation again; ``asyncio.CancelledError`` (cancellation
-always propagates); an open circuit (``CircuitOpenError`` from ``circuit_breaker.py``: it will refuse again until its
-``retry_after``), and anything once time is up: an attempt runs under the time left
+always propagates); any error marked ``act_operator_lib.control.DoNotRetry`` (an open
+circuit's ``CircuitOpenError``, which will refuse again until its ``retry_after``; an
+``EgressBlockedError``), and anything once time is up: an attempt runs under the time left
 before the run's deadline (``deadline.py``) and the optional ``budget``, and no sleep
 ever ends past them; the last error is raised at once instead.
 
@@ -42,10 +43,9 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from langgraph.types import RetryPolicy
 
 from act_operator_lib.base_node import AsyncBaseNode
-from act_operator_lib.control import CONTROL_FLOW
+from act_operator_lib.control import CONTROL_FLOW, DoNotRetry
 from act_operator_lib.metrics import record
 
-from .circuit_breaker import CircuitOpenError
 from .deadline import current_deadline
 
 __all__ = ["Attempt", "Retried", "RetryNode", "RetryPolicy", "check_retry_policy", "retry_call"]
@@ -119,8 +119,8 @@ def check_retry_policy(policy: RetryPolicy) -> RetryPolicy:
 
 
 def _should_retry(policy: RetryPolicy, exc: Exception) -> bool:
-    if isinstance(exc, CircuitOpenError):
-        return False  # refused again until retry_after: retrying only burns the budget
+    if isinstance(exc, DoNotRetry):
+        return False  # e.g. an open circuit refuses again until retry_after: only burns the budget
     retry_on = policy.retry_on
     if isinstance(retry_on, Sequence):
         return isinstance(exc, tuple(retry_on))
