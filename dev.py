@@ -48,12 +48,11 @@ def ensure_venv() -> Path:
     if not python.exists() or not stamp.exists() or stamp.read_text() != digest:
         # The only slow step, so it is the only one that talks: later runs say nothing.
         if python.exists():
-            what = "pyproject.toml changed: reinstalling into .venv/"
+            what = "pyproject.toml changed: reinstalling act-operator-lib[dev] into .venv/"
         else:
-            what = "first run: creating .venv/ and installing"
+            what = "first run: creating .venv/ and installing act-operator-lib[dev] into it"
         print(
-            f"dev.py: {what} act-operator-lib with its dev extras"
-            " (a few minutes on a fresh machine, seconds when pip's cache has everything)...",
+            f"dev.py: {what} (2-3 minutes on a fresh machine, seconds with a warm pip cache)...",
             flush=True,
         )
         started = time.monotonic()
