@@ -65,12 +65,14 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, overload
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, overload
 
 from langgraph.store.base import BaseStore
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
+
+from .postgres import PostgresPool
 
 __all__ = [
     "NOT_DONE",
@@ -251,32 +253,40 @@ class StoreBackend(EffectBackend):
                 return removed
 
 
+# The key leads with the thread, so a thread's records are one range of the primary key;
+# no other index, so a claim costs one index insert.
 _TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS act_effects (
-    key text PRIMARY KEY,
     thread_id text NOT NULL,
+    key text NOT NULL,
     name text NOT NULL,
     state text NOT NULL,
     result bytea,
-    expires_at timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS act_effects_thread ON act_effects (thread_id);
-CREATE INDEX IF NOT EXISTS act_effects_expiry ON act_effects (expires_at)
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (thread_id, key)
+)
 """
 # One round trip: insert the claim, or read what is there. The second branch reads the
 # statement's snapshot, so a row committed by a concurrent claimer while this one waited on
 # the key can be missing from it: claim() then reads again.
 _CLAIM_SQL = """
 WITH ins AS (
-    INSERT INTO act_effects (key, thread_id, name, state, expires_at)
-    VALUES ($1, $2, $3, $4, to_timestamp($5))
-    ON CONFLICT (key) DO NOTHING
+    INSERT INTO act_effects (thread_id, key, name, state, expires_at)
+    VALUES ($2, $1, $3, $4, to_timestamp($5))
+    ON CONFLICT (thread_id, key) DO NOTHING
     RETURNING key
 )
 SELECT true AS claimed, NULL::text AS state, NULL::bytea AS result FROM ins
 UNION ALL
-SELECT false, state, result FROM act_effects WHERE key = $1
+SELECT false, state, result FROM act_effects WHERE thread_id = $2 AND key = $1
 """
+# Inside the caller's transaction the common case is the first run: a plain insert.
+_CLAIM_DONE_SQL = """
+INSERT INTO act_effects (thread_id, key, name, state, expires_at)
+VALUES ($2, $1, $3, 'done', to_timestamp($4))
+ON CONFLICT (thread_id, key) DO NOTHING
+"""
+_READ_SQL = "SELECT false, state, result FROM act_effects WHERE thread_id = $2 AND key = $1"
 
 
 class PostgresBackend(EffectBackend):
@@ -292,8 +302,6 @@ class PostgresBackend(EffectBackend):
     __slots__ = ("db", "dsn")
 
     def __init__(self, db: PostgresPool, *, dsn: str | None = None) -> None:
-        from .postgres import PostgresPool
-
         if not isinstance(db, PostgresPool):
             raise TypeError(f"PostgresBackend db must be a PostgresPool, got {db!r}")
         self.db = db
@@ -312,9 +320,10 @@ class PostgresBackend(EffectBackend):
 
     async def finish(self, key: str, thread_id: str, result: bytes, expires_at: float) -> None:
         await self.db.execute(
-            "UPDATE act_effects SET state = 'done', result = $2, expires_at = to_timestamp($3)"
-            " WHERE key = $1",
+            "UPDATE act_effects SET state = 'done', result = $3, expires_at = to_timestamp($4)"
+            " WHERE thread_id = $2 AND key = $1",
             key,
+            thread_id,
             result,
             expires_at,
             dsn=self.dsn,
@@ -323,7 +332,11 @@ class PostgresBackend(EffectBackend):
 
     async def release(self, key: str, thread_id: str) -> None:
         await self.db.execute(
-            "DELETE FROM act_effects WHERE key = $1", key, dsn=self.dsn, idempotent=True
+            "DELETE FROM act_effects WHERE thread_id = $2 AND key = $1",
+            key,
+            thread_id,
+            dsn=self.dsn,
+            idempotent=True,
         )
 
     async def delete_thread(self, thread_id: str) -> int:
@@ -344,10 +357,22 @@ async def _claim(
 ) -> EffectRecord | None:
     rows = await conn.fetch(_CLAIM_SQL, key, thread_id, name, state, expires_at)
     if not rows:  # lost the race to a concurrent claimer whose row the snapshot missed
-        rows = await conn.fetch("SELECT false, state, result FROM act_effects WHERE key = $1", key)
+        rows = await conn.fetch(_READ_SQL, key, thread_id)
     row = rows[0]
     if row[0]:
         return None
+    return EffectRecord(row[1], None if row[2] is None else bytes(row[2]))
+
+
+async def _claim_done(
+    conn: Any, key: str, thread_id: str, name: str, expires_at: float
+) -> EffectRecord | None:
+    """Claim ``key`` as done inside the caller's transaction; the committed record if any."""
+    status = await conn.execute(_CLAIM_DONE_SQL, key, thread_id, name, expires_at)
+    if status != "INSERT 0 0":
+        return None
+    # The unique index made this wait for the row's writer to commit: it is visible now.
+    row = await conn.fetchrow(_READ_SQL, key, thread_id)
     return EffectRecord(row[1], None if row[2] is None else bytes(row[2]))
 
 
@@ -614,14 +639,15 @@ class EffectLedger:
         async with backend.db.connection(backend.dsn) as conn:
             tx = EffectTransaction(key, None, False)
             async with conn.transaction():
-                existing = await _claim(conn, key, thread_id, effect, "done", expires_at)
+                existing = await _claim_done(conn, key, thread_id, effect, expires_at)
                 if existing is None:
                     tx.conn, tx.first = conn, True
                     yield tx
                     if tx.result is not None:
                         await conn.execute(
-                            "UPDATE act_effects SET result = $2 WHERE key = $1",
+                            "UPDATE act_effects SET result = $3 WHERE thread_id = $2 AND key = $1",
                             key,
+                            thread_id,
                             self.serializer.dumps(tx.result),
                         )
                     record("effects_performed", name=self.name)
@@ -691,10 +717,6 @@ class EffectNode(AsyncBaseNode):
             idempotent=self.idempotent,
         )
         return {self.output_key: result}
-
-
-if TYPE_CHECKING:
-    from .postgres import PostgresPool
 
 
 if __name__ == "__main__":

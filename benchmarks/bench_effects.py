@@ -1,0 +1,222 @@
+"""What the effects ledger costs, against its own PostgreSQL, and a short fault-injection run.
+
+    python benchmarks/bench_effects.py
+
+Prints:
+
+    ledger_pg_vs_bare=          an INSERT through ledger.transaction / the same INSERT in a bare
+                                transaction (BEGIN, INSERT, COMMIT); target <= 1.4
+    one_more_statement_vs_bare= the floor: the bare transaction with one more plain INSERT /
+                                the bare transaction (read ledger_pg_vs_bare against it)
+    ledger_roundtrips_first=    statements the PostgreSQL backend sends per effect the first
+                                time (claim, done), counted; target <= 2
+    ledger_roundtrips_replay=   the same for a replayed effect (the claim reads it); <= 1
+    ledger_store_added_us=      median added time per effect with InMemoryStore; <= 100
+    effects_trials=             fault-injection trials run (SIGKILL at random points); >= 50
+    effects_duplicates=         effects delivered more than once in them; target 0
+
+Each ratio is the median of per-round ratios of interleaved A-B / B-A rounds; the machine is
+shared and noisy, read the ratios rather than absolute times. BENCH_ROUNDS (default 7) and
+BENCH_TRIALS (default 60) tune a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from act_operator_lib.cookbook.effects import (  # noqa: E402
+    EffectLedger,
+    PostgresBackend,
+    StoreBackend,
+)
+from act_operator_lib.cookbook.postgres import PostgresPool, PostgresSettings  # noqa: E402
+from act_operator_lib.cookbook.resources import Resources  # noqa: E402
+from langgraph.runtime import ExecutionInfo, Runtime  # noqa: E402
+from langgraph.store.memory import InMemoryStore  # noqa: E402
+
+from tests.cookbook.test_effects_faults import (  # noqa: E402
+    random_trial,
+    run_suite,
+    running_sink,
+    running_workers,
+)
+from tests.pg_server import PostgresServer  # noqa: E402
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+TRIALS = int(os.environ.get("BENCH_TRIALS", "60"))
+INSERT = "INSERT INTO bench_rows (n) VALUES ($1)"
+
+
+def runtime(store: Any = None, task_id: str | None = None) -> Runtime[Any]:
+    """A node execution's runtime, as LangGraph builds it for a task."""
+    info = ExecutionInfo(
+        checkpoint_id="bench",
+        checkpoint_ns="work:bench",
+        task_id=task_id or uuid.uuid4().hex,
+        thread_id="bench",
+    )
+    return Runtime(store=store, execution_info=info)
+
+
+class _CountingConnection:
+    """An asyncpg connection that counts the statements sent through it."""
+
+    def __init__(self, conn: Any, counter: list[int]) -> None:
+        self._conn = conn
+        self._counter = counter
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._conn, name)
+        if name in ("execute", "fetch", "fetchrow", "fetchval"):
+            self._counter[0] += 1
+        return attr
+
+
+class CountingPool(PostgresPool):
+    """A PostgresPool counting each statement the backend sends (each is a round trip)."""
+
+    counter: ClassVar[list[int]] = [0]
+
+    async def _call(self, *args: Any) -> Any:
+        self.counter[0] += 1
+        return await super()._call(*args)
+
+    @asynccontextmanager
+    async def connection(self, dsn: str | None = None) -> AsyncIterator[Any]:
+        async with super().connection(dsn) as conn:
+            yield _CountingConnection(conn, self.counter)
+
+
+async def paired(
+    first: Callable[[], Awaitable[float]], second: Callable[[], Awaitable[float]]
+) -> float:
+    """Median over rounds of first/second, alternating which runs first."""
+    ratios = []
+    for i in range(ROUNDS):
+        if i % 2:
+            b = await second()
+            a = await first()
+        else:
+            a = await first()
+            b = await second()
+        ratios.append(a / b)
+    return statistics.median(ratios)
+
+
+async def bench_pg(dsn: str) -> dict[str, float]:
+    async with Resources() as resources:
+        db = CountingPool(PostgresSettings(dsn=dsn, max_size=2), resources=resources)
+        backend = PostgresBackend(db)
+        await backend.setup()
+        await db.execute("CREATE TABLE IF NOT EXISTS bench_rows (n int)")
+        ledger = EffectLedger(backend)
+        n = 300
+
+        async def through_ledger() -> float:
+            started = time.perf_counter()
+            for i in range(n):
+                async with ledger.transaction("insert", runtime=runtime()) as tx:
+                    if tx.first:
+                        await tx.conn.execute(INSERT, i)
+            return time.perf_counter() - started
+
+        async def bare() -> float:
+            started = time.perf_counter()
+            for i in range(n):
+                async with db.transaction() as conn:
+                    await conn.execute(INSERT, i)
+            return time.perf_counter() - started
+
+        async def one_more_statement() -> float:
+            # The floor: the same transaction with one more plain INSERT (no index, no claim).
+            started = time.perf_counter()
+            for i in range(n):
+                async with db.transaction() as conn:
+                    await conn.execute("INSERT INTO bench_floor (n) VALUES ($1)", i)
+                    await conn.execute(INSERT, i)
+            return time.perf_counter() - started
+
+        await db.execute("CREATE TABLE IF NOT EXISTS bench_floor (n int)")
+        await through_ledger()  # warm: prepared statements, pool
+        await bare()
+        await one_more_statement()
+        ratio = await paired(through_ledger, bare)
+        floor = await paired(one_more_statement, bare)
+
+        task = uuid.uuid4().hex
+        db.counter[0] = 0
+        await ledger.once("count", lambda key: 1, runtime=runtime(task_id=task))
+        first = db.counter[0]
+        db.counter[0] = 0
+        await ledger.once("count", lambda key: 1, runtime=runtime(task_id=task))  # a re-run
+        replay = db.counter[0]
+    return {
+        "ledger_pg_vs_bare": ratio,
+        "one_more_statement_vs_bare": floor,
+        "ledger_roundtrips_first": first,
+        "ledger_roundtrips_replay": replay,
+    }
+
+
+async def bench_store() -> float:
+    store = InMemoryStore()
+    ledger = EffectLedger(StoreBackend(store))
+    n = 2000
+    added = []
+
+    def call(key: str) -> int:
+        return 1
+
+    for _ in range(ROUNDS):
+        runtimes = [runtime(store) for _ in range(n)]
+        started = time.perf_counter()
+        for rt in runtimes:
+            await ledger.once("effect", call, runtime=rt)
+        with_ledger = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in runtimes:
+            await asyncio.sleep(0)  # the await a node's own call would cost
+            call("key")
+        bare = time.perf_counter() - started
+        added.append((with_ledger - bare) / n * 1e6)
+    return statistics.median(added)
+
+
+async def bench_faults(dsn: str) -> tuple[int, int, int]:
+    rng = random.Random(2024)
+    trials = [random_trial(rng, n) for n in range(TRIALS)]
+    async with running_sink() as sink, running_workers(dsn) as workers:
+        kills, duplicates = await run_suite(workers, sink, dsn, "on", trials, verify=False)
+    return len(trials), kills, duplicates
+
+
+def main() -> None:
+    started = time.perf_counter()
+    with PostgresServer() as pg:
+        results = asyncio.run(bench_pg(pg.dsn))
+        results["ledger_store_added_us"] = asyncio.run(bench_store())
+        trials, kills, duplicates = asyncio.run(bench_faults(pg.dsn))
+    for key, value in results.items():
+        print(f"{key}={value:.2f}" if isinstance(value, float) else f"{key}={value}")
+    print(f"effects_trials={trials}")
+    print(f"effects_kills={kills}")
+    print(f"effects_duplicates={duplicates}")
+    print(f"rounds={ROUNDS}")
+    print(f"bench_seconds={time.perf_counter() - started:.1f}")
+
+
+if __name__ == "__main__":
+    main()
