@@ -24,13 +24,11 @@ ACT_OPERATOR = BIN / "act-operator"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_template_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Keep the template history `new`/`update` keep in ~/.cache inside the test's tmp."""
-    history = tmp_path_factory.mktemp("template-history") / "project-template"
+def _installed_template() -> Iterator[None]:
+    """Every test renders the installed template unless it points at another on purpose."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ACT_OPERATOR_TEMPLATE_HISTORY", str(history))
         patch.delenv("ACT_OPERATOR_TEMPLATE_DIR", raising=False)
-        yield history
+        yield
 
 
 @pytest.fixture

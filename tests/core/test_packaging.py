@@ -171,7 +171,7 @@ def test_a_fresh_venv_installs_every_file_and_act_operator_new_works(
     assert "templates/project/template/.env.example" in found
     assert "templates/project/template/.github/workflows/ci.yml" in found
 
-    env = {**os.environ, "ACT_OPERATOR_TEMPLATE_HISTORY": str(tmp_path / "history")}
+    env = dict(os.environ)
     env.pop("PYTHONPATH", None)
 
     def run(*args: str | Path) -> str:
