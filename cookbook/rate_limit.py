@@ -64,6 +64,7 @@ from langgraph.runtime import Runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import check_int, check_number
 
 __all__ = ["RateLimit", "RateLimitedNode", "RateLimiter", "SharedBucketStore", "rate_limiter"]
 
@@ -86,14 +87,8 @@ class RateLimit:
     """Most tokens the bucket holds (the largest burst); >= 1. A new limiter starts full."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.rate, bool) or not isinstance(self.rate, int | float):
-            raise TypeError(f"RateLimit rate must be a number, got {self.rate!r}")
-        if not self.rate > 0 or self.rate == float("inf"):
-            raise ValueError(f"RateLimit rate must be > 0 and finite, got {self.rate!r}")
-        if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
-            raise TypeError(f"RateLimit capacity must be an int, got {self.capacity!r}")
-        if self.capacity < 1:
-            raise ValueError(f"RateLimit capacity must be >= 1, got {self.capacity!r}")
+        check_number("RateLimit", "rate", self.rate, gt=0, unit="tokens per second")
+        check_int("RateLimit", "capacity", self.capacity, min=1)
 
 
 # A grant served late (a busy loop, a coarse timer) is dated back to when it was due by at
@@ -105,7 +100,7 @@ _LATE_GRACE = 0.005
 class _TokenBucket:
     """The budget of one limiter, and the one step that touches it.
 
-        wait = bucket.take(tokens, at=time.monotonic())  # 0.0: taken; else seconds to wait
+        wait = bucket.take(tokens, at=clock())  # 0.0: taken; else seconds to wait
 
     The limiter reaches this state only through ``take`` and ``refund``, under its lock. A
     store shared by several processes (Redis, one server-side script per step) can take
@@ -121,7 +116,7 @@ class _TokenBucket:
         self.updated = now  # the time `level` was last brought up to date
 
     def take(self, tokens: int, at: float) -> float:
-        """Take ``tokens`` as of ``at`` (``time.monotonic()``): 0.0 if taken, else the seconds
+        """Take ``tokens`` as of ``at`` (the limiter's clock): 0.0 if taken, else the seconds
         from ``at`` until they will be there (nothing is taken then)."""
         if at > self.updated:
             level = self.level + (at - self.updated) * self.rate
@@ -198,7 +193,7 @@ class RateLimiter(BaseRateLimiter):
         limiter.try_acquire()  # take a token only if one is free now
 
     One budget, whoever draws from it: the bucket (its level and the time it was last
-    refilled, on ``time.monotonic()``) is process-wide under a ``threading.Lock``, and so is
+    refilled, on the limiter's ``clock``) is process-wide under a ``threading.Lock``, and so is
     the single FIFO queue of waiters. Each waiter is woken on its own terms: a future on the
     event loop it waits in (resolved with ``call_soon_threadsafe`` from another thread), or
     an event a synchronous caller's thread sleeps on. Only the head of the queue is timed:
@@ -215,6 +210,11 @@ class RateLimiter(BaseRateLimiter):
     a token a queued waiter was promised. A waiter cancelled while queued takes nothing;
     one cancelled just after being granted gives its tokens back. A waiter whose event
     loop was closed without cancelling it is skipped.
+
+    ``clock`` is where the limiter reads the time (default ``time.monotonic``, the clock
+    asyncio's loops keep); tests pass a fake clock that their event loop shares, as
+    aiolimiter's tests patch ``loop.time``. Timers are set as delays, so a clock must tick
+    at the rate of the event loops' clocks. (New in this version; the clock was fixed.)
     """
 
     __slots__ = (
@@ -222,6 +222,7 @@ class RateLimiter(BaseRateLimiter):
         "_armed_due",
         "_armed_token",
         "_bucket",
+        "_clock",
         "_grace",
         "_lock",
         "_loops",
@@ -243,6 +244,7 @@ class RateLimiter(BaseRateLimiter):
         *,
         name: str = "rate_limiter",
         shared: SharedBucketStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(policy, RateLimit):
             raise TypeError(f"RateLimiter policy must be a RateLimit, got {policy!r}")
@@ -250,16 +252,21 @@ class RateLimiter(BaseRateLimiter):
             raise TypeError(
                 f"RateLimiter shared must be a shared store such as RedisBackend, got {shared!r}"
             )
+        if not callable(clock):
+            raise TypeError(
+                f"RateLimiter clock must be a callable returning seconds, got {clock!r}"
+            )
         self.policy = policy
         self.name = name
         self.shared = shared
         """The store the budget lives in when several processes share it, else ``None``."""
+        self._clock = clock
         # With a shared store: one reservation at a time per event loop, in arrival order.
         self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()  # guards the bucket and the queue, never a sleep
-        self._bucket = _TokenBucket(policy, time.monotonic())
+        self._bucket = _TokenBucket(policy, clock())
         self._queue: deque[_Waiter] = deque()  # first come, first served, every caller
         # Event loops with waiters queued, and how many: each keeps time for the head.
         self._loops: dict[asyncio.AbstractEventLoop, int] = {}
@@ -289,7 +296,7 @@ class RateLimiter(BaseRateLimiter):
         if self.shared is not None:
             return await self._aacquire_shared(tokens, blocking)
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             if not self._queue and self._bucket.take(tokens, now) == 0.0:
                 future = None
             elif not blocking:
@@ -313,7 +320,7 @@ class RateLimiter(BaseRateLimiter):
             with self._lock:
                 self._leave(waiter)
             raise
-        record("rate_limiter_wait_seconds", time.monotonic() - now, name=self.name)
+        record("rate_limiter_wait_seconds", self._clock() - now, name=self.name)
         return True
 
     def acquire(self, *, blocking: bool = True, tokens: int = 1) -> bool:
@@ -327,7 +334,7 @@ class RateLimiter(BaseRateLimiter):
         if self.shared is not None:
             return self._acquire_shared(tokens, blocking)
         with self._lock:
-            arrived = time.monotonic()
+            arrived = self._clock()
             taken = not self._queue and self._bucket.take(tokens, arrived) == 0.0
             if not taken:
                 if not blocking:
@@ -343,7 +350,7 @@ class RateLimiter(BaseRateLimiter):
         try:
             while True:
                 with self._lock:
-                    now = time.monotonic()
+                    now = self._clock()
                     if not waiter.granted and now >= self._armed_due:
                         # The head is due: serve it from this thread, whatever loop it
                         # waits on (that loop may be the one this very call is blocking).
@@ -358,7 +365,7 @@ class RateLimiter(BaseRateLimiter):
             with self._lock:
                 self._leave(waiter)
             raise
-        record("rate_limiter_wait_seconds", time.monotonic() - arrived, name=self.name)
+        record("rate_limiter_wait_seconds", self._clock() - arrived, name=self.name)
         return True
 
     def try_acquire(self, tokens: int = 1) -> bool:
@@ -367,7 +374,7 @@ class RateLimiter(BaseRateLimiter):
         if self.shared is not None:
             return self._acquire_shared(tokens, blocking=False)
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             self._serve(now)  # anyone queued and due is served first
             return not self._queue and self._bucket.take(tokens, now) == 0.0
 
@@ -437,7 +444,7 @@ class RateLimiter(BaseRateLimiter):
     def _acquire_shared(self, tokens: int, blocking: bool) -> bool:
         shared = self.shared
         assert shared is not None
-        started = time.monotonic()
+        started = self._clock()
         try:
             wait = shared.reserve_sync(
                 self.name,
@@ -455,7 +462,7 @@ class RateLimiter(BaseRateLimiter):
             return False
         if wait > 0.0:
             time.sleep(wait)
-        record("rate_limiter_wait_seconds", time.monotonic() - started, name=self.name)
+        record("rate_limiter_wait_seconds", self._clock() - started, name=self.name)
         return True
 
     def _use_local(self, error: ConnectionError) -> bool:
@@ -477,7 +484,9 @@ class RateLimiter(BaseRateLimiter):
         with _registry_lock:
             local = _fallbacks.get(self.name)
             if local is None:
-                local = _fallbacks[self.name] = RateLimiter(self.policy, name=self.name)
+                local = _fallbacks[self.name] = RateLimiter(
+                    self.policy, name=self.name, clock=self._clock
+                )
             return local
 
     # Everything below runs under self._lock.
@@ -552,7 +561,7 @@ class RateLimiter(BaseRateLimiter):
         running = _running_loop()
         for loop in self._loops:
             if loop is running:
-                loop.call_later(head.due - time.monotonic(), self._on_timer, token)
+                loop.call_later(head.due - self._clock(), self._on_timer, token)
             elif not loop.is_closed():
                 # A loop closed since we looked: its waiters are skipped when reached.
                 with contextlib.suppress(RuntimeError):
@@ -560,14 +569,14 @@ class RateLimiter(BaseRateLimiter):
 
     def _set_timer(self, loop: asyncio.AbstractEventLoop, due: float, token: object) -> None:
         # On that loop's thread: the delay is measured here, after the thread hop.
-        loop.call_later(due - time.monotonic(), self._on_timer, token)
+        loop.call_later(due - self._clock(), self._on_timer, token)
 
     def _on_timer(self, token: object) -> None:
         with self._lock:
             if self._armed_token is not token or self._armed is None:
                 return  # superseded, or served from elsewhere
             self._armed = None
-            self._serve(time.monotonic())
+            self._serve(self._clock())
 
     def _leave(self, waiter: _Waiter) -> None:
         """A waiter stops waiting (cancelled): tokens granted to it go back to the bucket."""
@@ -576,7 +585,7 @@ class RateLimiter(BaseRateLimiter):
             self._bucket.refund(waiter.tokens)
         else:
             waiter.gone = True
-        self._serve(time.monotonic())
+        self._serve(self._clock())
 
 
 _registry: dict[str, RateLimiter] = {}
