@@ -70,6 +70,7 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.control import DoNotRetry, is_control_flow
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import check_int, check_number
 
 __all__ = [
     "BreakerPolicy",
@@ -132,22 +133,10 @@ class BreakerPolicy:
     and calls refused meanwhile are told to come back within what is left of it."""
 
     def __post_init__(self) -> None:
-        for field in ("failure_threshold", "half_open_probes"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"BreakerPolicy {field} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(f"BreakerPolicy {field} must be >= 1, got {value!r}")
-        timeout = self.reset_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise TypeError(f"BreakerPolicy reset_timeout must be a number, got {timeout!r}")
-        if not 0 < timeout < float("inf"):
-            raise ValueError(f"BreakerPolicy reset_timeout must be > 0 and finite, got {timeout!r}")
-        probe = self.probe_timeout
-        if isinstance(probe, bool) or not isinstance(probe, int | float):
-            raise TypeError(f"BreakerPolicy probe_timeout must be a number, got {probe!r}")
-        if not 0 < probe < float("inf"):
-            raise ValueError(f"BreakerPolicy probe_timeout must be > 0 and finite, got {probe!r}")
+        check_int("BreakerPolicy", "failure_threshold", self.failure_threshold, min=1)
+        check_number("BreakerPolicy", "reset_timeout", self.reset_timeout, gt=0, unit="seconds")
+        check_int("BreakerPolicy", "half_open_probes", self.half_open_probes, min=1)
+        check_number("BreakerPolicy", "probe_timeout", self.probe_timeout, gt=0, unit="seconds")
         failure_on = self.failure_on
         classes = failure_on if isinstance(failure_on, tuple) else (failure_on,)
         if not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes) and (
@@ -199,9 +188,15 @@ class CircuitBreaker:
 
     The state is plain numbers guarded by a thread lock that is never held across an
     await, so one breaker serves every event loop and thread in the process.
+
+    ``clock`` is where the breaker reads the time (default ``time.monotonic``, the clock
+    asyncio's loops keep); tests pass a fake clock that their event loop shares. A probe's
+    bound is set as a delay, so a clock must tick at the rate of the event loop's clock.
+    (New in this version; the clock was fixed.)
     """
 
     __slots__ = (
+        "_clock",
         "_failures",
         "_generation",
         "_lock",
@@ -224,6 +219,7 @@ class CircuitBreaker:
         *,
         name: str = "circuit",
         shared: SharedCircuitStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if policy is None:
             policy = BreakerPolicy()
@@ -233,15 +229,20 @@ class CircuitBreaker:
             raise TypeError(
                 f"CircuitBreaker shared must be a shared store such as RedisBackend, got {shared!r}"
             )
+        if not callable(clock):
+            raise TypeError(
+                f"CircuitBreaker clock must be a callable returning seconds, got {clock!r}"
+            )
         self.policy = policy
         self.name = name
         self.shared = shared
         """The store the circuit lives in when several processes share it, else ``None``."""
+        self._clock = clock
         self._lock = threading.Lock()
         self._state: State = "closed"
         self._failures = 0  # consecutive, while closed
-        self._opened_at = 0.0  # time.monotonic() when the circuit last opened
-        # When each probe in flight must have ended (time.monotonic()), while half-open.
+        self._opened_at = 0.0  # the clock's time when the circuit last opened
+        # When each probe in flight must have ended (on the clock), while half-open.
         self._probe_deadlines: list[float] = []
         # Bumped on every state change: a call admitted under an older state does not get
         # to re-open or close the circuit when it finally ends.
@@ -257,7 +258,7 @@ class CircuitBreaker:
         For a shared breaker: this process's own circuit (its fallback); ask ``astate()``.
         """
         with self._lock:
-            if self._state == "open" and self._retry_after(time.monotonic()) <= 0:
+            if self._state == "open" and self._retry_after(self._clock()) <= 0:
                 return "half_open"
             return self._state
 
@@ -293,7 +294,7 @@ class CircuitBreaker:
         with self._lock:
             if self._state == "closed":
                 return self._generation, None
-            now = time.monotonic()
+            now = self._clock()
             if self._state == "open":
                 retry_after = self._retry_after(now)
                 if retry_after > 0:
@@ -329,7 +330,7 @@ class CircuitBreaker:
         with self._lock:
             if generation != self._generation:
                 return  # admitted under an older state: what it says is out of date
-            now = time.monotonic()
+            now = self._clock()
             if probe_deadline is not None:
                 self._probe_deadlines.remove(probe_deadline)
                 if neutral:
@@ -380,7 +381,7 @@ class CircuitBreaker:
         generation, probe_deadline = ticket
         with self._lock:
             if generation == self._generation and probe_deadline is not None:
-                self._move("open", time.monotonic())
+                self._move("open", self._clock())
         return error
 
     def _probe_limit(self, ticket: tuple[int, float | None]) -> asyncio.Timeout | None:
@@ -388,8 +389,8 @@ class CircuitBreaker:
         probe_deadline = ticket[1]
         if probe_deadline is None:
             return None
-        # Relative, since an event loop's clock need not be time.monotonic().
-        return asyncio.timeout(max(0.0, probe_deadline - time.monotonic()))
+        # Relative, since an event loop's clock need not be the breaker's.
+        return asyncio.timeout(max(0.0, probe_deadline - self._clock()))
 
     async def call(
         self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
-import uuid
+import threading
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 import pytest
@@ -22,7 +23,17 @@ from langgraph.graph import START, StateGraph
 from langgraph.types import RetryPolicy
 
 from act_operator_lib import metrics
-from tests.helpers import run_example
+from tests.helpers import (
+    VirtualClock,
+    run_example,
+    run_in_fresh_loops,
+    run_in_virtual_time,
+    unique,
+)
+
+# Tests about time run in virtual time (tests.helpers.run_in_virtual_time): the breaker
+# and the event loop share a clock that moves only while the loop idles, so a reset
+# timeout or a probe's bound is exact on a loaded machine.
 
 
 class Call(TypedDict, total=False):
@@ -55,10 +66,6 @@ def graph_for(service: Service, breaker: CircuitBreaker, **node_kwargs: Any) -> 
     builder.add_node("call", CircuitBreakerNode(service, breaker, name="call", **node_kwargs))
     builder.add_edge(START, "call")
     return builder.compile()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.mark.parametrize(
@@ -97,8 +104,13 @@ def test_misuse_names_what_was_wrong() -> None:
         circuit_breaker(name, BreakerPolicy(failure_threshold=3))
 
 
-async def test_closed_open_half_open_and_back_in_a_graph() -> None:
-    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=2, reset_timeout=0.1), name="svc")
+def test_closed_open_half_open_and_back_in_a_graph() -> None:
+    run_in_virtual_time(closed_open_half_open_and_back)
+
+
+async def closed_open_half_open_and_back(clock: VirtualClock) -> None:
+    policy = BreakerPolicy(failure_threshold=2, reset_timeout=0.1)
+    breaker = CircuitBreaker(policy, name="svc", clock=clock)
     service = Service()
     graph = graph_for(service, breaker)
 
@@ -116,7 +128,7 @@ async def test_closed_open_half_open_and_back_in_a_graph() -> None:
     with pytest.raises(CircuitOpenError) as refused:
         await graph.ainvoke({"fail_with": ""})
     assert service.calls == calls
-    assert 0 < refused.value.retry_after <= 0.1
+    assert refused.value.retry_after == pytest.approx(0.1)
     assert refused.value.name == "svc"
     assert "circuit 'svc' is open; next probe in" in str(refused.value)
 
@@ -128,7 +140,7 @@ async def test_closed_open_half_open_and_back_in_a_graph() -> None:
     assert breaker.state == "open"
     with pytest.raises(CircuitOpenError) as again:
         await graph.ainvoke({"fail_with": ""})
-    assert again.value.retry_after > 0.05
+    assert again.value.retry_after == pytest.approx(0.1)  # a full timeout again
 
     # ...and a successful probe closes it.
     await asyncio.sleep(again.value.retry_after + 0.01)
@@ -150,25 +162,33 @@ async def test_open_circuit_returns_the_fallback_update() -> None:
     assert result == {"fail_with": "", "note": "degraded, retry in 5s"}
 
 
-async def test_half_open_lets_one_probe_through_at_a_time() -> None:
-    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, reset_timeout=0.02))
-    service = Service(delay=0.1)
-    graph = graph_for(service, breaker)
-    with pytest.raises(ConnectionError):
-        await graph.ainvoke({"fail_with": "ConnectionError"})
-    await asyncio.sleep(0.03)
+def test_half_open_lets_one_probe_through_at_a_time() -> None:
+    async def main(clock: VirtualClock) -> None:
+        policy = BreakerPolicy(failure_threshold=1, reset_timeout=0.02)
+        breaker = CircuitBreaker(policy, clock=clock)
+        service = Service(delay=0.1)
+        graph = graph_for(service, breaker)
+        with pytest.raises(ConnectionError):
+            await graph.ainvoke({"fail_with": "ConnectionError"})
+        await asyncio.sleep(0.03)
 
-    probe = asyncio.create_task(graph.ainvoke({"fail_with": ""}))
-    await asyncio.sleep(0.03)  # the probe is in flight
-    with pytest.raises(CircuitOpenError):
-        await graph.ainvoke({"fail_with": ""})
-    assert (await probe)["result"].startswith("ok")
-    assert service.calls == 2
-    assert breaker.state == "closed"
+        probe = asyncio.create_task(graph.ainvoke({"fail_with": ""}))
+        await asyncio.sleep(0.03)  # the probe is in flight
+        with pytest.raises(CircuitOpenError):
+            await graph.ainvoke({"fail_with": ""})
+        assert (await probe)["result"].startswith("ok")
+        assert service.calls == 2
+        assert breaker.state == "closed"
+
+    run_in_virtual_time(main)
 
 
-async def test_cancellation_is_not_a_failure_and_frees_the_probe_slot() -> None:
-    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, reset_timeout=0.02))
+def test_cancellation_is_not_a_failure_and_frees_the_probe_slot() -> None:
+    run_in_virtual_time(cancellation_is_not_a_failure)
+
+
+async def cancellation_is_not_a_failure(clock: VirtualClock) -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, reset_timeout=0.02), clock=clock)
     graph = graph_for(Service(delay=1.0), breaker)
     before = len(asyncio.all_tasks())
 
@@ -248,7 +268,9 @@ async def test_an_open_circuit_is_not_retried() -> None:
     assert "not retryable" in "\n".join(refused.value.__notes__)
 
 
-def run_in_two_loops(runner_factory: Any) -> tuple[CircuitBreaker, list[str]]:
+def run_in_two_loops(
+    runner_factory: Callable[[], asyncio.Runner],
+) -> tuple[CircuitBreaker, list[str]]:
     """One named breaker, used by two node instances, from two separate event loops."""
     name = unique("shared")
     policy = BreakerPolicy(failure_threshold=2, reset_timeout=30)
@@ -267,10 +289,7 @@ def run_in_two_loops(runner_factory: Any) -> tuple[CircuitBreaker, list[str]]:
     async def then_call() -> None:
         outcomes.append((await second.ainvoke({"fail_with": ""}))["note"])
 
-    with runner_factory() as runner:
-        runner.run(fail_twice())
-    with runner_factory() as runner:
-        runner.run(then_call())
+    run_in_fresh_loops(runner_factory, fail_twice, then_call)
     assert service.calls == 2
     return circuit_breaker(name, policy), outcomes
 
@@ -340,20 +359,23 @@ async def open_then_wait(breaker: CircuitBreaker) -> None:
     assert breaker.state == "half_open"
 
 
-async def test_refusals_during_a_probe_say_when_the_probe_must_have_ended() -> None:
-    policy = BreakerPolicy(failure_threshold=1, reset_timeout=1.0, probe_timeout=0.5)
-    breaker = CircuitBreaker(policy)
-    service = Service(delay=0.2)
-    graph = graph_for(service, breaker)
-    await open_then_wait(breaker)
-    probe = asyncio.create_task(graph.ainvoke({"fail_with": ""}))
-    await service.called.wait()  # the probe is in flight
-    with pytest.raises(CircuitOpenError) as refused:
-        await graph.ainvoke({"fail_with": ""})
-    # Not a full reset_timeout: within probe_timeout the probe has closed or re-opened it.
-    assert 0 < refused.value.retry_after <= 0.5
-    assert (await probe)["result"].startswith("ok")
-    assert breaker.state == "closed"
+def test_refusals_during_a_probe_say_when_the_probe_must_have_ended() -> None:
+    async def main(clock: VirtualClock) -> None:
+        policy = BreakerPolicy(failure_threshold=1, reset_timeout=1.0, probe_timeout=0.5)
+        breaker = CircuitBreaker(policy, clock=clock)
+        service = Service(delay=0.2)
+        graph = graph_for(service, breaker)
+        await open_then_wait(breaker)
+        probe = asyncio.create_task(graph.ainvoke({"fail_with": ""}))
+        await service.called.wait()  # the probe is in flight
+        with pytest.raises(CircuitOpenError) as refused:
+            await graph.ainvoke({"fail_with": ""})
+        # Not a full reset_timeout: within probe_timeout the probe has closed or re-opened it.
+        assert refused.value.retry_after == pytest.approx(0.5)
+        assert (await probe)["result"].startswith("ok")
+        assert breaker.state == "closed"
+
+    run_in_virtual_time(main)
 
 
 async def test_a_hanging_probe_is_cut_off_and_counts_as_a_failure() -> None:
@@ -384,33 +406,38 @@ async def test_a_hanging_probe_is_cut_off_and_counts_as_a_failure() -> None:
 
 
 async def test_a_sync_probe_that_overruns_reopens_the_circuit_for_the_next_caller() -> None:
-    import threading
-
+    # The probe runs in a thread, so the clock stands still until the test moves it.
+    clock = VirtualClock()
     breaker = CircuitBreaker(
-        BreakerPolicy(failure_threshold=1, reset_timeout=0.05, probe_timeout=0.2)
+        BreakerPolicy(failure_threshold=1, reset_timeout=0.05, probe_timeout=0.2), clock=clock
     )
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     def blocking_probe(state: Call) -> dict[str, Any]:
         with breaker.guard():  # plain with: nothing can cut a blocking call short
-            release.wait(30)
+            entered.set()
+            release.wait(60)
         return {"result": "late"}
 
     builder = StateGraph(Call)
     builder.add_node("probe", blocking_probe)
     builder.add_edge(START, "probe")
     sync_graph = builder.compile()
-    await open_then_wait(breaker)
+    with pytest.raises(ConnectionError):
+        async with breaker.guard():
+            raise ConnectionError("down")
+    clock.advance(0.06)
+    assert breaker.state == "half_open"
     probe = asyncio.create_task(asyncio.to_thread(sync_graph.invoke, {}))
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(entered.wait, 60)  # the probe is in flight
     with pytest.raises(CircuitOpenError) as during:
         await breaker.call(asyncio.sleep, 0)
-    assert during.value.retry_after <= 0.2
-    await asyncio.sleep(0.25)  # past probe_timeout: the next caller finds the probe overdue
+    assert during.value.retry_after == pytest.approx(0.05)  # never beyond reset_timeout
+    clock.advance(0.25)  # past probe_timeout: the next caller finds the probe overdue
     with pytest.raises(CircuitOpenError) as after:
         await breaker.call(asyncio.sleep, 0)
     assert breaker.state == "open"
-    assert after.value.retry_after > 0.02  # re-opened for a new reset_timeout
+    assert after.value.retry_after == pytest.approx(0.05)  # re-opened for a new reset_timeout
     release.set()
     assert (await probe)["result"] == "late"
     assert breaker.state == "open"  # the overdue probe's late answer says nothing now
