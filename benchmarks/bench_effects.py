@@ -54,6 +54,7 @@ from tests.cookbook.test_effects_faults import (  # noqa: E402
     running_workers,
 )
 from tests.pg_server import PostgresServer  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 TRIALS = int(os.environ.get("BENCH_TRIALS", "60"))
@@ -195,20 +196,22 @@ async def bench_store() -> float:
     return statistics.median(added)
 
 
-async def bench_faults(dsn: str) -> tuple[int, int, int]:
+async def bench_faults(dsn: str, redis_url: str) -> tuple[int, int, int]:
     rng = random.Random(2024)
     trials = [random_trial(rng, n) for n in range(TRIALS)]
     async with running_sink() as sink, running_workers(dsn) as workers:
-        kills, duplicates = await run_suite(workers, sink, dsn, "on", trials, verify=False)
+        kills, duplicates = await run_suite(
+            workers, sink, dsn, "on", trials, redis_url=redis_url, verify=False
+        )
     return len(trials), kills, duplicates
 
 
 def main() -> None:
     started = time.perf_counter()
-    with PostgresServer() as pg:
+    with PostgresServer() as pg, RedisServer() as redis:
         results = asyncio.run(bench_pg(pg.dsn))
         results["ledger_store_added_us"] = asyncio.run(bench_store())
-        trials, kills, duplicates = asyncio.run(bench_faults(pg.dsn))
+        trials, kills, duplicates = asyncio.run(bench_faults(pg.dsn, redis.url))
     for key, value in results.items():
         print(f"{key}={value:.2f}" if isinstance(value, float) else f"{key}={value}")
     print(f"effects_trials={trials}")

@@ -24,9 +24,9 @@ the same key; with ``reconcile=`` the hook asks the outside world (return the re
 non-idempotent effect is never called twice silently. A call that raises leaves the record
 pending (it may have happened) unless it raises ``EffectNotPerformed``, which releases it.
 
-For effects that are writes to PostgreSQL, ``PostgresLedger.transaction`` writes the ledger
-row in the same transaction as your statements: committed together or not at all, so there
-is no unknown window.
+For effects that are writes to PostgreSQL, ``ledger.transaction`` (``PostgresBackend``)
+writes the ledger row in the same transaction as your statements: committed together or not
+at all, so there is no unknown window.
 
 What is guaranteed, and what is not:
 
@@ -43,10 +43,11 @@ What is guaranteed, and what is not:
   ``EffectLedgerError`` instead of silently running at least once.
 - The store backend (``StoreBackend``, the default when the graph has a store) reads then
   writes: it is exact for re-runs (resume, retry, another worker after the first died), not
-  for two live executions of one task at the same instant. ``PostgresLedger`` and
-  ``RedisLedger`` claim atomically.
-- Records expire after ``retention`` seconds (``purge_expired()``) and go with their thread
-  (``delete_thread(thread_id)``, next to the checkpointer's ``adelete_thread``).
+  for two live executions of one task at the same instant. ``PostgresBackend`` and
+  ``RedisEffectBackend`` claim atomically.
+- Records expire after ``retention`` seconds (Redis drops them itself; elsewhere call
+  ``purge_expired()`` now and then) and go with their thread (``delete_thread(thread_id)``,
+  next to the checkpointer's ``adelete_thread``).
 
 When to use LangGraph's native tools instead: a deterministic, side-effect-free step needs
 nothing (re-running it is harmless); the Functional API's ``@task`` results are checkpointed
@@ -83,7 +84,10 @@ __all__ = [
     "EffectNotPerformed",
     "EffectOutcomeUnknown",
     "EffectRecord",
+    "EffectTransaction",
     "JsonSerializer",
+    "PostgresBackend",
+    "RedisEffectBackend",
     "StoreBackend",
     "idempotency_headers",
 ]
@@ -374,6 +378,48 @@ async def _claim_done(
     # The unique index made this wait for the row's writer to commit: it is visible now.
     row = await conn.fetchrow(_READ_SQL, key, thread_id)
     return EffectRecord(row[1], None if row[2] is None else bytes(row[2]))
+
+
+class RedisEffectBackend(EffectBackend):
+    """Records in Redis, through the shared ``RedisBackend`` of the ``redis_backend`` recipe.
+
+        shared = RedisBackend("redis://127.0.0.1:6379/0")
+        ledger = EffectLedger(RedisEffectBackend(shared))
+
+    The claim is one server-side script (atomic, one round trip); records expire by
+    themselves after the ledger's ``retention``, so ``purge_expired`` has nothing to do.
+    ``shared`` is taken as it is (this module does not import redis). Its ``fallback`` does
+    not apply: a ledger that cannot reach its records raises ``RedisUnavailableError``
+    rather than run an effect it cannot account for.
+    """
+
+    __slots__ = ("shared",)
+
+    def __init__(self, shared: Any) -> None:
+        if not callable(getattr(shared, "effect_claim", None)):
+            raise TypeError(f"RedisEffectBackend shared must be a RedisBackend, got {shared!r}")
+        self.shared = shared
+
+    async def claim(
+        self, key: str, thread_id: str, name: str, expires_at: float
+    ) -> EffectRecord | None:
+        found = await self.shared.effect_claim(thread_id, key, name, expires_at - time.time())
+        if found is None:
+            return None
+        state, result = found
+        return EffectRecord(state, result if state == "done" else None)
+
+    async def finish(self, key: str, thread_id: str, result: bytes, expires_at: float) -> None:
+        await self.shared.effect_finish(thread_id, key, result, expires_at - time.time())
+
+    async def release(self, key: str, thread_id: str) -> None:
+        await self.shared.effect_release(thread_id, key)
+
+    async def delete_thread(self, thread_id: str) -> int:
+        return int(await self.shared.effect_drop_thread(thread_id))
+
+    async def purge_expired(self) -> int:
+        return 0  # Redis expires each record by itself
 
 
 @dataclass(slots=True)

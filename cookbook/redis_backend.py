@@ -211,6 +211,28 @@ if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
+# The effects ledger's claim: create the record as pending unless it exists, in one step.
+# KEYS[1] record (a hash), KEYS[2] its thread's index (a set); ARGV name, ttl ms.
+# Returns {state, result} of an existing record, or 0 when this call created it.
+_EFFECT_CLAIM = """
+local found = redis.call('HMGET', KEYS[1], 'state', 'result')
+if found[1] then return {found[1], found[2] or ''} end
+redis.call('HSET', KEYS[1], 'state', 'pending', 'name', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], KEYS[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 0
+"""
+
+# Removes a thread's effect records and its index. KEYS[1] the index. Returns how many.
+_EFFECT_DROP = """
+local members = redis.call('SMEMBERS', KEYS[1])
+local removed = 0
+for _, key in ipairs(members) do removed = removed + redis.call('DEL', key) end
+redis.call('DEL', KEYS[1])
+return removed
+"""
+
 
 _State = Literal["closed", "open", "half_open"]
 
@@ -296,6 +318,8 @@ class RedisBackend:
             "peek": _PEEK,
             "unlock": _UNLOCK,
             "store": _STORE,
+            "effect_claim": _EFFECT_CLAIM,
+            "effect_drop": _EFFECT_DROP,
         }
 
     def __repr__(self) -> str:
@@ -517,6 +541,50 @@ class RedisBackend:
             await client.delete(key)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._unavailable(error)
+
+    # -- effects ledger --------------------------------------------------------------------
+
+    async def effect_claim(
+        self, thread_id: str, key: str, name: str, ttl: float
+    ) -> tuple[str, bytes] | None:
+        """Create effect ``key`` as pending unless it exists; its (state, result) if it did.
+
+        Every record and its thread's index expire after ``ttl`` seconds.
+        """
+        ttl_ms = max(1, int(ttl * 1000))
+        found = await self._run(
+            "effect_claim",
+            [self.key("effect", f"{thread_id}:{key}"), self.key("effects", thread_id)],
+            [name, ttl_ms],
+        )
+        if not found:
+            return None
+        state, result = found
+        return _text(state), result.encode() if isinstance(result, str) else result
+
+    async def effect_finish(self, thread_id: str, key: str, result: bytes, ttl: float) -> None:
+        """Mark effect ``key`` done with its serialized result, for ``ttl`` more seconds."""
+        record = self.key("effect", f"{thread_id}:{key}")
+        client = self._async_client().client
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hset(record, mapping={"state": "done", "result": result})
+                pipe.pexpire(record, max(1, int(ttl * 1000)))
+                await pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._unavailable(error)
+
+    async def effect_release(self, thread_id: str, key: str) -> None:
+        """Forget effect ``key`` (it certainly did not happen)."""
+        client = self._async_client().client
+        try:
+            await client.delete(self.key("effect", f"{thread_id}:{key}"))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._unavailable(error)
+
+    async def effect_drop_thread(self, thread_id: str) -> int:
+        """Remove every effect record of ``thread_id``; how many."""
+        return int(await self._run("effect_drop", [self.key("effects", thread_id)], []))
 
 
 def _text(value: Any) -> str:

@@ -29,13 +29,16 @@ from typing import Annotated, Any, TypedDict
 
 from act_operator_lib.cookbook.effects import (
     NOT_DONE,
+    EffectBackend,
     EffectLedger,
     PostgresBackend,
+    RedisEffectBackend,
     StoreBackend,
     idempotency_headers,
 )
 from act_operator_lib.cookbook.http_client import HttpClient, HttpSettings
 from act_operator_lib.cookbook.postgres import PostgresPool, PostgresSettings
+from act_operator_lib.cookbook.redis_backend import RedisBackend
 from act_operator_lib.cookbook.resources import Resources
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.graph import END, START, StateGraph
@@ -69,7 +72,13 @@ def _maybe_kill(spec: dict[str, Any], point: str) -> None:
 
 def build(spec: dict[str, Any], db: PostgresPool, http: HttpClient, store: Any) -> Any:
     on = spec["ledger"] == "on"
-    backend = PostgresBackend(db) if spec.get("backend", "pg") == "pg" else StoreBackend(store)
+    backend: EffectBackend
+    if spec.get("backend", "pg") == "pg":
+        backend = PostgresBackend(db)
+    elif spec["backend"] == "redis":
+        backend = RedisEffectBackend(RedisBackend(spec["redis_url"]))
+    else:
+        backend = StoreBackend(store)
     ledger = EffectLedger(backend)
     sink = spec["sink"]
     occurrences = 3 if spec["shape"] == "loop" else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypedDict
 
@@ -16,11 +17,14 @@ from act_operator_lib.cookbook.effects import (
     EffectNode,
     EffectNotPerformed,
     EffectOutcomeUnknown,
+    EffectRecord,
     PostgresBackend,
+    RedisEffectBackend,
     StoreBackend,
 )
 from act_operator_lib.cookbook.http_client import HttpClient, HttpSettings
 from act_operator_lib.cookbook.postgres import PostgresPool, PostgresSettings
+from act_operator_lib.cookbook.redis_backend import RedisBackend
 from act_operator_lib.cookbook.resources import Resources
 from aiohttp import web
 from langgraph.checkpoint.memory import InMemorySaver
@@ -350,6 +354,49 @@ async def test_pg_claims_are_atomic_and_records_are_bounded(db: PostgresPool) ->
     assert await db.fetchval("SELECT count(*) FROM act_effects") == 0
 
 
+async def test_redis_claims_are_atomic_and_records_expire_and_go_with_the_thread(
+    redis_url: str,
+) -> None:
+    shared = RedisBackend(redis_url, prefix="test:")
+    try:
+        backend = RedisEffectBackend(shared)
+        far = time.time() + 3600
+        claims = await asyncio.gather(*(backend.claim("k", "t", "e", far) for _ in range(8)))
+        assert sum(claim is None for claim in claims) == 1  # exactly one claimer wins
+        assert {claim for claim in claims if claim is not None} == {EffectRecord("pending", None)}
+        await backend.finish("k", "t", b'"x"', far)
+        assert await backend.claim("k", "t", "e", far) == EffectRecord("done", b'"x"')
+        await backend.claim("gone", "t2", "e", time.time() + 0.05)  # a 50 ms retention
+        await backend.claim("k2", "t", "e", far)
+        assert await backend.delete_thread("t") == 2
+        assert await backend.claim("k", "t", "e", far) is None  # deleted with its thread
+        await asyncio.sleep(0.2)
+        assert await backend.claim("gone", "t2", "e", far) is None  # expired by Redis
+    finally:
+        await shared.aclose()
+
+
+async def test_redis_backend_in_a_graph_replays_after_a_retry(redis_url: str) -> None:
+    shared = RedisBackend(redis_url)
+    try:
+        ledger = EffectLedger(RedisEffectBackend(shared))
+        calls: list[str] = []
+
+        async def work(state: State, runtime: Runtime[Any]) -> dict[str, Any]:
+            result = await ledger.once(
+                "mail", lambda key: calls.append(key) or "sent", runtime=runtime
+            )
+            if runtime.execution_info is not None and runtime.execution_info.node_attempt == 1:
+                raise Flaky("a later step failed")
+            return {"results": [result]}
+
+        graph = one_node_graph(work, checkpointer=InMemorySaver(), retry=RETRY)
+        assert (await graph.ainvoke({"results": []}, config()))["results"] == ["sent"]
+        assert len(calls) == 1
+    finally:
+        await shared.aclose()
+
+
 async def test_request_sends_the_key_as_idempotency_key() -> None:
     seen: list[str] = []
 
@@ -395,6 +442,10 @@ def test_invalid_settings_name_the_field() -> None:
         EffectLedger(serializer=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"StoreBackend store must be a BaseStore"):
         StoreBackend({})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"RedisEffectBackend shared must be a RedisBackend"):
+        RedisEffectBackend(object())
+    with pytest.raises(TypeError, match=r"PostgresBackend db must be a PostgresPool"):
+        PostgresBackend(object())  # type: ignore[arg-type]
 
 
 async def test_raw_asyncpg_sees_the_ledger_table(pg_database: str, db: PostgresPool) -> None:

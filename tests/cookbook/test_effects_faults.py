@@ -152,7 +152,7 @@ def random_trial(rng: random.Random, n: int) -> dict[str, Any]:
         "shape": shape,
         "sink": sink,
         # ledger.transaction needs the PostgreSQL backend; HTTP effects use either.
-        "backend": "pg" if sink == "pg" else rng.choice(("pg", "store")),
+        "backend": "pg" if sink == "pg" else rng.choice(("pg", "store", "redis")),
         "style": rng.choice(("none", "interrupt", "retry")),
         # Without "sync", the effect's task must come from a saved checkpoint: the gate's.
         "gate": durability != "sync" or rng.random() < 0.3,
@@ -222,11 +222,12 @@ async def run_suite(
     ledger: str,
     trials: list[dict[str, Any]],
     *,
+    redis_url: str,
     verify: bool = True,
 ) -> tuple[int, int]:
     """Run the trials; (kills, duplicated effects). With the ledger on (and ``verify``),
     checks each trial as it ends."""
-    base = {"dsn": dsn, "sink_url": sink.url, "ledger": ledger}
+    base = {"dsn": dsn, "sink_url": sink.url, "ledger": ledger, "redis_url": redis_url}
     totals = Counter[str]()
 
     async def run_share(worker: Worker, share: list[dict[str, Any]]) -> None:
@@ -265,18 +266,20 @@ def check(
 
 @pytest.mark.slow
 async def test_randomized_kill_points_run_each_effect_exactly_once(
-    workers: list[Worker], sink: Sink, pg_database: str
+    workers: list[Worker], sink: Sink, pg_database: str, redis_url: str
 ) -> None:
     rng = random.Random(19)
     trials = [random_trial(rng, n) for n in range(int(os.environ.get("EFFECTS_TRIALS", "215")))]
-    kills, duplicates = await run_suite(workers, sink, pg_database, "on", trials)
+    kills, duplicates = await run_suite(
+        workers, sink, pg_database, "on", trials, redis_url=redis_url
+    )
     assert duplicates == 0
     assert kills >= 200  # randomized kill points that actually landed
 
 
 @pytest.mark.slow
 async def test_the_same_trials_without_the_ledger_duplicate_effects(
-    workers: list[Worker], sink: Sink, pg_database: str
+    workers: list[Worker], sink: Sink, pg_database: str, redis_url: str
 ) -> None:
     rng = random.Random(7)
     trials = []
@@ -285,6 +288,8 @@ async def test_the_same_trials_without_the_ledger_duplicate_effects(
         trial.update(durability="sync", kill=rng.choice(("after_call", "after_record")))
         trial["sink"] = rng.choice(("pg", "http_dedupe", "http_plain"))
         trials.append(trial)
-    kills, duplicates = await run_suite(workers, sink, pg_database, "off", trials)
+    kills, duplicates = await run_suite(
+        workers, sink, pg_database, "off", trials, redis_url=redis_url
+    )
     assert kills >= 20
     assert duplicates >= 10  # proof the suite can fail
