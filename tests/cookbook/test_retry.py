@@ -307,11 +307,27 @@ def test_the_same_graph_runs_under_several_asyncio_runs_and_uvloop() -> None:
 @pytest.mark.parametrize(
     ("policy", "error", "message"),
     [
-        (RetryPolicy(max_attempts=0), ValueError, "RetryPolicy max_attempts must be >= 1, got 0"),
-        (RetryPolicy(max_attempts=2.5), TypeError, "max_attempts must be an int, got float"),  # type: ignore[arg-type]
-        (RetryPolicy(initial_interval=-1), ValueError, "initial_interval must be >= 0 seconds"),
-        (RetryPolicy(backoff_factor=0.5), ValueError, "backoff_factor must be >= 1, got 0.5"),
-        (RetryPolicy(max_interval=-2), ValueError, "max_interval must be >= 0 seconds, got -2"),
+        (
+            RetryPolicy(max_attempts=0),
+            ValueError,
+            "RetryPolicy max_attempts must be an int >= 1, got 0",
+        ),
+        (RetryPolicy(max_attempts=2.5), TypeError, "max_attempts must be an int >= 1, got 2.5"),  # type: ignore[arg-type]
+        (
+            RetryPolicy(initial_interval=-1),
+            ValueError,
+            "initial_interval must be a finite number of seconds >= 0, got -1",
+        ),
+        (
+            RetryPolicy(backoff_factor=0.5),
+            ValueError,
+            "backoff_factor must be a finite number >= 1, got 0.5",
+        ),
+        (
+            RetryPolicy(max_interval=-2),
+            ValueError,
+            "max_interval must be a finite number of seconds >= 0, got -2",
+        ),
         (RetryPolicy(retry_on="Exception"), TypeError, "retry_on must be an Exception class"),  # type: ignore[arg-type]
         ({"max_attempts": 3}, TypeError, "must be a langgraph RetryPolicy, got dict"),
     ],
