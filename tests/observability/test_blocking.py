@@ -48,6 +48,16 @@ def _parallel_graph() -> Any:
     return builder.compile()
 
 
+# On a loaded machine the loop also stalls when the process simply gets no CPU, and the
+# detector rightly reports that too, in whatever code was running. So the tests pick out
+# the stall they caused by where it happened, and never count stalls exactly.
+
+
+def stalls_at(stalls: list[Stall], line: str) -> list[Stall]:
+    """The stalls whose innermost frame is the source line starting with ``line``."""
+    return [s for s in stalls if s.stack and (s.stack[-1].line or "").startswith(line)]
+
+
 def _heartbeats(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
     # The loop's pending timers (a private list: asyncio has no public view of them).
     scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
@@ -65,9 +75,10 @@ async def test_blocking_node_is_reported_by_name_with_its_stack() -> None:
         result = await graph.ainvoke({})
     assert sorted(result["seen"]) == ["Polite", "SleepsInsideAsync"]
 
-    assert detector.stalls, "the 0.2 s time.sleep was not reported"
-    assert {stall.node for stall in detector.stalls} == {"slow"}  # never "polite"
-    stall = max(detector.stalls, key=lambda s: s.duration)
+    sleeps = stalls_at(detector.stalls, "time.sleep(0.2)")
+    assert sleeps, f"the 0.2 s time.sleep was not reported: {detector.stalls}"
+    assert {stall.node for stall in sleeps} == {"slow"}  # never "polite", which ran beside it
+    stall = max(sleeps, key=lambda s: s.duration)
     assert stall.duration >= 0.2
     innermost = stall.stack[-1]
     assert innermost.name == "execute"
@@ -99,16 +110,18 @@ async def test_cpu_bound_function_node_is_attributed_by_graph_name() -> None:
     async with BlockingDetector(threshold=0.05, on_stall=reported.append) as detector:
         assert (await graph.ainvoke({}))["seen"] == ["crunched True"]
     assert reported == detector.stalls
-    assert reported
-    assert {stall.node for stall in reported} == {"crunch"}
-    assert any(frame.name == "acrunch" for frame in reported[0].stack)
+    crunching = [s for s in reported if any(frame.name == "acrunch" for frame in s.stack)]
+    assert crunching, f"the 0.15 s loop was not reported: {reported}"
+    assert {stall.node for stall in crunching} == {"crunch"}
 
 
 async def test_well_behaved_graph_reports_nothing() -> None:
     builder = StateGraph(State)
     builder.add_node("polite", Polite())
     builder.add_edge(START, "polite")
-    async with BlockingDetector(threshold=0.1) as detector:
+    # A threshold well above any step of the run: only a process starved of CPU for a
+    # second could stall that long, and Polite's 10 ms awaits never come near it.
+    async with BlockingDetector(threshold=1.0) as detector:
         await builder.compile().ainvoke({})
     assert detector.stalls == []
 
@@ -155,8 +168,9 @@ async def test_start_twice_is_refused_and_restart_works() -> None:
     async with detector:
         time.sleep(0.15)  # noqa: ASYNC251 - a deliberate stall
         await asyncio.sleep(0.03)
-    assert len(detector.stalls) == 1
-    assert detector.stalls[0].duration >= 0.15
+    sleeps = stalls_at(detector.stalls, "time.sleep(0.15)")
+    assert len(sleeps) == 1  # one stall, measured once after the restart
+    assert sleeps[0].duration >= 0.15
 
 
 @pytest.mark.parametrize(
@@ -208,7 +222,7 @@ def test_watch_runs_a_graph_from_sync_code_under_the_detector() -> None:
     detector = BlockingDetector(threshold=0.1, on_stall=lambda stall: None)
     result = run_sync(detector.watch(builder.compile().ainvoke({})))
     assert result == {"seen": ["SleepsInsideAsync"]}
-    assert [stall.node for stall in detector.stalls] == ["slow"]
+    assert [stall.node for stall in stalls_at(detector.stalls, "time.sleep(0.2)")] == ["slow"]
     assert not detector.running
 
 
@@ -218,7 +232,7 @@ async def test_report_shows_the_innermost_frames() -> None:
     builder.add_edge(START, "slow")
     async with BlockingDetector(threshold=0.1, on_stall=lambda stall: None) as detector:
         await builder.compile().ainvoke({})
-    stall = detector.stalls[0]
+    [stall] = stalls_at(detector.stalls, "time.sleep(0.2)")
     short, full = stall.format(), stall.format(limit=None)
     assert short.count('  File "') == 8
     assert full.count('  File "') == len(stall.stack) > 8
