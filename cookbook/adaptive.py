@@ -66,6 +66,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from act_operator_lib import metrics
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import check_int, check_number
 
 __all__ = ["AdaptiveLimit", "AdaptiveLimiter", "adaptive_limiter", "is_overload"]
 
@@ -110,11 +111,9 @@ class AdaptiveLimit:
 
     def __post_init__(self) -> None:
         for field in ("initial_limit", "min_limit", "max_limit"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"AdaptiveLimit {field} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(f"AdaptiveLimit {field} must be >= 1, got {value!r}")
+            check_int("AdaptiveLimit", field, getattr(self, field), min=1)
+        check_number("AdaptiveLimit", "backoff", self.backoff, gt=0, lt=1)
+        check_number("AdaptiveLimit", "baseline_window", self.baseline_window, gt=0, unit="seconds")
         if self.max_limit < self.min_limit:
             raise ValueError(
                 f"AdaptiveLimit max_limit must be >= min_limit {self.min_limit},"
@@ -125,13 +124,6 @@ class AdaptiveLimit:
                 f"AdaptiveLimit initial_limit must be between min_limit {self.min_limit}"
                 f" and max_limit {self.max_limit}, got {self.initial_limit!r}"
             )
-        for field, low, high in (("backoff", 0.0, 1.0), ("baseline_window", 0.0, math.inf)):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"AdaptiveLimit {field} must be a number, got {value!r}")
-            if not low < value < high:  # also refuses NaN
-                shown = "0 < backoff < 1" if field == "backoff" else "> 0 and finite"
-                raise ValueError(f"AdaptiveLimit {field} must be {shown}, got {value!r}")
 
 
 class _Window:

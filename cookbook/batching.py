@@ -43,7 +43,6 @@ lookup endpoint, a database ``WHERE id = ANY($1)``, an embeddings model).
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import weakref
 from collections import deque
@@ -55,6 +54,7 @@ from langchain_core.embeddings import Embeddings
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import check_int, check_number
 
 __all__ = ["BatchLoader", "BatchLookupNode", "BatchPolicy", "EmbedNode", "embedding_loader"]
 
@@ -80,16 +80,9 @@ class BatchPolicy:
     """Most batches running at once (per event loop); >= 1."""
 
     def __post_init__(self) -> None:
-        for field, value in (("max_batch", self.max_batch), ("max_in_flight", self.max_in_flight)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"BatchPolicy {field} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(f"BatchPolicy {field} must be >= 1, got {value!r}")
-        delay = self.max_delay
-        if isinstance(delay, bool) or not isinstance(delay, int | float):
-            raise TypeError(f"BatchPolicy max_delay must be a number of seconds, got {delay!r}")
-        if not 0 <= delay < math.inf:  # also refuses NaN
-            raise ValueError(f"BatchPolicy max_delay must be >= 0 and finite, got {delay!r}")
+        check_int("BatchPolicy", "max_batch", self.max_batch, min=1)
+        check_number("BatchPolicy", "max_delay", self.max_delay, ge=0, unit="seconds")
+        check_int("BatchPolicy", "max_in_flight", self.max_in_flight, min=1)
 
 
 class _Batch:

@@ -49,6 +49,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import check_int, check_number, check_str
 
 __all__ = ["AsyncCache", "CacheSettings", "CachedNode", "JsonSerializer", "SharedCacheStore"]
 
@@ -78,21 +79,10 @@ class CacheSettings:
     after it); longer than a load takes; > 0."""
 
     def __post_init__(self) -> None:
-        lock = self.lock_timeout
-        if isinstance(lock, bool) or not isinstance(lock, int | float):
-            raise TypeError(f"CacheSettings lock_timeout must be a number, got {lock!r}")
-        if not 0 < lock < float("inf"):
-            raise ValueError(f"CacheSettings lock_timeout must be > 0 and finite, got {lock!r}")
-        ttl = self.ttl
-        if ttl is not None:
-            if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-                raise TypeError(f"CacheSettings ttl must be a number or None, got {ttl!r}")
-            if not ttl > 0:
-                raise ValueError(f"CacheSettings ttl must be > 0 (or None), got {ttl!r}")
-        if isinstance(self.maxsize, bool) or not isinstance(self.maxsize, int):
-            raise TypeError(f"CacheSettings maxsize must be an int, got {self.maxsize!r}")
-        if self.maxsize < 1:
-            raise ValueError(f"CacheSettings maxsize must be >= 1, got {self.maxsize!r}")
+        check_number("CacheSettings", "ttl", self.ttl, gt=0, unit="seconds", allow_none=True)
+        check_int("CacheSettings", "maxsize", self.maxsize, min=1)
+        check_str("CacheSettings", "name", self.name)
+        check_number("CacheSettings", "lock_timeout", self.lock_timeout, gt=0, unit="seconds")
 
 
 class SharedCacheStore(Protocol):

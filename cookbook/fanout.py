@@ -45,6 +45,7 @@ from typing import Any, Generic, Literal, NamedTuple, TypeVar
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.control import CONTROL_FLOW, is_control_flow
 from act_operator_lib.metrics import current_node, record
+from act_operator_lib.validate import check_choice, check_int, check_number
 
 from .deadline import current_deadline
 
@@ -66,18 +67,11 @@ class FanoutPolicy:
     """``"fail_fast"``: cancel the rest and raise; ``"collect"``: record and go on."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int):
-            raise TypeError(f"FanoutPolicy limit must be an int, got {type(self.limit).__name__}")
-        if self.limit < 1:
-            raise ValueError(f"FanoutPolicy limit must be >= 1, got {self.limit}")
-        if self.item_timeout is not None and not self.item_timeout > 0:
-            raise ValueError(
-                f"FanoutPolicy item_timeout must be > 0 seconds or None, got {self.item_timeout!r}"
-            )
-        if self.on_error not in ("fail_fast", "collect"):
-            raise ValueError(
-                f"FanoutPolicy on_error must be 'fail_fast' or 'collect', got {self.on_error!r}"
-            )
+        check_int("FanoutPolicy", "limit", self.limit, min=1)
+        check_number(
+            "FanoutPolicy", "item_timeout", self.item_timeout, gt=0, unit="seconds", allow_none=True
+        )
+        check_choice("FanoutPolicy", "on_error", self.on_error, ("fail_fast", "collect"))
 
 
 class ItemError(NamedTuple):

@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import math
 import os
 import re
 import stat
@@ -57,6 +56,7 @@ from typing import IO, Any, TypeVar
 import aiofiles.threadpool
 
 from act_operator_lib.base_node import AsyncBaseNode
+from act_operator_lib.validate import check_bool, check_instance, check_int, check_number
 
 from .resources import PerLoop, Resources
 
@@ -95,25 +95,19 @@ class FileSettings:
     the longest pause between two writes of one ``open_atomic`` block."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.base_dir, str | os.PathLike):
-            raise TypeError(
-                f"FileSettings base_dir must be a path, got {type(self.base_dir).__name__}"
-            )
+        check_instance("FileSettings", "base_dir", self.base_dir, (str, os.PathLike), what="a path")
         object.__setattr__(self, "base_dir", Path(self.base_dir))
         for name in ("max_concurrency", "chunk_size", "max_read_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"FileSettings {name} must be an int >= 1, got {value!r}")
-        age = self.stale_temp_age
-        if age is not None:
-            if not isinstance(age, int | float) or isinstance(age, bool):
-                raise TypeError(
-                    f"FileSettings stale_temp_age must be a number of seconds or None, got {age!r}"
-                )
-            if not math.isfinite(age) or age <= 0:
-                raise ValueError(
-                    f"FileSettings stale_temp_age must be a number > 0 or None, got {age!r}"
-                )
+            check_int("FileSettings", name, getattr(self, name), min=1)
+        check_bool("FileSettings", "fsync", self.fsync)
+        check_number(
+            "FileSettings",
+            "stale_temp_age",
+            self.stale_temp_age,
+            gt=0,
+            unit="seconds",
+            allow_none=True,
+        )
 
 
 class FileStore:

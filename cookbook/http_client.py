@@ -64,6 +64,14 @@ from yarl import URL
 from act_operator_lib import tracing
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import (
+    check_bool,
+    check_callable,
+    check_instance,
+    check_int,
+    check_number,
+    check_str,
+)
 
 from .egress import (
     EgressBlockedError,
@@ -79,6 +87,8 @@ __all__ = [
     "EgressBlockedError",
     "EgressPolicy",
     "FetchJSON",
+    "FetchPolicy",
+    "FetchSettings",
     "HTTPConnectionError",
     "HTTPContentError",
     "HTTPRedirectError",
@@ -149,23 +159,25 @@ class HttpSettings:
         if isinstance(self.headers, Mapping):
             object.__setattr__(self, "headers", tuple(sorted(self.headers.items())))
         for name in ("timeout", "max_retry_after"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"HttpSettings {name} must be a number > 0, got {value!r}")
-        if self.connect_timeout is not None and self.connect_timeout <= 0:
-            raise ValueError(
-                f"HttpSettings connect_timeout must be > 0 or None, got {self.connect_timeout!r}"
-            )
-        for name, low in (
-            ("limit", 0),
-            ("limit_per_host", 0),
-            ("max_attempts", 1),
-            ("max_body", 1),
-            ("max_redirects", 0),
+            check_number("HttpSettings", name, getattr(self, name), gt=0, unit="seconds")
+        check_number(
+            "HttpSettings",
+            "connect_timeout",
+            self.connect_timeout,
+            gt=0,
+            unit="seconds",
+            allow_none=True,
+        )
+        for name, low, note in (
+            ("limit", 0, "0: no limit"),
+            ("limit_per_host", 0, "0: no limit"),
+            ("max_attempts", 1, "1: never retry"),
+            ("max_body", 1, ""),
+            ("max_redirects", 0, "0: follow none"),
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"HttpSettings {name} must be an int >= {low}, got {value!r}")
+            check_int("HttpSettings", name, getattr(self, name), min=low, note=note)
+        check_str("HttpSettings", "base_url", self.base_url, allow_none=True)
+        check_callable("HttpSettings", "resolver", self.resolver, allow_none=True)
         if self.base_url is not None:
             base = URL(self.base_url)
             if not base.absolute or base.scheme not in ("http", "https"):
@@ -178,10 +190,7 @@ class HttpSettings:
                     "HttpSettings base_url must have no query or fragment (it is a prefix),"
                     f" got {safe_url(self.base_url)!r}"
                 )
-        if self.egress is not None and not isinstance(self.egress, EgressPolicy):
-            raise TypeError(
-                f"HttpSettings egress must be an EgressPolicy or None, got {self.egress!r}"
-            )
+        check_instance("HttpSettings", "egress", self.egress, EgressPolicy, allow_none=True)
 
 
 class HTTPStatusError(HttpError):
@@ -746,8 +755,12 @@ def _with_params(url: URL, params: Mapping[str, Any] | None) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FetchSettings:
-    """What ``FetchJSON`` reads from the state and writes back."""
+class FetchPolicy:
+    """What ``FetchJSON`` reads from the state and writes back.
+
+    Named ``FetchSettings`` before (still importable under that name): ``*Policy`` is how a
+    node behaves, ``*Settings`` how a shared resource is set up.
+    """
 
     url_key: str = "url"
     """State key holding the URL to GET."""
@@ -758,6 +771,26 @@ class FetchSettings:
     trust_state_urls: bool = False
     """True: the URL in state is trusted and goes through the client unguarded. Only for
     state no model or user can write; the default guards it (``for_untrusted_urls``)."""
+
+    def __post_init__(self) -> None:
+        check_str("FetchPolicy", "url_key", self.url_key)
+        check_str("FetchPolicy", "output_key", self.output_key)
+        params: Any = self.params
+        if isinstance(params, Mapping):
+            params = tuple(params.items())
+        if not isinstance(params, tuple | list) or not all(
+            isinstance(pair, tuple | list)
+            and len(pair) == 2
+            and all(isinstance(part, str) for part in pair)
+            for pair in params
+        ):
+            raise TypeError(f"FetchPolicy params must be (str, str) pairs, got {self.params!r}")
+        object.__setattr__(self, "params", tuple((name, value) for name, value in params))
+        check_bool("FetchPolicy", "trust_state_urls", self.trust_state_urls)
+
+
+FetchSettings = FetchPolicy
+"""The earlier name of ``FetchPolicy``."""
 
 
 class FetchJSON(AsyncBaseNode):
@@ -771,7 +804,7 @@ class FetchJSON(AsyncBaseNode):
     def __init__(
         self,
         client: HttpClient,
-        settings: FetchSettings | None = None,
+        settings: FetchPolicy | None = None,
         *,
         name: str | None = None,
         verbose: bool = False,
@@ -780,7 +813,7 @@ class FetchJSON(AsyncBaseNode):
         if not isinstance(client, HttpClient):
             raise TypeError(f"FetchJSON client must be an HttpClient, got {type(client).__name__}")
         self.client = client
-        self.settings = settings or FetchSettings()
+        self.settings = settings or FetchPolicy()
         self._params = dict(self.settings.params) or None
         # The URL comes from state: untrusted, so guarded (see HttpClient.for_untrusted_urls).
         self._guarded = client if self.settings.trust_state_urls else client.for_untrusted_urls()

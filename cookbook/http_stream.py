@@ -52,7 +52,6 @@ or the body is too big to hold.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ from langgraph.runtime import Runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import check_choice, check_int, check_number, check_str
 
 from .http_client import HttpClient, HttpError, HttpSettings, safe_url, status_error
 
@@ -83,10 +83,7 @@ MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 def _check_max_event_bytes(owner: str, value: object) -> None:
-    if type(value) is not int:
-        raise TypeError(f"{owner} max_event_bytes must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{owner} max_event_bytes must be an int >= 1, got {value!r}")
+    check_int(owner, "max_event_bytes", value, min=1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,33 +103,13 @@ class HttpStreamPolicy:
 
     def __post_init__(self) -> None:
         _check_max_event_bytes("HttpStreamPolicy", self.max_event_bytes)
-        if self.format not in _FORMATS:
-            raise ValueError(
-                f"HttpStreamPolicy format must be 'sse' or 'lines', got {self.format!r}"
-            )
+        check_choice("HttpStreamPolicy", "format", self.format, _FORMATS)
         idle = self.idle_timeout
-        if idle is not None:
-            if not isinstance(idle, int | float) or isinstance(idle, bool):
-                raise TypeError(
-                    f"HttpStreamPolicy idle_timeout must be a number or None,"
-                    f" got {type(idle).__name__}"
-                )
-            if not idle > 0:
-                raise ValueError(f"HttpStreamPolicy idle_timeout must be > 0 or None, got {idle!r}")
-            if not math.isfinite(idle):
-                raise ValueError(
-                    f"HttpStreamPolicy idle_timeout must be finite (None: no limit), got {idle!r}"
-                )
-        if not isinstance(self.url_key, str) or not self.url_key:
-            raise ValueError(
-                f"HttpStreamPolicy url_key must be a non-empty str, got {self.url_key!r}"
-            )
-        if self.output_key is not None and (
-            not isinstance(self.output_key, str) or not self.output_key
-        ):
-            raise ValueError(
-                f"HttpStreamPolicy output_key must be a non-empty str or None, got {self.output_key!r}"
-            )
+        check_number(
+            "HttpStreamPolicy", "idle_timeout", idle, gt=0, unit="seconds", allow_none=True
+        )
+        check_str("HttpStreamPolicy", "url_key", self.url_key)
+        check_str("HttpStreamPolicy", "output_key", self.output_key, allow_none=True)
 
 
 class StreamIdleTimeout(HttpError, TimeoutError):

@@ -42,6 +42,7 @@ from langgraph.runtime import Runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import current_node, record
+from act_operator_lib.validate import check_bool, check_str
 
 __all__ = ["LLMStreamNode", "MessagesState", "TokenStreamPolicy", "fake_chat_model"]
 
@@ -62,15 +63,8 @@ class TokenStreamPolicy:
     """Also write each token's text, as a ``str``, to ``stream_mode="custom"``."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.messages_key, str) or not self.messages_key:
-            raise ValueError(
-                f"TokenStreamPolicy messages_key must be a non-empty str, got {self.messages_key!r}"
-            )
-        if not isinstance(self.text_to_custom, bool):
-            raise TypeError(
-                "TokenStreamPolicy text_to_custom must be a bool,"
-                f" got {type(self.text_to_custom).__name__}"
-            )
+        check_str("TokenStreamPolicy", "messages_key", self.messages_key)
+        check_bool("TokenStreamPolicy", "text_to_custom", self.text_to_custom)
 
 
 def fake_chat_model(*replies: str) -> GenericFakeChatModel:

@@ -48,6 +48,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import check_choice, check_int, check_str
 
 from .resources import PerLoop, ResourceClosedError, Resources
 
@@ -71,23 +72,11 @@ class OffloadSettings:
     """Thread-name prefix and metrics label."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("thread", "process"):
-            raise ValueError(
-                f"OffloadSettings kind must be 'thread' or 'process', got {self.kind!r}"
-            )
-        if (
-            not isinstance(self.max_workers, int)
-            or isinstance(self.max_workers, bool)
-            or self.max_workers < 1
-        ):
-            raise ValueError(
-                f"OffloadSettings max_workers must be an int >= 1, got {self.max_workers!r}"
-            )
-        if self.start_method not in ("spawn", "forkserver", "fork"):
-            raise ValueError(
-                "OffloadSettings start_method must be 'spawn', 'forkserver' or 'fork',"
-                f" got {self.start_method!r}"
-            )
+        check_choice("OffloadSettings", "kind", self.kind, ("thread", "process"))
+        check_int("OffloadSettings", "max_workers", self.max_workers, min=1)
+        methods = ("spawn", "forkserver", "fork")
+        check_choice("OffloadSettings", "start_method", self.start_method, methods)
+        check_str("OffloadSettings", "name", self.name)
 
 
 class UnpicklableCallError(TypeError):

@@ -47,6 +47,7 @@ from langgraph.runtime import Runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import current_node, record
+from act_operator_lib.validate import check_bool, check_int, check_number, check_str
 
 from .postgres import PostgresPool, PostgresSettings, SQLQuery, dsn_from
 
@@ -69,28 +70,18 @@ class CursorStreamPolicy:
     """State key for the number of rows read; None: return no update."""
 
     def __post_init__(self) -> None:
-        if type(self.batch_size) is not int or self.batch_size < 1:
-            raise ValueError(
-                f"CursorStreamPolicy batch_size must be an int >= 1, got {self.batch_size!r}"
-            )
-        timeout = self.statement_timeout
-        if timeout is not None and (
-            not isinstance(timeout, int | float) or isinstance(timeout, bool)
-        ):
-            raise TypeError(
-                f"CursorStreamPolicy statement_timeout must be a number or None, got {timeout!r}"
-            )
-        if timeout is not None and not (math.isfinite(timeout) and timeout >= 0.001):
-            raise ValueError(
-                "CursorStreamPolicy statement_timeout must be >= 0.001 seconds (PostgreSQL"
-                f" reads 0 ms as no limit) or None, got {timeout!r}"
-            )
-        if self.output_key is not None and (
-            not isinstance(self.output_key, str) or not self.output_key
-        ):
-            raise ValueError(
-                f"CursorStreamPolicy output_key must be a non-empty str or None, got {self.output_key!r}"
-            )
+        check_int("CursorStreamPolicy", "batch_size", self.batch_size, min=1)
+        check_number(
+            "CursorStreamPolicy",
+            "statement_timeout",
+            self.statement_timeout,
+            ge=0.001,
+            unit="seconds",
+            note="PostgreSQL reads 0 ms as no limit",
+            allow_none=True,
+        )
+        check_bool("CursorStreamPolicy", "emit_rows", self.emit_rows)
+        check_str("CursorStreamPolicy", "output_key", self.output_key, allow_none=True)
 
 
 async def stream_batches(

@@ -77,6 +77,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from act_operator_lib import tracing
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import check_bool, check_int, check_number
 
 from .resources import PerLoop, Resources
 
@@ -293,30 +294,33 @@ class PostgresSettings:
     (``is_read_only`` or ``idempotent=True``) whose connection was lost; False: never."""
 
     def __post_init__(self) -> None:
-        for name, low in (("min_size", 0), ("max_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"PostgresSettings {name} must be an int >= {low}, got {value!r}")
+        check_int("PostgresSettings", "min_size", self.min_size, min=0)
+        check_int("PostgresSettings", "max_size", self.max_size, min=1)
         if self.min_size > self.max_size:
             raise ValueError(
                 f"PostgresSettings min_size must be <= max_size, got {self.min_size} > {self.max_size}"
             )
-        for name in ("acquire_timeout", "connect_timeout", "statement_timeout"):
-            value = getattr(self, name)
-            if value is None and name == "statement_timeout":
-                continue
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise TypeError(f"PostgresSettings {name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"PostgresSettings {name} must be a number > 0, got {value!r}")
-        if self.statement_timeout is not None and self.statement_timeout < 0.001:
-            raise ValueError(
-                "PostgresSettings statement_timeout must be >= 0.001 seconds (PostgreSQL"
-                f" reads 0 ms as no limit) or None, got {self.statement_timeout!r}"
+        for name in ("acquire_timeout", "connect_timeout"):
+            check_number("PostgresSettings", name, getattr(self, name), gt=0, unit="seconds")
+        check_number(
+            "PostgresSettings",
+            "statement_timeout",
+            self.statement_timeout,
+            ge=0.001,
+            unit="seconds",
+            note="PostgreSQL reads 0 ms as no limit",
+            allow_none=True,
+        )
+        check_bool("PostgresSettings", "retry_reads", self.retry_reads)
+        if self.dsn is not None and not isinstance(self.dsn, str):
+            # The type only: a DSN may hold a password, and this message may be logged.
+            raise TypeError(
+                f"PostgresSettings dsn must be a str or None, got {type(self.dsn).__name__}"
             )
         if self.dsn is not None and not self.dsn.startswith(("postgres://", "postgresql://")):
             raise ValueError(
-                f"PostgresSettings dsn must start with postgresql:// or postgres://, got {redact_dsn(self.dsn)!r}"
+                "PostgresSettings dsn must be a postgresql:// or postgres:// URL,"
+                f" got {redact_dsn(self.dsn)!r}"
             )
 
     def __repr__(self) -> str:

@@ -45,6 +45,7 @@ from typing import Any, Generic, TypeVar
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.control import CONTROL_FLOW
 from act_operator_lib.metrics import current_node, record
+from act_operator_lib.validate import check_int, check_number
 
 from .deadline import remaining
 
@@ -155,14 +156,8 @@ class HedgePolicy:
     """Most attempts in flight in total, the first included."""
 
     def __post_init__(self) -> None:
-        if not self.delay > 0:
-            raise ValueError(f"HedgePolicy delay must be > 0 seconds, got {self.delay!r}")
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise TypeError(
-                f"HedgePolicy max_attempts must be an int, got {type(self.max_attempts).__name__}"
-            )
-        if self.max_attempts < 1:
-            raise ValueError(f"HedgePolicy max_attempts must be >= 1, got {self.max_attempts}")
+        check_number("HedgePolicy", "delay", self.delay, gt=0, unit="seconds")
+        check_int("HedgePolicy", "max_attempts", self.max_attempts, min=1)
 
 
 async def hedged(operation: Callable[[], Awaitable[T]], policy: HedgePolicy) -> T:

@@ -45,6 +45,7 @@ from langgraph.types import RetryPolicy
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.control import CONTROL_FLOW, DoNotRetry
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import check_bool, check_int, check_number
 
 from .deadline import current_deadline
 
@@ -85,22 +86,11 @@ def check_retry_policy(policy: RetryPolicy) -> RetryPolicy:
         raise TypeError(
             f"retry policy must be a langgraph RetryPolicy, got {type(policy).__name__}"
         )
-    if isinstance(policy.max_attempts, bool) or not isinstance(policy.max_attempts, int):
-        raise TypeError(
-            f"RetryPolicy max_attempts must be an int, got {type(policy.max_attempts).__name__}"
-        )
-    if policy.max_attempts < 1:
-        raise ValueError(f"RetryPolicy max_attempts must be >= 1, got {policy.max_attempts}")
-    if not policy.initial_interval >= 0:
-        raise ValueError(
-            f"RetryPolicy initial_interval must be >= 0 seconds, got {policy.initial_interval!r}"
-        )
-    if not policy.backoff_factor >= 1:
-        raise ValueError(f"RetryPolicy backoff_factor must be >= 1, got {policy.backoff_factor!r}")
-    if not policy.max_interval >= 0:
-        raise ValueError(
-            f"RetryPolicy max_interval must be >= 0 seconds, got {policy.max_interval!r}"
-        )
+    check_number("RetryPolicy", "initial_interval", policy.initial_interval, ge=0, unit="seconds")
+    check_number("RetryPolicy", "backoff_factor", policy.backoff_factor, ge=1)
+    check_number("RetryPolicy", "max_interval", policy.max_interval, ge=0, unit="seconds")
+    check_int("RetryPolicy", "max_attempts", policy.max_attempts, min=1)
+    check_bool("RetryPolicy", "jitter", policy.jitter)
     retry_on = policy.retry_on
     valid = (
         (isinstance(retry_on, type) and issubclass(retry_on, Exception))
@@ -209,7 +199,13 @@ async def retry_call(
                 exc.add_note(_report(name, attempts, "the next sleep would end past the deadline"))
                 raise
             attempts[-1] = attempts[-1]._replace(slept=pause)
-            record("retry_attempts", name=name)
+            # The details reach the node span's event, never a series (too many values).
+            details: dict[str, str | float] = {
+                "attempt": number,
+                "delay": pause,
+                "error.type": type(exc).__qualname__,
+            }
+            record("retry_attempts", 1.0, details, name=name)
             await asyncio.sleep(pause)
         else:
             attempts.append(Attempt(number, None, time.monotonic() - started, 0.0))

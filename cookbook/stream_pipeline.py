@@ -41,6 +41,7 @@ from langgraph.runtime import Runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
+from act_operator_lib.validate import check_int, check_str
 
 __all__ = ["PipelinePolicy", "StreamPipelineNode", "run_pipeline"]
 
@@ -63,25 +64,15 @@ class PipelinePolicy:
     """State key the node writes the number of processed items to; None: return no update."""
 
     def __post_init__(self) -> None:
-        for field in ("queue_size", "progress_every"):
-            value = getattr(self, field)
-            if type(value) is not int:
-                raise TypeError(
-                    f"PipelinePolicy {field} must be an int, got {type(value).__name__}"
-                )
-        if self.queue_size < 1:
-            raise ValueError(f"PipelinePolicy queue_size must be >= 1, got {self.queue_size}")
-        if self.progress_every < 0:
-            raise ValueError(
-                f"PipelinePolicy progress_every must be >= 0 (0: no progress events),"
-                f" got {self.progress_every}"
-            )
-        if self.count_key is not None and (
-            not isinstance(self.count_key, str) or not self.count_key
-        ):
-            raise ValueError(
-                f"PipelinePolicy count_key must be a non-empty str or None, got {self.count_key!r}"
-            )
+        check_int("PipelinePolicy", "queue_size", self.queue_size, min=1)
+        check_int(
+            "PipelinePolicy",
+            "progress_every",
+            self.progress_every,
+            min=0,
+            note="0: no progress events",
+        )
+        check_str("PipelinePolicy", "count_key", self.count_key, allow_none=True)
 
 
 async def run_pipeline(

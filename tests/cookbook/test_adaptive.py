@@ -66,8 +66,8 @@ def graph_calling(limiter: AdaptiveLimiter, call: Any) -> Any:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"min_limit": 0}, ValueError, "AdaptiveLimit min_limit must be >= 1, got 0"),
-        ({"max_limit": 2.5}, TypeError, "AdaptiveLimit max_limit must be an int, got 2.5"),
+        ({"min_limit": 0}, ValueError, "AdaptiveLimit min_limit must be an int >= 1, got 0"),
+        ({"max_limit": 2.5}, TypeError, "AdaptiveLimit max_limit must be an int >= 1, got 2.5"),
         ({"initial_limit": True}, TypeError, "AdaptiveLimit initial_limit must be an int"),
         (
             {"min_limit": 5, "max_limit": 4, "initial_limit": 4},
@@ -79,11 +79,11 @@ def graph_calling(limiter: AdaptiveLimiter, call: Any) -> Any:
             ValueError,
             "AdaptiveLimit initial_limit must be between min_limit 1 and max_limit 200, got 300",
         ),
-        ({"backoff": 1.0}, ValueError, "AdaptiveLimit backoff must be 0 < backoff < 1, got 1.0"),
-        ({"backoff": math.nan}, ValueError, "AdaptiveLimit backoff must be 0 < backoff < 1"),
-        ({"backoff": "half"}, TypeError, "AdaptiveLimit backoff must be a number, got 'half'"),
-        ({"baseline_window": math.inf}, ValueError, "baseline_window must be > 0 and finite"),
-        ({"baseline_window": 0}, ValueError, "baseline_window must be > 0 and finite, got 0"),
+        ({"backoff": 1.0}, ValueError, "backoff must be a finite number > 0 and < 1, got 1.0"),
+        ({"backoff": math.nan}, ValueError, "backoff must be a finite number > 0 and < 1, got nan"),
+        ({"backoff": "half"}, TypeError, "AdaptiveLimit backoff must be a finite number"),
+        ({"baseline_window": math.inf}, ValueError, "baseline_window must be a finite number"),
+        ({"baseline_window": 0}, ValueError, "number of seconds > 0, got 0"),
     ],
 )
 def test_invalid_limits_are_refused_at_construction(

@@ -50,10 +50,18 @@ def graph_for(weather: Weather, cache: AsyncCache[dict[str, Any]]) -> Any:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"ttl": 0}, ValueError, r"CacheSettings ttl must be > 0 \(or None\), got 0"),
-        ({"ttl": -5.0}, ValueError, "CacheSettings ttl must be > 0"),
-        ({"ttl": "60"}, TypeError, "CacheSettings ttl must be a number or None"),
-        ({"maxsize": 0}, ValueError, "CacheSettings maxsize must be >= 1, got 0"),
+        (
+            {"ttl": 0},
+            ValueError,
+            "CacheSettings ttl must be a finite number of seconds > 0 or None, got 0",
+        ),
+        ({"ttl": -5.0}, ValueError, "CacheSettings ttl must be a finite number of seconds > 0"),
+        (
+            {"ttl": "60"},
+            TypeError,
+            "CacheSettings ttl must be a finite number of seconds > 0 or None, got '60'",
+        ),
+        ({"maxsize": 0}, ValueError, "CacheSettings maxsize must be an int >= 1, got 0"),
         ({"maxsize": 2.5}, TypeError, "CacheSettings maxsize must be an int"),
     ],
 )

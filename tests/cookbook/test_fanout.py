@@ -260,11 +260,15 @@ def test_the_same_graph_runs_under_several_asyncio_run_calls_and_uvloop() -> Non
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"limit": 0}, ValueError, "FanoutPolicy limit must be >= 1, got 0"),
-        ({"limit": -3}, ValueError, "limit must be >= 1"),
-        ({"limit": 2.5}, TypeError, "limit must be an int, got float"),
-        ({"item_timeout": 0}, ValueError, "item_timeout must be > 0 seconds or None, got 0"),
-        ({"item_timeout": -1.0}, ValueError, "item_timeout must be > 0"),
+        ({"limit": 0}, ValueError, "FanoutPolicy limit must be an int >= 1, got 0"),
+        ({"limit": -3}, ValueError, "limit must be an int >= 1, got -3"),
+        ({"limit": 2.5}, TypeError, "limit must be an int >= 1, got 2.5"),
+        (
+            {"item_timeout": 0},
+            ValueError,
+            "item_timeout must be a finite number of seconds > 0 or None, got 0",
+        ),
+        ({"item_timeout": -1.0}, ValueError, "item_timeout must be a finite number of seconds > 0"),
         ({"on_error": "ignore"}, ValueError, "on_error must be 'fail_fast' or 'collect'"),
     ],
 )

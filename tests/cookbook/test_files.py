@@ -425,11 +425,15 @@ async def test_resources_and_validation(tmp_path: Path) -> None:
         FileSettings(base_dir=tmp_path, max_concurrency=0)
     with pytest.raises(ValueError, match="FileSettings chunk_size must be an int >= 1"):
         FileSettings(base_dir=tmp_path, chunk_size=-5)
-    with pytest.raises(ValueError, match="FileSettings stale_temp_age must be a number > 0"):
+    with pytest.raises(
+        ValueError, match=r"FileSettings stale_temp_age must be a finite number .*, got nan"
+    ):
         FileSettings(base_dir=tmp_path, stale_temp_age=float("nan"))
-    with pytest.raises(TypeError, match="FileSettings stale_temp_age must be a number"):
+    with pytest.raises(
+        TypeError, match=r"FileSettings stale_temp_age must be a finite number .*, got '1h'"
+    ):
         FileSettings(base_dir=tmp_path, stale_temp_age="1h")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="FileSettings base_dir must be a path, got int"):
+    with pytest.raises(TypeError, match="FileSettings base_dir must be a path, got 3"):
         FileSettings(base_dir=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="FileStore settings must be FileSettings"):
         FileStore(str(tmp_path))  # type: ignore[arg-type]

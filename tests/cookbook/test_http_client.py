@@ -340,10 +340,16 @@ async def test_fetch_settings_choose_keys(http_server: HttpTestServer) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"timeout": 0}, "HttpSettings timeout must be a number > 0, got 0"),
-        ({"limit": -1}, "HttpSettings limit must be an int >= 0, got -1"),
-        ({"max_attempts": 0}, "HttpSettings max_attempts must be an int >= 1, got 0"),
-        ({"connect_timeout": -2}, "connect_timeout must be > 0 or None"),
+        ({"timeout": 0}, "HttpSettings timeout must be a finite number of seconds > 0, got 0"),
+        ({"limit": -1}, r"HttpSettings limit must be an int >= 0 \(0: no limit\), got -1"),
+        (
+            {"max_attempts": 0},
+            r"HttpSettings max_attempts must be an int >= 1 \(1: never retry\), got 0",
+        ),
+        (
+            {"connect_timeout": -2},
+            "connect_timeout must be a finite number of seconds > 0 or None, got -2",
+        ),
         ({"base_url": "/relative"}, "base_url must be an absolute http or https URL"),
     ],
 )

@@ -226,7 +226,7 @@ async def test_stream_http_feeds_the_backpressured_pipeline(http: HttpClient) ->
     ("kwargs", "message"),
     [
         ({"format": "json"}, "format must be 'sse' or 'lines', got 'json'"),
-        ({"idle_timeout": 0}, "idle_timeout must be > 0 or None, got 0"),
+        ({"idle_timeout": 0}, "idle_timeout must be a finite number of seconds > 0 or None, got 0"),
         ({"url_key": ""}, "url_key must be a non-empty str, got ''"),
         ({"output_key": ""}, "output_key must be a non-empty str or None, got ''"),
     ],

@@ -203,8 +203,8 @@ async def test_an_event_beyond_max_event_bytes_raises_a_typed_error() -> None:
     ("value", "error", "message"),
     [
         (0, ValueError, "HttpStreamPolicy max_event_bytes must be an int >= 1, got 0"),
-        (1.5, TypeError, "HttpStreamPolicy max_event_bytes must be an int, got float"),
-        (True, TypeError, "HttpStreamPolicy max_event_bytes must be an int, got bool"),
+        (1.5, TypeError, "HttpStreamPolicy max_event_bytes must be an int >= 1, got 1.5"),
+        (True, TypeError, "HttpStreamPolicy max_event_bytes must be an int >= 1, got True"),
     ],
 )
 def test_max_event_bytes_is_checked(value: Any, error: type[Exception], message: str) -> None:
@@ -215,9 +215,17 @@ def test_max_event_bytes_is_checked(value: Any, error: type[Exception], message:
 @pytest.mark.parametrize(
     ("value", "error", "message"),
     [
-        ("5", TypeError, "HttpStreamPolicy idle_timeout must be a number or None, got str"),
-        (float("nan"), ValueError, "HttpStreamPolicy idle_timeout must be > 0 or None, got nan"),
-        (float("inf"), ValueError, r"idle_timeout must be finite \(None: no limit\), got inf"),
+        (
+            "5",
+            TypeError,
+            "HttpStreamPolicy idle_timeout must be a finite number .* or None, got '5'",
+        ),
+        (
+            float("nan"),
+            ValueError,
+            "HttpStreamPolicy idle_timeout must be a finite number .* or None, got nan",
+        ),
+        (float("inf"), ValueError, "idle_timeout must be a finite number .* or None, got inf"),
     ],
 )
 def test_idle_timeout_is_checked(value: Any, error: type[Exception], message: str) -> None:

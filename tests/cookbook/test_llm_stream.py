@@ -224,7 +224,7 @@ async def test_heartbeat_per_token_keeps_an_idle_timeout_alive_and_a_stall_trips
     ("kwargs", "error", "message"),
     [
         ({"messages_key": ""}, ValueError, "messages_key must be a non-empty str, got ''"),
-        ({"text_to_custom": "yes"}, TypeError, "text_to_custom must be a bool, got str"),
+        ({"text_to_custom": "yes"}, TypeError, "text_to_custom must be a bool, got 'yes'"),
     ],
 )
 def test_policy_rejects_bad_values(kwargs: dict[str, Any], error: type, message: str) -> None:

@@ -270,7 +270,7 @@ async def test_stream_batches_never_sends_a_zero_statement_timeout(db: PostgresP
         ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
         (
             {"statement_timeout": -1},
-            "statement_timeout must be >= 0.001 seconds .* or None, got -1",
+            "statement_timeout must be a finite number of seconds >= 0.001 .* or None, got -1",
         ),
         ({"output_key": ""}, "output_key must be a non-empty str or None, got ''"),
     ],

@@ -411,9 +411,15 @@ async def test_resources_close_the_pool(pg_database: str) -> None:
     [
         ({"max_size": 0}, "PostgresSettings max_size must be an int >= 1, got 0"),
         ({"min_size": 5, "max_size": 2}, "min_size must be <= max_size, got 5 > 2"),
-        ({"acquire_timeout": 0}, "acquire_timeout must be a number > 0, got 0"),
-        ({"statement_timeout": -1}, "statement_timeout must be a number > 0, got -1"),
-        ({"dsn": "mysql://u:hunter2@h/db"}, r"must start with postgresql://.*u:\*\*\*@h"),
+        ({"acquire_timeout": 0}, "acquire_timeout must be a finite number of seconds > 0, got 0"),
+        (
+            {"statement_timeout": -1},
+            "statement_timeout must be a finite number of seconds >= 0.001 .* or None, got -1",
+        ),
+        (
+            {"dsn": "mysql://u:hunter2@h/db"},
+            r"must be a postgresql:// or postgres:// URL, got .*u:\*\*\*@h",
+        ),
     ],
 )
 def test_invalid_settings_fail_at_construction(kwargs: dict[str, Any], message: str) -> None:

@@ -363,20 +363,21 @@ def test_a_password_free_dsn_may_still_come_from_configurable() -> None:
 
 @pytest.mark.parametrize("seconds", [0.0004, 1e-9, 0.0009])
 def test_statement_timeout_below_a_millisecond_is_refused(seconds: float) -> None:
-    with pytest.raises(ValueError, match=r"statement_timeout must be >= 0.001 seconds") as pool:
+    refused = r"statement_timeout must be a finite number of seconds >= 0\.001"
+    with pytest.raises(ValueError, match=refused) as pool:
         PostgresSettings(statement_timeout=seconds)
     assert repr(seconds) in str(pool.value)
-    with pytest.raises(ValueError, match=r"statement_timeout must be >= 0.001 seconds"):
+    with pytest.raises(ValueError, match=refused):
         CursorStreamPolicy(statement_timeout=seconds)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"statement_timeout": float("nan")}, ValueError, "statement_timeout must be a number > 0"),
-        ({"acquire_timeout": float("inf")}, ValueError, "acquire_timeout must be a number > 0"),
-        ({"acquire_timeout": True}, TypeError, "acquire_timeout must be a number, got True"),
-        ({"connect_timeout": "5"}, TypeError, "connect_timeout must be a number, got '5'"),
+        ({"statement_timeout": float("nan")}, ValueError, "statement_timeout must be .*, got nan"),
+        ({"acquire_timeout": float("inf")}, ValueError, "acquire_timeout must be .*, got inf"),
+        ({"acquire_timeout": True}, TypeError, "acquire_timeout must be a finite .*, got True"),
+        ({"connect_timeout": "5"}, TypeError, "connect_timeout must be a finite .*, got '5'"),
     ],
 )
 def test_timeouts_must_be_finite_numbers(

@@ -89,11 +89,15 @@ def wait_until_queued(limiter: RateLimiter, waiters: int) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"rate": 0}, ValueError, "RateLimit rate must be > 0 and finite, got 0"),
-        ({"rate": -1.5}, ValueError, "RateLimit rate must be > 0"),
-        ({"rate": float("inf")}, ValueError, "RateLimit rate must be > 0 and finite"),
-        ({"rate": "10"}, TypeError, "RateLimit rate must be a number"),
-        ({"rate": 1, "capacity": 0}, ValueError, "RateLimit capacity must be >= 1, got 0"),
+        (
+            {"rate": 0},
+            ValueError,
+            "RateLimit rate must be a finite number of tokens per second > 0, got 0",
+        ),
+        ({"rate": -1.5}, ValueError, "RateLimit rate must be a finite number .*, got -1.5"),
+        ({"rate": float("inf")}, ValueError, "RateLimit rate must be a finite number .*, got inf"),
+        ({"rate": "10"}, TypeError, "RateLimit rate must be a finite number .*, got '10'"),
+        ({"rate": 1, "capacity": 0}, ValueError, "RateLimit capacity must be an int >= 1, got 0"),
         ({"rate": 1, "capacity": 2.5}, TypeError, "RateLimit capacity must be an int"),
     ],
 )

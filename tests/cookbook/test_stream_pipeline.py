@@ -365,9 +365,9 @@ async def test_produce_must_return_an_async_iterable() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"queue_size": 0}, ValueError, "queue_size must be >= 1, got 0"),
-        ({"queue_size": 2.5}, TypeError, "queue_size must be an int, got float"),
-        ({"progress_every": -1}, ValueError, "progress_every must be >= 0"),
+        ({"queue_size": 0}, ValueError, "queue_size must be an int >= 1, got 0"),
+        ({"queue_size": 2.5}, TypeError, "queue_size must be an int >= 1, got 2.5"),
+        ({"progress_every": -1}, ValueError, "progress_every must be an int >= 0"),
         ({"count_key": ""}, ValueError, "count_key must be a non-empty str or None, got ''"),
     ],
 )
