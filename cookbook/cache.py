@@ -365,8 +365,10 @@ class CachedNode(AsyncBaseNode):
         profiles = AsyncCache(CacheSettings(ttl=60, name="profiles"))
         builder.add_node("lookup", CachedNode(lookup, profiles, key=lambda s: s["user_id"]))
 
-    Runs that ask for the same key at once (parallel branches, concurrent graph runs on a
-    server) share one call of ``operation``. That call runs in a task started by the first
+    ``operation`` is a LangGraph node function; its update is cached and returned
+    unchanged, as every wrapper node in the cookbook does. Runs that ask for the same key
+    at once (parallel branches, concurrent graph runs on a server) share one call of
+    ``operation``. That call runs in a task started by the first
     caller, with its context (its run's config and callbacks, e.g. the custom stream).
     """
 

@@ -586,8 +586,10 @@ class CircuitBreakerNode(AsyncBaseNode):
 
         builder.add_node("charge", CircuitBreakerNode(charge, circuit_breaker("payments"), when_open=degrade))
 
-    While the circuit is open the node returns ``when_open(state, error)`` if given, and
-    raises ``CircuitOpenError`` otherwise (route it with an error-handler node).
+    ``operation`` is a LangGraph node function and its update is returned unchanged, as
+    every wrapper node in the cookbook does. While the circuit is open the node returns
+    ``when_open(state, error)`` if given, and raises ``CircuitOpenError`` otherwise (route
+    it with an error-handler node).
     """
 
     def __init__(

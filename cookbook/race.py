@@ -198,17 +198,23 @@ async def hedged(operation: Callable[[], Awaitable[T]], policy: HedgePolicy) -> 
 class RaceNode(AsyncBaseNode):
     """A node racing named alternatives on the state; the first success is the update.
 
-        builder.add_node(RaceNode({"cache": from_cache, "db": from_db}, output_key="user"))
-        # -> {"user": <first successful value>}
+        async def from_cache(state: State) -> dict[str, Any]:
+            return {"user": await cache.user(state["user_id"])}
 
-    Each alternative is ``async def alt(state) -> value``.
+        builder.add_node(RaceNode({"cache": from_cache, "db": from_db}))
+        # -> the winning alternative's update, e.g. {"user": ...}
+
+    Each alternative is a LangGraph node function, ``async def alt(state) -> update``,
+    and the winner's update is returned unchanged, as every wrapper node in the cookbook
+    does (``CachedNode``, ``CircuitBreakerNode``, ``RateLimitedNode``, ``RetryNode``,
+    ``HedgedNode``). Changed: there is no ``output_key`` any more; an alternative that
+    returned a bare value now returns ``{key: value}`` itself.
     """
 
     def __init__(
         self,
         alternatives: Mapping[str, Callable[[Any], Awaitable[Any]]],
         *,
-        output_key: str = "result",
         name: str | None = None,
         verbose: bool = False,
     ) -> None:
@@ -222,22 +228,27 @@ class RaceNode(AsyncBaseNode):
                     f" got {type(alternative).__name__}"
                 )
         self.alternatives = dict(alternatives)
-        self.output_key = output_key
 
-    async def execute(self, state: Any) -> dict[str, Any]:
-        value = await _race(
+    async def execute(self, state: Any) -> Any:
+        return await _race(
             {
                 f"alternative {key!r}": functools.partial(alt, state)
                 for key, alt in self.alternatives.items()
             }
         )
-        return {self.output_key: value}
 
 
 class HedgedNode(AsyncBaseNode):
     """A node running ``async def operation(state)`` hedged under a ``HedgePolicy``.
 
-    builder.add_node(HedgedNode(lookup, HedgePolicy(delay=0.1), output_key="answer"))
+        async def lookup(state: State) -> dict[str, Any]:
+            return {"answer": await search(state["question"])}
+
+        builder.add_node(HedgedNode(lookup, HedgePolicy(delay=0.1)))  # -> {"answer": ...}
+
+    ``operation`` is a LangGraph node function and the first successful attempt's update
+    is returned unchanged. Changed: there is no ``output_key`` any more; an operation
+    that returned a bare value now returns ``{key: value}`` itself.
     """
 
     def __init__(
@@ -245,7 +256,6 @@ class HedgedNode(AsyncBaseNode):
         operation: Callable[[Any], Awaitable[Any]],
         policy: HedgePolicy,
         *,
-        output_key: str = "result",
         name: str | None = None,
         verbose: bool = False,
     ) -> None:
@@ -258,11 +268,9 @@ class HedgedNode(AsyncBaseNode):
             raise TypeError(f"HedgedNode policy must be a HedgePolicy, got {type(policy).__name__}")
         self.operation = operation
         self.policy = policy
-        self.output_key = output_key
 
-    async def execute(self, state: Any) -> dict[str, Any]:
-        value = await hedged(lambda: self.operation(state), self.policy)
-        return {self.output_key: value}
+    async def execute(self, state: Any) -> Any:
+        return await hedged(lambda: self.operation(state), self.policy)
 
 
 if __name__ == "__main__":
@@ -275,35 +283,28 @@ if __name__ == "__main__":
         answer: str
         hedged_answer: str
 
-    async def flaky_primary(state: State) -> str:
+    async def flaky_primary(state: State) -> dict[str, str]:
         raise ConnectionError("primary is down")
 
-    async def slow_mirror(state: State) -> str:
+    async def slow_mirror(state: State) -> dict[str, str]:
         await asyncio.sleep(0.3)
-        return "42 (slow mirror)"
+        return {"answer": "42 (slow mirror)"}
 
-    async def fast_mirror(state: State) -> str:
+    async def fast_mirror(state: State) -> dict[str, str]:
         await asyncio.sleep(0.05)
-        return "42 (fast mirror)"
+        return {"answer": "42 (fast mirror)"}
 
     calls = 0
 
-    async def sometimes_stuck(state: State) -> str:
+    async def sometimes_stuck(state: State) -> dict[str, str]:
         global calls
         calls += 1
         await asyncio.sleep(5 if calls == 1 else 0.02)  # the first call hangs
-        return f"42 (attempt {calls})"
+        return {"hedged_answer": f"42 (attempt {calls})"}
 
     builder = StateGraph(State)
-    builder.add_node(
-        RaceNode(
-            {"primary": flaky_primary, "slow": slow_mirror, "fast": fast_mirror},
-            output_key="answer",
-        )
-    )
-    builder.add_node(
-        HedgedNode(sometimes_stuck, HedgePolicy(delay=0.1), output_key="hedged_answer")
-    )
+    builder.add_node(RaceNode({"primary": flaky_primary, "slow": slow_mirror, "fast": fast_mirror}))
+    builder.add_node(HedgedNode(sometimes_stuck, HedgePolicy(delay=0.1)))
     builder.add_edge(START, "RaceNode")
     builder.add_edge("RaceNode", "HedgedNode")
     builder.add_edge("HedgedNode", END)

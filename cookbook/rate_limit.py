@@ -630,7 +630,9 @@ class RateLimitedNode(AsyncBaseNode):
 
         builder.add_node("search", RateLimitedNode(search, rate_limiter("api", RateLimit(rate=5))))
 
-    Time spent waiting is reported to ``stream_mode="custom"`` as
+    ``operation`` is a LangGraph node function and its update is returned unchanged, as
+    every wrapper node in the cookbook does. Time spent waiting is reported to
+    ``stream_mode="custom"`` as
     ``{"rate_limited": name, "waited": seconds}`` when the wait was noticeable (> 1 ms).
     """
 

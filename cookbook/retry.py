@@ -3,7 +3,7 @@
     policy = RetryPolicy(initial_interval=0.1, max_attempts=4, retry_on=ConnectionError)
     value, attempts = await retry_call(lambda: fetch(url), policy, budget=2.0)
 
-    builder.add_node(RetryNode(fetch_page, policy, output_key="page"))
+    builder.add_node(RetryNode(fetch_page, policy))  # fetch_page(state) -> {"page": ...}
 
 Backoff is LangGraph's: ``initial_interval * backoff_factor ** (retry - 1)``, capped at
 ``max_interval``. With ``jitter`` a random extra of up to ``min(1 s, interval)`` is added
@@ -216,10 +216,18 @@ async def retry_call(
 class RetryNode(AsyncBaseNode):
     """A node calling ``async def operation(state)`` with in-node retries.
 
-        builder.add_node(RetryNode(fetch_page, RetryPolicy(max_attempts=4), output_key="page"))
-        # -> {"page": value}; the attempts are logged when verbose and counted in metrics
+        async def fetch_page(state: State) -> dict[str, Any]:
+            return {"page": await http.get_text(state["url"])}
 
-    The policy is checked at construction; ``budget`` bounds all attempts and sleeps.
+        builder.add_node(RetryNode(fetch_page, RetryPolicy(max_attempts=4)))
+        # -> {"page": ...}; the attempts are logged when verbose and counted in metrics
+
+    ``operation`` is a LangGraph node function: its update (a dict, a ``Command``, ...) is
+    returned unchanged, as every wrapper node in the cookbook does (``CachedNode``,
+    ``CircuitBreakerNode``, ``RateLimitedNode``, ``RaceNode``, ``HedgedNode``). Changed:
+    there is no ``output_key`` any more; an operation that returned a bare value now
+    returns ``{key: value}`` itself. The policy is checked at construction; ``budget``
+    bounds all attempts and sleeps.
     """
 
     def __init__(
@@ -228,7 +236,6 @@ class RetryNode(AsyncBaseNode):
         policy: RetryPolicy = DEFAULT_POLICY,
         *,
         budget: float | None = None,
-        output_key: str = "result",
         name: str | None = None,
         verbose: bool = False,
     ) -> None:
@@ -242,14 +249,13 @@ class RetryNode(AsyncBaseNode):
         self.operation = operation
         self.policy = check_retry_policy(policy)
         self.budget = budget
-        self.output_key = output_key
 
-    async def execute(self, state: Any) -> dict[str, Any]:
+    async def execute(self, state: Any) -> Any:
         outcome = await retry_call(
             lambda: self.operation(state), self.policy, budget=self.budget, name=self.name
         )
         self.log("succeeded", attempts=len(outcome.attempts))
-        return {self.output_key: outcome.value}
+        return outcome.value
 
 
 if __name__ == "__main__":
@@ -270,17 +276,17 @@ if __name__ == "__main__":
         expensive_runs += 1
         return {"expensive_work": expensive_runs}
 
-    async def flaky_forecast(state: State) -> str:
+    async def flaky_forecast(state: State) -> dict[str, Any]:
         global calls
         calls += 1
         if calls < 3:
             raise ConnectionError(f"weather service hiccup #{calls}")
-        return f"sunny in {state['city']}"
+        return {"forecast": f"sunny in {state['city']}"}
 
     policy = RetryPolicy(initial_interval=0.01, backoff_factor=2, max_attempts=5, jitter=False)
     builder = StateGraph(State)
     builder.add_node("expensive_step", expensive_step)
-    builder.add_node(RetryNode(flaky_forecast, policy, output_key="forecast"))
+    builder.add_node(RetryNode(flaky_forecast, policy))
     builder.add_edge(START, "expensive_step")
     builder.add_edge("expensive_step", "RetryNode")
     builder.add_edge("RetryNode", END)

@@ -65,6 +65,15 @@ class Approval:
         return f"answer: {interrupt(self.question)}"
 
 
+def as_update(operation: Any) -> Any:
+    """``operation`` as a node function: its value becomes the update ``{"result": value}``."""
+
+    async def node(state: Any) -> dict[str, Any]:
+        return {"result": await operation(state)}
+
+    return node
+
+
 def test_the_rule_is_langgraphs_bubble_up() -> None:
     from langgraph.errors import GraphBubbleUp, GraphInterrupt, ParentCommand
 
@@ -80,7 +89,7 @@ def test_the_rule_is_langgraphs_bubble_up() -> None:
 
 async def test_an_interrupt_in_a_retried_operation_pauses_at_once_and_resumes() -> None:
     approval = Approval()
-    graph, thread = paused_graph(RetryNode(approval, RetryPolicy()))  # LangGraph's defaults
+    graph, thread = paused_graph(RetryNode(as_update(approval), RetryPolicy()))  # its defaults
     started = time.monotonic()
     out = await graph.ainvoke({}, thread)
     assert asked(out) == ["approve?"]
@@ -202,7 +211,7 @@ async def test_an_interrupting_alternative_pauses_the_race_and_wins_on_resume() 
         return "slow"
 
     graph, thread = paused_graph(
-        RaceNode({"down": down, "human": Approval("which?"), "slow": slow})
+        RaceNode({"down": down, "human": as_update(Approval("which?")), "slow": slow})
     )
     started = time.monotonic()
     out = await graph.ainvoke({}, thread)
@@ -214,7 +223,8 @@ async def test_an_interrupting_alternative_pauses_the_race_and_wins_on_resume() 
 
 async def test_an_interrupting_hedged_attempt_pauses_the_run() -> None:
     approval = Approval()
-    graph, thread = paused_graph(HedgedNode(approval, HedgePolicy(delay=0.01, max_attempts=3)))
+    hedge = HedgePolicy(delay=0.01, max_attempts=3)
+    graph, thread = paused_graph(HedgedNode(as_update(approval), hedge))
     assert asked(await graph.ainvoke({}, thread)) == ["approve?"]
     assert approval.calls == 1  # a pause is not a failure: no backup attempt was started
     out = await graph.ainvoke(Command(resume="go"), thread)

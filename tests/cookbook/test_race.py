@@ -49,10 +49,10 @@ class Hanging:
 async def test_the_first_success_wins_and_the_losers_are_cancelled() -> None:
     slow_a, slow_b = Hanging(), Hanging()
 
-    async def quick(state: State) -> str:
+    async def quick(state: State) -> dict[str, Any]:
         await slow_a.started.wait()  # win only once the others are mid-flight
         await slow_b.started.wait()
-        return f"answer to {state['question']}"
+        return {"result": f"answer to {state['question']}"}
 
     graph = graph_of(RaceNode({"a": slow_a, "quick": quick, "b": slow_b}))
     before = asyncio.all_tasks()
@@ -106,12 +106,12 @@ async def test_hedge_starts_a_backup_when_the_first_attempt_is_slow() -> None:
     first = Hanging()
     calls = 0
 
-    async def lookup(state: State) -> str:
+    async def lookup(state: State) -> dict[str, Any]:
         nonlocal calls
         calls += 1
         if calls == 1:
-            return await first()
-        return f"attempt {calls}"
+            return {"result": await first()}
+        return {"result": f"attempt {calls}"}
 
     graph = graph_of(HedgedNode(lookup, HedgePolicy(delay=0.01)))
     before = asyncio.all_tasks()
@@ -204,13 +204,13 @@ async def test_race_and_hedge_stop_at_the_run_deadline(node: Any) -> None:
 
 
 def test_the_same_graph_runs_under_several_asyncio_runs_and_uvloop() -> None:
-    async def fast(state: State) -> str:
+    async def fast(state: State) -> dict[str, Any]:
         await asyncio.sleep(0)
-        return "fast"
+        return {"result": "fast"}
 
-    async def never(state: State) -> str:
+    async def never(state: State) -> dict[str, Any]:
         await asyncio.Event().wait()
-        return "never"
+        return {"result": "never"}
 
     race_graph = graph_of(RaceNode({"never": never, "fast": fast}))
     hedge_graph = graph_of(HedgedNode(fast, HedgePolicy(delay=0.5)))
@@ -223,6 +223,18 @@ def test_the_same_graph_runs_under_several_asyncio_runs_and_uvloop() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         for run in runs:
             assert runner.run(run())["result"] == "fast"
+
+
+async def test_the_winners_update_is_returned_unchanged() -> None:
+    async def answer(state: State) -> dict[str, Any]:
+        return {"result": "42", "question": "answered"}
+
+    async def down(state: State) -> dict[str, Any]:
+        raise ConnectionError("down")
+
+    for node in (RaceNode({"down": down, "up": answer}), HedgedNode(answer, HedgePolicy(delay=1))):
+        out = await graph_of(node).ainvoke({"question": "q"})
+        assert out == {"question": "answered", "result": "42"}
 
 
 async def test_invalid_arguments_fail_naming_the_parameter() -> None:

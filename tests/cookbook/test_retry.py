@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any, TypedDict
 
 import pytest
@@ -15,7 +16,7 @@ from act_operator_lib.cookbook.fanout import FanoutNode, FanoutPolicy
 from act_operator_lib.cookbook.retry import Attempt, RetryNode, check_retry_policy, retry_call
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import RetryPolicy
+from langgraph.types import Command, RetryPolicy
 
 from act_operator_lib import metrics
 from act_operator_lib._internal.cookbook_index import dependency_closure, find_recipes
@@ -53,6 +54,15 @@ class Flaky:
         return f"ok after {self.calls} calls"
 
 
+def as_update(operation: Flaky) -> Callable[[Any], Awaitable[dict[str, Any]]]:
+    """``operation`` as a node function: its value becomes the update ``{"result": value}``."""
+
+    async def node(state: Any) -> dict[str, Any]:
+        return {"result": await operation(state)}
+
+    return node
+
+
 def retry_report(error: BaseException) -> str:
     """The note retry_call added (LangGraph adds its own "During task ..." note after it)."""
     return next(note for note in error.__notes__ if note.startswith("retry "))
@@ -77,11 +87,22 @@ def retry_graph(node: RetryNode) -> tuple[CompiledStateGraph[Any], list[int]]:
 
 async def test_only_the_operation_is_retried_not_the_graph_or_node() -> None:
     flaky = Flaky(failures=2)
-    graph, prepared = retry_graph(RetryNode(flaky, FAST))
+    graph, prepared = retry_graph(RetryNode(as_update(flaky), FAST))
     out = await graph.ainvoke({"city": "Oslo"})
     assert out["result"] == "ok after 3 calls"
     assert flaky.calls == 3
     assert prepared == [1]
+
+
+async def test_the_operations_update_is_returned_unchanged() -> None:
+    flaky = Flaky(failures=1)
+
+    async def forecast(state: State) -> Command[Any]:
+        return Command(update={"result": await flaky(state), "city": "Lima"})
+
+    graph, _ = retry_graph(RetryNode(forecast, FAST))
+    out = await graph.ainvoke({"city": "Oslo"})
+    assert out == {"city": "Lima", "result": "ok after 2 calls", "prepared": 1}
 
 
 async def test_attempts_are_reported_with_the_backoff_slept() -> None:
@@ -107,7 +128,7 @@ async def test_jitter_adds_at_most_the_interval() -> None:
 
 async def test_exhaustion_reraises_the_last_error_with_every_attempt_noted() -> None:
     flaky = Flaky(failures=10)
-    graph, _ = retry_graph(RetryNode(flaky, FAST, name="forecast"))
+    graph, _ = retry_graph(RetryNode(as_update(flaky), FAST, name="forecast"))
     with pytest.raises(ConnectionError, match="service hiccup") as caught:
         await graph.ainvoke({"city": "Oslo"})
     assert flaky.calls == 4
@@ -218,7 +239,7 @@ async def test_cancelling_a_run_during_the_backoff_sleep_stops_retrying() -> Non
 async def test_no_sleep_ends_past_the_run_deadline() -> None:
     flaky = Flaky(failures=100)
     policy = RetryPolicy(initial_interval=0.1, backoff_factor=1, max_attempts=100, jitter=False)
-    graph, _ = retry_graph(RetryNode(flaky, policy))
+    graph, _ = retry_graph(RetryNode(as_update(flaky), policy))
     with pytest.raises(ConnectionError) as caught:
         await graph.ainvoke({"city": "Oslo"}, with_deadline(0.5))
     assert "the next sleep would end past the deadline" in retry_report(caught.value)
@@ -294,7 +315,7 @@ async def test_attempts_exhaustion_and_timeouts_are_counted_in_metrics() -> None
 
 def test_the_same_graph_runs_under_several_asyncio_runs_and_uvloop() -> None:
     flaky = Flaky(failures=1)
-    graph, prepared = retry_graph(RetryNode(flaky, FAST))
+    graph, prepared = retry_graph(RetryNode(as_update(flaky), FAST))
     for _ in range(3):
         flaky.calls = 0
         assert asyncio.run(graph.ainvoke({"city": "x"}))["result"] == "ok after 2 calls"
