@@ -33,6 +33,7 @@ from langgraph.runtime import Runtime
 from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command, RetryPolicy, Send, interrupt
 
+from act_operator_lib import metrics
 from tests.helpers import run_example
 
 
@@ -190,6 +191,23 @@ async def test_an_unknown_outcome_is_never_called_again_silently() -> None:
         await graph.ainvoke({"results": []}, config())
     assert keys == [raised.value.key]  # called once; the retry refused to call again
     assert raised.value.effect == "charge"
+
+
+async def test_performed_replayed_and_unknown_effects_are_metrics() -> None:
+    ledger = EffectLedger(name="metered-payments")
+
+    async def work(state: State, runtime: Runtime[Any]) -> dict[str, Any]:
+        await ledger.once("charge", lambda key: 1, runtime=runtime)
+        interrupt("confirm")
+        return {}
+
+    graph = one_node_graph(work, checkpointer=InMemorySaver(), store=InMemoryStore())
+    with metrics.collecting():
+        await graph.ainvoke({"results": []}, config())
+        await graph.ainvoke(Command(resume=True), config())
+        recorded = metrics.snapshot()
+    assert recorded.value("effects_performed", name="metered-payments") == 1
+    assert recorded.value("effects_replayed", name="metered-payments") == 1
 
 
 async def test_an_idempotent_effect_is_called_again_with_the_same_key() -> None:
