@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
+from act_operator_lib import tracing
 from act_operator_lib._internal import node_classes
 from act_operator_lib.metrics import record
 
@@ -86,7 +87,8 @@ class BlockingDetector:
 
     ``on_stall(stall)`` runs in the loop thread for each stall; by default stalls are
     logged as warnings on the ``act_operator_lib.blocking`` logger. Each stall is also
-    recorded as the ``event_loop_stall_seconds`` metric (when metrics are enabled).
+    recorded as the ``event_loop_stall_seconds`` metric (when metrics are enabled) and,
+    while ``tracing`` is enabled, is an event of that name on the blocked node's span.
     ``interval`` (default: a fifth of the threshold, at most 10 ms) is how often the
     heartbeat runs, i.e. the precision of the measured durations.
     """
@@ -146,8 +148,9 @@ class BlockingDetector:
         self._watchdog: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_beat = 0.0
-        # (beat it belongs to, node, stack), written by the watchdog, read by the beat.
-        self._sample: tuple[float, str | None, traceback.StackSummary] | None = None
+        # (beat it belongs to, node, stack, the node's span when tracing), written by the
+        # watchdog, read by the beat.
+        self._sample: tuple[float, str | None, traceback.StackSummary, Any] | None = None
 
     @property
     def running(self) -> bool:
@@ -208,12 +211,14 @@ class BlockingDetector:
         if gap <= self.threshold:
             return
         sample, self._sample = self._sample, None
-        node, stack = None, traceback.StackSummary()
+        node, stack, span = None, traceback.StackSummary(), None
         if sample is not None and sample[0] == previous:
-            _, node, stack = sample
+            _, node, stack, span = sample
         stall = Stall(node=node, duration=gap, stack=stack)
         self.stalls.append(stall)
         record("event_loop_stall_seconds", gap, node=node or "")
+        if span is not None:
+            tracing._stall_ended(span, gap)
         if self.on_stall is not None:
             self.on_stall(stall)
         else:
@@ -234,7 +239,11 @@ class BlockingDetector:
             if frame is None:
                 continue
             sampled_beat = last_beat
-            self._sample = (last_beat, _node_on_stack(frame), traceback.extract_stack(frame))
+            node = _node_on_stack(frame)
+            # While tracing, the stall becomes an event on the blocked node's span.
+            started = time.time_ns() - int((time.monotonic() - last_beat) * 1e9)
+            span = tracing._stall_began(frame, started, node)
+            self._sample = (last_beat, node, traceback.extract_stack(frame), span)
             del frame  # do not keep the loop thread's frames alive
 
 

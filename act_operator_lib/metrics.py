@@ -73,6 +73,7 @@ from act_operator_lib._internal.metric_types import (
 )
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
     from prometheus_client import CollectorRegistry
 
 __all__ = [
@@ -84,15 +85,19 @@ __all__ = [
     "Metric",
     "NodeMetrics",
     "Series",
+    "Sink",
     "Snapshot",
+    "add_sink",
     "collecting",
     "current_node",
     "disable",
     "enable",
     "enabled",
+    "export_otel",
     "format_table",
     "prometheus_registry",
     "record",
+    "remove_sink",
     "reset",
     "snapshot",
 ]
@@ -101,13 +106,28 @@ _enabled = False
 # The wrapper key metrics install around node classes' generated __call__.
 _WRAPPER = "metrics"
 
+Sink = Callable[[Metric, float, Mapping[str, str], Mapping[str, str | float] | None], None]
+"""Receives every value ``record`` accepts (its declaration, the value, the labels, the
+details or ``None``) and, while metrics are enabled, the node classes' own ``node_*``
+values (their declarations say ``recorded=False``)."""
+
+# What record() also feeds (tracing's span events, the OpenTelemetry instruments), and the
+# one flag record() tests: true while metrics are enabled or any sink is registered.
+_sinks: tuple[Sink, ...] = ()
+_active = False
+
 
 def enabled() -> bool:
     """Whether metrics are being recorded (``enable()`` / ``collecting()``)."""
     return _enabled
 
 
-def record(metric: str, value: float = 1.0, **labels: str) -> None:
+def record(
+    metric: str,
+    value: float = 1.0,
+    details: Mapping[str, str | float] | None = None,
+    **labels: str,
+) -> None:
     """Add ``value`` to the declared ``metric`` with ``labels``; a no-op unless enabled.
 
         record("retry_attempts", name="fetch")                  # a counter: +1
@@ -119,10 +139,15 @@ def record(metric: str, value: float = 1.0, **labels: str) -> None:
     are enabled. While they are off nothing is checked, so the call stays one flag test;
     ``tests/observability/test_metric_declarations.py`` checks every ``record`` call in the
     library and the cookbook against the declarations instead.
+
+    ``details``: values too many-valued to be labels (an attempt number, a delay), among the
+    metric's declared ``details``; they reach the span event ``tracing`` adds for the record,
+    never a series. API change: ``record`` also feeds registered sinks (``add_sink``), so it
+    runs while tracing is enabled too; the check stays one flag test when both are off.
     """
-    if not _enabled:
+    if not _active:
         return
-    _record(metric, value, labels)
+    _record(metric, value, labels, details)
 
 
 def current_node(default: str = "") -> str:
@@ -147,9 +172,10 @@ class _NodeStats:
     """What one graph node has done since the last reset; updated under its lock
     because sync nodes run in executor threads."""
 
-    __slots__ = ("buckets", "calls", "errors", "in_flight", "lock", "recent", "total")
+    __slots__ = ("buckets", "calls", "errors", "in_flight", "lock", "name", "recent", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.calls = 0
         self.in_flight = 0
         self.errors: dict[str, int] = {}
@@ -168,9 +194,22 @@ class _NodeStats:
             if error is not None and not isinstance(error, GraphBubbleUp):
                 kind = type(error).__name__
                 self.errors[kind] = self.errors.get(kind, 0) + 1
+            else:
+                kind = ""
+        if _sinks:
+            node = {"node": self.name}
+            for sink in _sinks:
+                sink(_NODE_IN_FLIGHT, -1.0, node, None)
+                sink(_NODE_LATENCY, seconds, node, None)
+                if kind:
+                    sink(_NODE_ERRORS, 1.0, {"node": self.name, "error": kind}, None)
 
 
 _nodes: dict[str, _NodeStats] = {}
+_NODE_CALLS, _NODE_ERRORS, _NODE_IN_FLIGHT, _NODE_LATENCY = (
+    METRICS[name]
+    for name in ("node_calls", "node_errors", "node_in_flight", "node_latency_seconds")
+)
 _lock = threading.Lock()
 
 
@@ -190,7 +229,7 @@ def _stats_for(node: Any, config: RunnableConfig | None) -> _NodeStats:
     stats = _nodes.get(name)
     if stats is None:
         with _lock:
-            stats = _nodes.setdefault(name, _NodeStats())
+            stats = _nodes.setdefault(name, _NodeStats(name))
     return stats
 
 
@@ -201,6 +240,11 @@ def _begin(node: Any) -> tuple[_NodeStats, Token[object], float]:
     with stats.lock:
         stats.calls += 1
         stats.in_flight += 1
+    if _sinks:
+        node = {"node": stats.name}
+        for sink in _sinks:
+            sink(_NODE_CALLS, 1.0, node, None)
+            sink(_NODE_IN_FLIGHT, 1.0, node, None)
     return stats, _serving.set(config), perf_counter()
 
 
@@ -241,18 +285,80 @@ def _instrumented(plain: Callable[..., Any]) -> Callable[..., Any]:
 
 def enable() -> None:
     """Start recording: instrument every node class, present and future. Idempotent."""
-    global _enabled
+    global _enabled, _active
     with _lock:
         node_classes.add_call_wrapper(_WRAPPER, _instrumented)
-        _enabled = True
+        _enabled = _active = True
 
 
 def disable() -> None:
-    """Stop recording and give node classes back their plain ``__call__``. Keeps the data."""
-    global _enabled
+    """Stop recording and give node classes back their plain ``__call__``. Keeps the data.
+
+    Also stops the OpenTelemetry export (``export_otel``)."""
+    global _enabled, _active
     with _lock:
         _enabled = False
         node_classes.remove_call_wrapper(_WRAPPER)
+    if _otel_sink is not None:
+        remove_sink(_otel_sink)
+    with _lock:
+        _active = bool(_sinks)
+
+
+def add_sink(sink: Sink) -> None:
+    """Feed ``sink`` every value ``record`` accepts from now on (and node classes' values
+    while metrics are enabled). For observers such as ``tracing``; idempotent."""
+    global _sinks, _active
+    if not callable(sink):
+        raise TypeError(f"metrics.add_sink sink must be callable, got {sink!r}")
+    with _lock:
+        if sink not in _sinks:
+            _sinks = (*_sinks, sink)
+        _active = True
+
+
+def remove_sink(sink: Sink) -> None:
+    """Stop feeding ``sink``; a no-op when it is not registered."""
+    global _sinks, _active
+    with _lock:
+        _sinks = tuple(s for s in _sinks if s is not sink)
+        _active = _enabled or bool(_sinks)
+
+
+_otel_sink: Sink | None = None
+
+
+def export_otel(meter_provider: MeterProvider | None = None) -> None:
+    """Enable metrics and send them through the OpenTelemetry metrics API as well.
+
+        from opentelemetry.sdk.metrics import MeterProvider
+        metrics.export_otel(MeterProvider(metric_readers=[reader]))  # or the global one
+
+    Every declared metric (``METRICS``) becomes an instrument of the meter
+    ``act_operator_lib``: counters are ``Counter``, gauges ``UpDownCounter`` (fed the same
+    signed deltas), observations ``Histogram`` (node latency with ``LATENCY_BUCKETS``),
+    named ``act.`` + the declared name without ``_seconds``, with the declared unit and
+    labels as attributes; an OpenTelemetry Prometheus exporter therefore shows the same
+    names as ``prometheus_registry()`` (``act_node_calls_total``,
+    ``act_node_latency_seconds``). So a reader or exporter chooses: an OTLP exporter, an
+    OpenTelemetry Prometheus reader, or ``prometheus_registry()`` (unchanged, reading the
+    in-process snapshot). Needs ``opentelemetry-api`` (the ``otel`` extra); calling it again
+    switches the provider; ``disable()`` stops it.
+    """
+    global _otel_sink
+    try:
+        from act_operator_lib._internal.otel_metrics import instruments_sink
+    except ModuleNotFoundError as missing:
+        raise ModuleNotFoundError(
+            f"metrics.export_otel needs opentelemetry-api ({missing});"
+            ' install it with: pip install "act-operator-lib[otel]"'
+        ) from missing
+    sink = instruments_sink(meter_provider)
+    enable()
+    if _otel_sink is not None:
+        remove_sink(_otel_sink)
+    _otel_sink = sink
+    add_sink(sink)
 
 
 @contextlib.contextmanager
@@ -302,7 +408,12 @@ class _SeriesStats:
 _series: dict[tuple[str, tuple[tuple[str, str], ...]], _SeriesStats] = {}
 
 
-def _record(metric: str, value: float, labels: Mapping[str, str]) -> None:
+def _record(
+    metric: str,
+    value: float,
+    labels: Mapping[str, str],
+    details: Mapping[str, str | float] | None = None,
+) -> None:
     found = _RECORDED.get(metric)
     if found is None:
         declared(metric, "metrics.record")  # raises for a name that is not declared at all
@@ -316,6 +427,15 @@ def _record(metric: str, value: float, labels: Mapping[str, str]) -> None:
             f"metrics.record labels of {metric!r} must be exactly"
             f" {', '.join(declaration.labels)}, got {', '.join(sorted(labels)) or 'none'}"
         )
+    if details is not None and not details.keys() <= set(declaration.details):
+        raise ValueError(
+            f"metrics.record details of {metric!r} must be among"
+            f" {', '.join(declaration.details) or 'none'}, got {', '.join(sorted(details))}"
+        )
+    for sink in _sinks:
+        sink(declaration, value, labels, details)
+    if not _enabled:
+        return
     key = (metric, tuple(sorted((name, str(value)) for name, value in labels.items())))
     with _lock:
         stats = _series.get(key)

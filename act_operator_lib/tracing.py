@@ -47,9 +47,17 @@ version that conflicts with the one ``langgraph-api`` (``langgraph dev``) needs,
 cannot be installed next to it; ``client_span`` is the small helper the recipes use. If
 you install those instrumentations anyway, their spans are children of our client spans.
 
-**Free when off.** Without ``enable()`` node classes keep the ``__call__`` ``base_node``
-generated (one frame, no check); enabled with no tracer provider configured, a node call
-costs one check. ``client_span`` and ``event`` return after one check when tracing is off.
+**Recipe events.** While tracing, each value a recipe records through ``metrics.record``
+is an event on the current span (the node's), named after the declared metric
+(``rate_limiter_wait_seconds``, ``retry_attempts`` with ``attempt``, ``delay`` and
+``error.type``, ``circuit_state_changes`` with ``state``, ``cache_hits``, ``cache_misses``,
+``singleflight_joins``, ``fanout_timeouts``, ``retry_timeouts``, ``batch_calls``...) with
+its ``value`` and labels; a ``BlockingDetector`` stall is the event
+``event_loop_stall_seconds`` on the span of the node it blocked, dated at the stall's start.
+
+**Free when off.** Without ``enable()``, or when ``enable()`` found no tracer provider,
+node classes keep the ``__call__`` ``base_node`` generated (one frame, no check) and
+``metrics.record`` stays one flag test; ``client_span`` and ``event`` return after one check.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from act_operator_lib import metrics
 from act_operator_lib._internal import node_classes
 
 if TYPE_CHECKING:
@@ -80,6 +89,8 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 _enabled = False
+# Whether spans are being made: enable() found a tracer provider (the one check clients make).
+_tracing = False
 
 
 def enabled() -> bool:
@@ -137,8 +148,19 @@ def enable(tracer_provider: TracerProvider | None = None, *, run_spans: bool = T
     """Trace every node class, present and future, and the recipes' client calls.
 
     ``tracer_provider``: where spans go; ``None`` (the default) follows OpenTelemetry's
-    global provider, and costs one check per node call until one is set. Calling it again
-    switches the provider. ``disable()`` undoes it.
+    global provider. Calling it again switches the provider. ``disable()`` undoes it.
+
+    With no provider given and no global provider set yet, it records that tracing is
+    wanted and changes nothing else: node classes keep their generated call and the
+    clients' check stays false, so an application that installs the extra but configures
+    no provider pays nothing per node. API change: it used to install the node wrapper and
+    look for a global provider on every node call; now call it after setting the global
+    provider (``trace.set_tracer_provider``, as OpenTelemetry's SDK set-up does at start).
+
+    Each value a recipe records (``metrics.record``: a rate-limiter wait, a retry, a
+    circuit transition, a cache hit, a batch, ...) becomes an event on the current span,
+    named after the declared metric, with ``value``, its labels and details; a
+    ``BlockingDetector`` stall becomes an event on the span of the node it blocked.
 
     ``run_spans``: give a run with no current span its own span. It takes a LangChain
     callback handler on every run, which costs LangGraph far more per node than the node
@@ -146,7 +168,7 @@ def enable(tracer_provider: TracerProvider | None = None, *, run_spans: bool = T
     own span (a request's) can turn it off, and the node spans are then children of
     that span. Without a tracer provider configured the handler is not installed.
     """
-    global _enabled, _set_env
+    global _enabled, _set_env, _tracing
     otel = _import()
     if tracer_provider is not None and not hasattr(tracer_provider, "get_tracer"):
         raise TypeError(
@@ -155,9 +177,16 @@ def enable(tracer_provider: TracerProvider | None = None, *, run_spans: bool = T
         )
     with _lock:
         otel.configure(tracer_provider)
-        # Beside the metrics wrapper, if any: node_classes installs both (see there).
-        node_classes.add_call_wrapper(_WRAPPER, otel.traced_call)
-        wanted = run_spans and (tracer_provider is not None or otel.live_tracer() is not None)
+        live = tracer_provider is not None or otel.live_tracer() is not None
+        otel.run_spans = wanted = run_spans and live
+        otel.enabled = _tracing = live
+        if live:
+            # Beside the metrics wrapper, if any: node_classes installs both (see there).
+            node_classes.add_call_wrapper(_WRAPPER, otel.traced_call)
+            metrics.add_sink(otel.metric_event)
+        else:
+            node_classes.remove_call_wrapper(_WRAPPER)
+            metrics.remove_sink(otel.metric_event)
         if wanted and os.environ.get(otel.RUNS_ENV) is None:
             os.environ[otel.RUNS_ENV] = "true"
             _set_env = True
@@ -165,19 +194,20 @@ def enable(tracer_provider: TracerProvider | None = None, *, run_spans: bool = T
         elif not wanted and _set_env:
             os.environ.pop(otel.RUNS_ENV, None)
             _set_env = False
-        otel.enabled = _enabled = True
+        _enabled = True
 
 
 def disable() -> None:
     """Stop tracing: node classes get their plain ``__call__`` back. Idempotent."""
-    global _enabled, _set_env
+    global _enabled, _set_env, _tracing
     with _lock:
-        _enabled = False
+        _enabled = _tracing = False
         if _otel is None:
             return
-        _otel.enabled = False
+        _otel.enabled = _otel.run_spans = False
         _otel.configure(None)
         node_classes.remove_call_wrapper(_WRAPPER)
+        metrics.remove_sink(_otel.metric_event)
         if _set_env:
             os.environ.pop(_otel.RUNS_ENV, None)
             _set_env = False
@@ -234,7 +264,7 @@ def client_span(describe: Callable[..., tuple[str, Mapping[str, Any]]], *args: A
     no-op after one check). An exception leaving the block sets ``error.type``, records it
     and sets the status (an interrupt or a cancellation is an event instead).
     """
-    if not _enabled:
+    if not _tracing:
         return _NO_SPAN
     name, attributes = describe(*args)
     span: ClientSpan | None = _otel.client_span(name, attributes)
@@ -244,7 +274,7 @@ def client_span(describe: Callable[..., tuple[str, Mapping[str, Any]]], *args: A
 def set_attribute(key: str, value: Any) -> None:
     """Set an attribute on the current span (a client span inside ``client_span``); no-op
     when tracing is off."""
-    if _enabled:
+    if _tracing:
         _otel.set_attribute(key, value)
 
 
@@ -253,7 +283,7 @@ def event(name: str, **attributes: Any) -> None:
 
     tracing.event("rate_limiter.wait", **{"act.limiter.name": "api", "act.wait.seconds": 0.2})
     """
-    if _enabled:
+    if _tracing:
         _otel.add_event(name, attributes)
 
 
@@ -272,3 +302,16 @@ def _register_run_hook(otel: Any) -> None:
         otel.RUNS_ENV,
     )
     otel.hook_registered = True
+
+
+def _stall_began(frame: Any, start_ns: int, node: str | None) -> Any:
+    """For ``BlockingDetector``'s watchdog: the span of the node blocked at ``frame``, or
+    ``None`` (tracing off, or no traced node on that stack)."""
+    if not _tracing:
+        return None
+    return _otel.stall_began(frame, start_ns, node)
+
+
+def _stall_ended(span: Any, duration: float) -> None:
+    """For ``BlockingDetector``'s heartbeat: the stall on ``span`` lasted ``duration`` s."""
+    _otel.stall_ended(span, duration)

@@ -59,6 +59,10 @@ class Metric(NamedTuple):
     recorded: bool = True
     """``True``: primitives report it through ``record``. ``False``: one of the ``node_*``
     metrics that node classes keep themselves (``record`` refuses those)."""
+    details: tuple[str, ...] = ()
+    """Values ``record`` may pass beside the labels (its ``details``) that are too
+    many-valued to label a series (an attempt number, a delay): they only reach the span
+    event ``tracing`` adds for each record, as attributes."""
 
 
 _DECLARED: tuple[Metric, ...] = (
@@ -187,6 +191,7 @@ _DECLARED: tuple[Metric, ...] = (
     Metric(
         "retry_attempts", "counter", "{attempt}", ("name",),
         "Failed attempts that were retried.",
+        details=("attempt", "delay", "error.type"),
     ),
     Metric(
         "retry_exhausted", "counter", "{call}", ("name",),

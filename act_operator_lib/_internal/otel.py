@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from types import FrameType
 from typing import Any
 from uuid import UUID
 
@@ -32,6 +33,8 @@ from opentelemetry.trace import (
     Tracer,
     TracerProvider,
 )
+
+from act_operator_lib._internal.metric_types import Metric
 
 INSTRUMENTATION = "act_operator_lib"
 RUNS_ENV = "ACT_OPERATOR_LIB_OTEL_RUNS"
@@ -166,6 +169,10 @@ def _run_parent(tracer: Tracer, config: Mapping[str, Any], thread_id: Any) -> An
 _serving: ContextVar[object] = ContextVar("act_operator_lib_otel_serving", default=None)
 
 
+# Whether runs get spans (``enable(run_spans=...)``): otherwise a node never looks for one.
+run_spans = False
+
+
 def _start(tracer: Tracer, own_name: str) -> tuple[Span, object, object]:
     config: Any = var_child_runnable_config.get()
     attributes: dict[str, Any]
@@ -190,7 +197,7 @@ def _start(tracer: Tracer, own_name: str) -> tuple[Span, object, object]:
             attributes["langgraph.node.attempt"] = info.node_attempt
             if info.checkpoint_ns:
                 attributes["langgraph.checkpoint.ns"] = info.checkpoint_ns
-        if not trace.get_current_span().get_span_context().is_valid:
+        if run_spans and not trace.get_current_span().get_span_context().is_valid:
             parent = _run_parent(tracer, config, thread_id)
     span = tracer.start_span(
         f"node {name}", context=parent, kind=SpanKind.INTERNAL, attributes=attributes
@@ -221,6 +228,8 @@ def fail(span: Span, error: BaseException) -> None:
 def _finish(span: Span, token: object, serving: object, error: BaseException | None) -> None:
     if error is not None:
         fail(span, error)
+    if _stalls:
+        _stall_event(span, time.time_ns())
     _serving.reset(serving)  # type: ignore[arg-type]
     otel_context.detach(token)  # type: ignore[arg-type]
     span.end()
@@ -348,3 +357,86 @@ def set_attribute(key: str, value: Any) -> None:
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attribute(key, value)
+
+
+# -- recipe events and event-loop stalls -------------------------------------------------
+
+
+def metric_event(
+    metric: Metric,
+    value: float,
+    labels: Mapping[str, str],
+    details: Mapping[str, str | float] | None,
+) -> None:
+    """The metrics sink: each recorded value is an event, named after the declared metric,
+    on the current span (the node's, inside one), with the value, labels and details."""
+    if not metric.recorded or metric.name == STALL:
+        return  # node spans say it already; stalls go on the span they blocked (below)
+    span = trace.get_current_span()
+    if span.is_recording():
+        attributes: dict[str, Any] = {"value": value, **labels}
+        if details:
+            attributes.update(details)
+        span.add_event(metric.name, attributes)
+
+
+STALL = "event_loop_stall_seconds"
+
+# Node spans an event-loop stall is blocking now, with the stall's start (wall clock, ns) and
+# node: written by the BlockingDetector's watchdog thread, taken by whichever comes first of
+# the node span's end (the stall lasted until then, as far as the node is concerned) and
+# the detector's next heartbeat (which knows the stall's duration).
+_stalls: dict[Span, tuple[int, str | None]] = {}
+
+
+def _node_codes() -> frozenset[object]:
+    async def acoro(self: Any, state: Any) -> None:
+        return None
+
+    def sync(self: Any, state: Any) -> None:
+        return None
+
+    calls = (traced_call(acoro), traced_call(sync), traced_function(acoro, ""))
+    return frozenset(call.__code__ for call in (*calls, traced_function(sync, "")))
+
+
+def stall_began(frame: FrameType, start_ns: int, node: str | None) -> Span | None:
+    """Called by the watchdog while the loop thread is blocked at ``frame``: remember the
+    innermost node span on that stack (a local of the traced call's frame)."""
+    codes = _NODE_CODES
+    current: FrameType | None = frame
+    while current is not None:
+        if current.f_code in codes:
+            span = current.f_locals.get("span")
+            if isinstance(span, Span) and span.is_recording():
+                # The stall may have begun before the node did (the heartbeat is periodic).
+                began = max(start_ns, getattr(span, "start_time", None) or 0)
+                _stalls[span] = (began, node)
+                return span
+            return None
+        current = current.f_back
+    return None
+
+
+def stall_ended(span: Span, duration: float) -> None:
+    """The detector's heartbeat ran again: the stall lasted ``duration`` seconds."""
+    found = _stalls.pop(span, None)
+    if found is not None:
+        _add_stall(span, found, duration)
+
+
+def _stall_event(span: Span, now_ns: int) -> None:
+    found = _stalls.pop(span, None)
+    if found is not None:
+        _add_stall(span, found, (now_ns - found[0]) / 1e9)
+
+
+def _add_stall(span: Span, found: tuple[int, str | None], duration: float) -> None:
+    start_ns, node = found
+    attributes: dict[str, Any] = {"value": duration}
+    if node is not None:
+        attributes["node"] = node
+    span.add_event(STALL, attributes, timestamp=start_ns)
+
+
+_NODE_CODES = _node_codes()
