@@ -14,9 +14,8 @@ between ``min_limit`` and ``max_limit``:
   (Brakmo & Peterson, 1994), as adapted by Netflix's concurrency-limits ``VegasLimit``,
   the queue the limit builds at the dependency is estimated once per window of about
   ``limit`` calls (one round trip) as ``limit * (1 - baseline / latency)``, ``latency``
-  being the window's fastest call (a queue at the dependency delays every call, while
-  jitter on the way delays only some) and ``baseline`` the lowest latency seen lately
-  (the dependency unloaded). At first the limit doubles every other window (Vegas' slow
+  being the window's median (robust to a few slow or lucky calls) and ``baseline`` the
+  lowest window median seen lately (the dependency unloaded). At first the limit doubles every other window (Vegas' slow
   start) until a queue shows; then no queue: + log10(limit); a small queue (3 to 6
   log10(limit) calls): hold, this is the knee; a longer one (latency rising above the
   baseline): - log10(limit).
@@ -129,19 +128,20 @@ class AdaptiveLimit:
 class _Window:
     """The calls finished since the limit was last decided on."""
 
-    __slots__ = ("count", "fastest", "peak")
+    __slots__ = ("latencies", "peak")
 
     def __init__(self) -> None:
-        self.count = 0
-        self.fastest = math.inf  # a queue delays every call; jitter only some
+        self.latencies: list[float] = []
         self.peak = 0  # most calls in flight when one of them finished
 
     def add(self, latency: float, in_flight: int) -> None:
-        self.count += 1
-        if latency < self.fastest:
-            self.fastest = latency
+        self.latencies.append(latency)
         if in_flight > self.peak:
             self.peak = in_flight
+
+    def median(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[len(ordered) // 2]
 
 
 class _Waiter:
@@ -217,7 +217,7 @@ class AdaptiveLimiter:
         self._limit = float(policy.initial_limit)
         self._in_flight = 0
         self._queue: deque[_Waiter] = deque()
-        self._baseline = math.inf  # lowest latency lately: the dependency unloaded
+        self._baseline = math.inf  # lowest window median lately: the dependency unloaded
         self._baseline_at = 0.0
         self._decreased_at = -math.inf
         self._slow_start = True  # doubling, until the first queue or overload is seen
@@ -318,20 +318,21 @@ class AdaptiveLimiter:
     # Everything below runs under self._lock.
 
     def _on_success(self, latency: float, now: float, in_flight: int) -> None:
-        if latency < self._baseline or now - self._baseline_at > self.policy.baseline_window:
-            self._baseline, self._baseline_at = latency, now
         window = self._window
         window.add(latency, in_flight)
         limit = self._limit
-        if window.count < limit:
+        if len(window.latencies) < limit:
             return
         # A window of about `limit` calls (one round trip) has ended: decide once for it.
         self._window = _Window()
+        median = window.median()
+        if median < self._baseline or now - self._baseline_at > self.policy.baseline_window:
+            self._baseline, self._baseline_at = median, now
         self._doubled, doubled = False, self._doubled
         if window.peak * 2 < limit:
             return  # the callers did not use the limit: their latency says nothing about more
         log = max(1.0, math.log10(limit))
-        queue = limit * (1.0 - self._baseline / window.fastest) if window.fastest > 0 else 0.0
+        queue = limit * (1.0 - self._baseline / median) if median > 0 else 0.0
         if queue > 6 * log:
             self._slow_start = False
             limit -= log  # latency rose above the baseline: calls queue at the dependency
