@@ -33,6 +33,10 @@ Vegas estimate reads the queue from the unloaded latency directly and settles at
 before the dependency starts rejecting; the AIMD decrease remains for the overloads
 latency cannot see (a quota, a 503 from a proxy).
 
+Give each dependency (or each kind of call of similar cost) its own limiter: the
+baseline is the unloaded latency of *these* calls, so a cheap health check through the
+same limiter would make every real call look queued.
+
 A cancelled call frees its slot and counts neither as a success nor as an overload; other
 exceptions (a 404, a bug) free the slot and say nothing about capacity. Waiters are served
 first come, first served. ``adaptive_limiter(name, ...)`` shares one limit by name across
