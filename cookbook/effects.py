@@ -26,7 +26,8 @@ pending (it may have happened) unless it raises ``EffectNotPerformed``, which re
 
 For effects that are writes to PostgreSQL, ``ledger.transaction`` (``PostgresBackend``)
 writes the ledger row in the same transaction as your statements: committed together or not
-at all, so there is no unknown window.
+at all, so there is no unknown window. It costs the round trips of a bare ``BEGIN``, your
+statements, ``COMMIT``: the claim travels with ``BEGIN`` and a stored result with ``COMMIT``.
 
 What is guaranteed, and what is not:
 
@@ -60,6 +61,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -300,7 +302,9 @@ class PostgresBackend(EffectBackend):
         await backend.setup()                  # the table, once per database
 
     A first effect costs two round trips (claim, done), a replayed one one (the claim reads
-    the record). ``EffectLedger.transaction`` writes the row inside your transaction.
+    the record). ``EffectLedger.transaction`` writes the row inside your transaction at no
+    extra round trip (see there). The table is an ordinary, logged one: a record must
+    survive a server crash as surely as the effect it stands for.
     """
 
     __slots__ = ("db", "dsn")
@@ -368,16 +372,37 @@ async def _claim(
     return EffectRecord(row[1], None if row[2] is None else bytes(row[2]))
 
 
-async def _claim_done(
-    conn: Any, key: str, thread_id: str, name: str, expires_at: float
-) -> EffectRecord | None:
-    """Claim ``key`` as done inside the caller's transaction; the committed record if any."""
-    status = await conn.execute(_CLAIM_DONE_SQL, key, thread_id, name, expires_at)
-    if status != "INSERT 0 0":
-        return None
-    # The unique index made this wait for the row's writer to commit: it is visible now.
-    row = await conn.fetchrow(_READ_SQL, key, thread_id)
+def _record(row: Any) -> EffectRecord:
     return EffectRecord(row[1], None if row[2] is None else bytes(row[2]))
+
+
+# What may be written into a statement's text: a value that cannot end a quoted literal
+# under any server setting (no quote, no backslash, ASCII). Anything else is sent bound.
+_HEX_KEY = re.compile(r"[0-9a-f]{40}")
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,200}")
+# A stored result up to this size is sent as hex in the COMMIT's round trip.
+_INLINE_RESULT_BYTES = 8192
+
+
+def _inline_claim(key: str, thread_id: str, name: str, expires_at: float) -> str | None:
+    """``BEGIN`` and the claim as one simple-protocol query, or ``None`` if a value is unsafe.
+
+    asyncpg sends a query without arguments as one simple-protocol message, which may hold
+    several statements and returns the last one's status: ``INSERT 0 1`` claimed, ``INSERT
+    0 0`` found. Only literals proved safe by the patterns above go into the text.
+    """
+    if not (
+        _HEX_KEY.fullmatch(key)
+        and _PLAIN_TEXT.fullmatch(thread_id)
+        and _PLAIN_TEXT.fullmatch(name)
+        and math.isfinite(expires_at)
+    ):
+        return None
+    return (
+        "BEGIN; INSERT INTO act_effects (thread_id, key, name, state, expires_at)"
+        f" VALUES ('{thread_id}', '{key}', '{name}', 'done', to_timestamp({expires_at:.6f}))"
+        " ON CONFLICT (thread_id, key) DO NOTHING"
+    )
 
 
 class RedisEffectBackend(EffectBackend):
@@ -433,7 +458,7 @@ class EffectTransaction:
     first: bool
     """True: do the writes now; False: an earlier run committed them (``result`` is theirs)."""
     result: Any = None
-    """Set it inside the block to store a result (one more statement); read it after."""
+    """Set it inside the block to store a result (sent with the COMMIT); read it after."""
 
 
 class EffectLedger:
@@ -673,8 +698,22 @@ class EffectLedger:
 
         Needs a ``PostgresBackend``; your statements must go through ``tx.conn``. The ledger
         row is claimed first (a concurrent run of the same effect waits on it), so the block
-        commits exactly once: no unknown window. On a replay ``first`` is False and
-        ``result`` holds what the committed run stored.
+        commits exactly once: no unknown window. On a replay ``first`` is False, ``conn`` is
+        None and ``result`` holds what the committed run stored.
+
+        Round trips, the first time: ``BEGIN`` and the claim in one, your statements, then
+        ``COMMIT``, which also carries a stored result of up to 8 KiB (serialized), so the
+        ledger adds none to a bare transaction; a larger result adds one. A replay costs
+        three (claim, read the record, end) and runs none of yours. A thread id or effect
+        name with characters beyond ASCII letters, digits and ``_.:@/+=-`` (or over 200 of
+        them) adds one: those values are then sent as bound parameters, never in the text.
+
+        Changed: the ledger opens the transaction itself (``BEGIN`` rides with the claim),
+        so asyncpg refuses a nested ``tx.conn.transaction()`` inside the block; use
+        ``SAVEPOINT name`` / ``ROLLBACK TO SAVEPOINT name`` statements for a partial undo.
+        A block whose failed statement was caught (PostgreSQL then turns ``COMMIT`` into a
+        rollback) raises ``EffectLedgerError`` instead of reporting the effect done. Errors
+        and cancellation roll back and return the connection clean, as before.
         """
         thread_id, key, backend = self._identity(effect, runtime)
         if not isinstance(backend, PostgresBackend):
@@ -682,25 +721,72 @@ class EffectLedger:
                 f"EffectLedger.transaction needs a PostgresBackend, got {backend!r}"
             )
         expires_at = time.time() + self.retention
+        tx = EffectTransaction(key, None, False)
+        existing: EffectRecord | None = None
+        # Whether the values may be written into the statement text (see _inline_claim).
+        claim = _inline_claim(key, thread_id, effect, expires_at)
         async with backend.db.connection(backend.dsn) as conn:
-            tx = EffectTransaction(key, None, False)
-            async with conn.transaction():
-                existing = await _claim_done(conn, key, thread_id, effect, expires_at)
-                if existing is None:
+            open_ = True  # a transaction may be open on conn (ROLLBACK is harmless if not)
+            try:
+                if claim is not None:
+                    status = await conn.execute(claim)  # BEGIN and the claim, one round trip
+                else:
+                    await conn.execute("BEGIN")
+                    status = await conn.execute(_CLAIM_DONE_SQL, key, thread_id, effect, expires_at)
+                if status == "INSERT 0 0":
+                    # The primary key made the claim wait for the row's writer to commit, so
+                    # the row is visible to this next statement.
+                    existing = _record(await conn.fetchrow(_READ_SQL, key, thread_id))
+                    await conn.execute("ROLLBACK")  # nothing was written
+                    open_ = False
+                else:
                     tx.conn, tx.first = conn, True
                     yield tx
-                    if tx.result is not None:
-                        await conn.execute(
-                            "UPDATE act_effects SET result = $3 WHERE thread_id = $2 AND key = $1",
-                            key,
-                            thread_id,
-                            self.serializer.dumps(tx.result),
+                    tx.conn = None
+                    status = await self._commit(conn, claim is not None, key, thread_id, tx)
+                    open_ = False
+                    if status != "COMMIT":
+                        raise EffectLedgerError(
+                            f"EffectLedger effect {effect!r} (key {key}) was rolled back, not"
+                            " committed: a statement inside the block failed and its error was"
+                            " caught, which aborts a PostgreSQL transaction; nothing was written"
                         )
                     record("effects_performed", name=self.name)
                     return
-            record("effects_replayed", name=self.name)
-            tx.result = self._loads(existing.result)
-            yield tx
+            except BaseException:
+                # What asyncpg's own Transaction does on the way out; a closed connection has
+                # no transaction left and is dropped by connection().
+                if open_ and not conn.is_closed():
+                    await conn.execute("ROLLBACK")
+                raise
+        # A replay: the connection is back in the pool before the block runs.
+        record("effects_replayed", name=self.name)
+        tx.result = self._loads(existing.result)
+        yield tx
+
+    async def _commit(
+        self, conn: Any, inline: bool, key: str, thread_id: str, tx: EffectTransaction
+    ) -> str:
+        """Store ``tx.result`` (if any) and commit; COMMIT's status."""
+        if tx.result is None:
+            status: str = await conn.execute("COMMIT")
+            return status
+        data = self.serializer.dumps(tx.result)
+        if inline and isinstance(data, bytes) and len(data) <= _INLINE_RESULT_BYTES:
+            # Hex digits and known-safe text only: the UPDATE rides on the COMMIT's round trip.
+            status = await conn.execute(
+                f"UPDATE act_effects SET result = decode('{data.hex()}', 'hex')"
+                f" WHERE thread_id = '{thread_id}' AND key = '{key}'; COMMIT"
+            )
+            return status
+        await conn.execute(
+            "UPDATE act_effects SET result = $3 WHERE thread_id = $2 AND key = $1",
+            key,
+            thread_id,
+            data,
+        )
+        status = await conn.execute("COMMIT")
+        return status
 
     # -- upkeep ----------------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import operator
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict
 
 import asyncpg
@@ -29,7 +31,7 @@ from act_operator_lib.cookbook.resources import Resources
 from aiohttp import web
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
-from langgraph.runtime import Runtime
+from langgraph.runtime import ExecutionInfo, Runtime
 from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command, RetryPolicy, Send, interrupt
 
@@ -370,6 +372,150 @@ async def test_pg_claims_are_atomic_and_records_are_bounded(db: PostgresPool) ->
     assert await backend.purge_expired() == 1
     assert await backend.delete_thread("t2") == 1
     assert await db.fetchval("SELECT count(*) FROM act_effects") == 0
+
+
+def node_runtime(task_id: str = "task-1", thread_id: str = "t") -> Runtime[Any]:
+    """The runtime LangGraph gives one execution of a task (the same task_id on a re-run)."""
+    info = ExecutionInfo(
+        checkpoint_id="c", checkpoint_ns="work:c", task_id=task_id, thread_id=thread_id
+    )
+    return Runtime(execution_info=info)
+
+
+class ExchangeCountingPool(PostgresPool):
+    """A PostgresPool recording each exchange with the server (asyncpg's query logger)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[str] = []
+
+    @asynccontextmanager
+    async def connection(self, dsn: str | None = None) -> AsyncIterator[Any]:
+        async with super().connection(dsn) as conn:
+            log = lambda query: self.sent.append(query.query)  # noqa: E731
+            conn.add_query_logger(log)
+            try:
+                yield conn
+            finally:
+                conn.remove_query_logger(log)
+
+
+async def test_pg_transaction_costs_the_round_trips_of_a_bare_transaction(
+    pg_database: str,
+) -> None:
+    async with Resources() as resources:
+        # One connection, so the statements asyncpg prepares once are prepared by the warm-up.
+        db = ExchangeCountingPool(
+            PostgresSettings(dsn=pg_database, max_size=1), resources=resources
+        )
+        await PostgresBackend(db).setup()
+        await db.execute("CREATE TABLE invoices (id serial PRIMARY KEY, amount int)")
+        ledger = EffectLedger(PostgresBackend(db))
+        insert = "INSERT INTO invoices (amount) VALUES (10) RETURNING id"
+
+        async def exchanges(task: str, result: Any = None, thread: str = "t") -> int:
+            db.sent.clear()
+            async with ledger.transaction("invoice", runtime=node_runtime(task, thread)) as tx:
+                if tx.first:
+                    await tx.conn.fetchval(insert)
+                    tx.result = result
+            return len(db.sent)
+
+        for warm in ("warm-1", "warm-2"):
+            await exchanges(warm, result="r")
+            await exchanges(warm)  # a replay
+        db.sent.clear()
+        async with db.transaction() as conn:
+            await conn.fetchval(insert)
+        assert len(db.sent) == 3  # BEGIN, INSERT, COMMIT
+
+        assert await exchanges("a") == 3  # BEGIN and the claim, the INSERT, COMMIT
+        assert await exchanges("b", result={"id": 2}) == 3  # the result rides on the COMMIT
+        assert await exchanges("b") == 3  # a replay: claim, read the record, end; none of yours
+        assert await exchanges("c", result="x" * 20_000) == 4  # a large result: its own UPDATE
+        assert await exchanges("d", thread="it's; a thread") == 4  # bound, not inlined
+        assert await db.fetchval("SELECT count(*) FROM act_effects") == 6
+
+
+async def test_pg_transaction_takes_any_thread_id_effect_name_and_result(
+    db: PostgresPool,
+) -> None:
+    ledger = EffectLedger(PostgresBackend(db))
+    thread = "it's a \\ thread'); DROP TABLE invoices; --"
+    results = ["small 'quoted' \\ result", "large " * 5000]
+    for n, result in enumerate(results):
+        for _ in range(2):  # the first run, then a replay
+            rt = node_runtime(f"task-{n}", thread)
+            async with ledger.transaction("naïve 'effect'", runtime=rt) as tx:
+                if tx.first:
+                    await tx.conn.execute("INSERT INTO invoices (amount) VALUES ($1)", n)
+                    tx.result = result
+            assert tx.result == result
+    assert await db.fetchval("SELECT count(*) FROM invoices") == 2
+    rows = await db.fetch("SELECT DISTINCT thread_id, name FROM act_effects")
+    assert [tuple(row) for row in rows] == [(thread, "naïve 'effect'")]
+    assert await ledger.delete_thread(thread) == 2
+
+
+async def test_pg_transaction_cancelled_at_each_await_leaves_nothing(pg_database: str) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        async with Resources() as resources:
+            db = PostgresPool(PostgresSettings(dsn=pg_database, max_size=1), resources=resources)
+            await PostgresBackend(db).setup()
+            await db.execute("CREATE TABLE invoices (id serial PRIMARY KEY, amount int)")
+            ledger = EffectLedger(PostgresBackend(db))
+
+            async def effect(sleep: float) -> bool:
+                async with ledger.transaction("invoice", runtime=node_runtime()) as tx:
+                    if tx.first:
+                        await tx.conn.execute("INSERT INTO invoices (amount) VALUES (1)")
+                        await tx.conn.execute("SELECT pg_sleep($1)", sleep)
+                return tx.first
+
+            # Cancelled while the claim waits on a lock another session holds.
+            other = await asyncpg.connect(pg_database)
+            try:
+                await other.execute("BEGIN; LOCK TABLE act_effects IN EXCLUSIVE MODE")
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(effect(0), 0.5)
+                await other.execute("ROLLBACK")
+            finally:
+                await other.close()
+            # Cancelled while a statement of the block runs.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(effect(30), 0.5)
+            async with db.connection() as conn:
+                assert not conn.is_in_transaction()  # returned clean, rolled back
+            assert await db.fetchval("SELECT count(*) FROM invoices") == 0
+            assert await db.fetchval("SELECT count(*) FROM act_effects") == 0
+            assert await effect(0) is True  # nothing was recorded: the effect runs now
+            assert await effect(0) is False
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []  # asyncpg never had to roll back a transaction left open
+
+
+async def test_pg_transaction_whose_failed_statement_was_caught_is_not_reported_done(
+    db: PostgresPool,
+) -> None:
+    ledger = EffectLedger(PostgresBackend(db))
+
+    async def swallowing() -> None:
+        async with ledger.transaction("invoice", runtime=node_runtime()) as tx:
+            await tx.conn.execute("INSERT INTO invoices (amount) VALUES (1)")
+            # The transaction is aborted: PostgreSQL turns its COMMIT into a ROLLBACK.
+            with contextlib.suppress(asyncpg.DivisionByZeroError):
+                await tx.conn.execute("SELECT 1 / 0")
+
+    with pytest.raises(EffectLedgerError, match=r"rolled back"):
+        await swallowing()
+    assert await db.fetchval("SELECT count(*) FROM invoices") == 0
+    async with ledger.transaction("invoice", runtime=node_runtime()) as tx:
+        assert tx.first  # nothing was recorded, so the effect runs
 
 
 async def test_redis_claims_are_atomic_and_records_expire_and_go_with_the_thread(
