@@ -232,7 +232,9 @@ class FileStore:
                 temp.file.close()
                 await _commit(temp, fsync=self.settings.fsync)
             except BaseException as exc:
-                temp.discard(exc)  # no await: a second cancellation cannot skip it
+                # Off the loop (unlink blocks), and shielded: a second cancellation stops
+                # the wait, not the removal.
+                await asyncio.shield(asyncio.to_thread(temp.discard, exc))
                 raise
             os.close(temp.parent)
 
