@@ -17,8 +17,9 @@ between ``min_limit`` and ``max_limit``:
   being the window's median (robust to a few slow or lucky calls) and ``baseline`` the
   lowest window median seen lately (the dependency unloaded). At first the limit doubles every other window (Vegas' slow
   start) until a queue shows; then no queue: + log10(limit); a small queue (3 to 6
-  log10(limit) calls): hold, this is the knee; a longer one (latency rising above the
-  baseline): - log10(limit).
+  log10(limit) calls, or for large limits what latency between halfway to ``tolerance``
+  and ``tolerance`` times the baseline means, as Netflix's gradient tolerates): hold,
+  this is the knee; a longer one (latency rising above the baseline): - log10(limit).
 - **down at once on overload.** A 429 or 503 (``HTTPStatusError`` of ``http_client``, or
   any exception with that ``status``) or a timeout (``TimeoutError``, which
   ``HTTPTimeoutError`` is) multiplies the limit by ``backoff`` (AIMD's multiplicative
@@ -108,6 +109,10 @@ class AdaptiveLimit:
     """The limit never goes above this; >= min_limit."""
     backoff: float = 0.9
     """The limit is multiplied by this on an overload (429/503, timeout); 0 < backoff < 1."""
+    tolerance: float = 2.0
+    """How far latency may rise above the baseline (a multiple of it) before the limit
+    comes down; > 1 and finite. Lower (1.2 to 1.5) keeps queues and latency short; higher
+    keeps the dependency busy despite jitter on the caller's side (a loaded event loop)."""
     baseline_window: float = 10.0
     """Seconds the lowest latency seen is trusted as the unloaded latency before it is
     measured afresh (the dependency may have become slower for good); > 0 and finite."""
@@ -116,6 +121,7 @@ class AdaptiveLimit:
         for field in ("initial_limit", "min_limit", "max_limit"):
             check_int("AdaptiveLimit", field, getattr(self, field), min=1)
         check_number("AdaptiveLimit", "backoff", self.backoff, gt=0, lt=1)
+        check_number("AdaptiveLimit", "tolerance", self.tolerance, gt=1)
         check_number("AdaptiveLimit", "baseline_window", self.baseline_window, gt=0, unit="seconds")
         if self.max_limit < self.min_limit:
             raise ValueError(
@@ -337,10 +343,16 @@ class AdaptiveLimiter:
             return  # the callers did not use the limit: their latency says nothing about more
         log = max(1.0, math.log10(limit))
         queue = limit * (1.0 - self._baseline / median) if median > 0 else 0.0
-        if queue > 6 * log:
+        # Vegas' thresholds (3 and 6 log10(limit) calls queued), widened for large limits
+        # to what latency `tolerance` times the baseline (and half as far above it) mean,
+        # so that jitter on the caller's side does not hold the limit below the capacity.
+        tolerance = self.policy.tolerance
+        beta = max(6 * log, limit * (1 - 1 / tolerance))
+        alpha = max(3 * log, limit * (1 - 2 / (1 + tolerance)))
+        if queue > beta:
             self._slow_start = False
             limit -= log  # latency rose above the baseline: calls queue at the dependency
-        elif queue > (log if self._slow_start else 3 * log):
+        elif queue > (max(log, alpha / 2) if self._slow_start else alpha):
             self._slow_start = False  # a small queue: the knee; hold
         elif self._slow_start:
             if not doubled:  # every other window, as Vegas' slow start does
