@@ -15,11 +15,12 @@ between ``min_limit`` and ``max_limit``:
   the queue the limit builds at the dependency is estimated once per window of about
   ``limit`` calls (one round trip) as ``limit * (1 - baseline / latency)``, ``latency``
   being the window's median (robust to a few slow or lucky calls) and ``baseline`` the
-  lowest window median seen lately (the dependency unloaded). At first the limit doubles every other window (Vegas' slow
-  start) until a queue shows; then no queue: + log10(limit); a small queue (3 to 6
-  log10(limit) calls, or for large limits what latency between halfway to ``tolerance``
-  and ``tolerance`` times the baseline means, as Netflix's gradient tolerates): hold,
-  this is the knee; a longer one (latency rising above the baseline): - log10(limit).
+  lowest window median seen lately (the dependency unloaded). At first the limit
+  doubles every other window (Vegas' slow start) until a queue shows. Then, with
+  ``log = log10(limit)``: no queue, + 6 log; up to 3 log calls queued, + log; 3 to 6
+  log calls (for large limits: latency between halfway to ``tolerance`` and
+  ``tolerance`` times the baseline, as Netflix's gradient tolerates), hold: this is the
+  knee; more (latency rising above the baseline), - log.
 - **down at once on overload.** A 429 or 503 (``HTTPStatusError`` of ``http_client``, or
   any exception with that ``status``) or a timeout (``TimeoutError``, which
   ``HTTPTimeoutError`` is) multiplies the limit by ``backoff`` (AIMD's multiplicative
@@ -349,17 +350,21 @@ class AdaptiveLimiter:
         tolerance = self.policy.tolerance
         beta = max(6 * log, limit * (1 - 1 / tolerance))
         alpha = max(3 * log, limit * (1 - 2 / (1 + tolerance)))
+        threshold = max(log, alpha / 2)
         if queue > beta:
             self._slow_start = False
             limit -= log  # latency rose above the baseline: calls queue at the dependency
-        elif queue > (max(log, alpha / 2) if self._slow_start else alpha):
+        elif queue > alpha:
             self._slow_start = False  # a small queue: the knee; hold
+        elif queue > threshold:
+            self._slow_start = False
+            limit += log  # nearing the knee: creep up
         elif self._slow_start:
             if not doubled:  # every other window, as Vegas' slow start does
                 limit *= 2
                 self._doubled = True
         else:
-            limit += log
+            limit += 6 * log  # no queue at all: step up (Vegas: + beta)
         self._limit = min(max(limit, self.policy.min_limit), self.policy.max_limit)
 
     def _on_overload(self, started: float, now: float) -> None:
