@@ -8,9 +8,13 @@ Prints:
                                 transaction (BEGIN, INSERT, COMMIT); target <= 1.4
     one_more_statement_vs_bare= the floor: the bare transaction with one more plain INSERT /
                                 the bare transaction (read ledger_pg_vs_bare against it)
-    ledger_roundtrips_first=    statements the PostgreSQL backend sends per effect the first
-                                time (claim, done), counted; target <= 2
+    ledger_roundtrips_first=    round trips the PostgreSQL backend makes per ``once`` effect the
+                                first time (claim, done), counted; target <= 2
     ledger_roundtrips_replay=   the same for a replayed effect (the claim reads it); <= 1
+    ledger_tx_roundtrips_first= round trips of one INSERT through ledger.transaction, counted
+                                (BEGIN with the claim, the INSERT, COMMIT)
+    ledger_tx_roundtrips_replay=the same on a replay (claim, read, end; the INSERT not run)
+    bare_tx_roundtrips=         round trips of the bare transaction (BEGIN, INSERT, COMMIT)
     ledger_store_added_us=      median added time per effect with InMemoryStore; <= 100
     effects_trials=             fault-injection trials run (SIGKILL at random points); >= 50
     effects_duplicates=         effects delivered more than once in them; target 0
@@ -76,22 +80,14 @@ def runtime(store: Any = None, task_id: str | None = None) -> Runtime[Any]:
     return Runtime(store=store, execution_info=info)
 
 
-class _CountingConnection:
-    """An asyncpg connection that counts the statements sent through it."""
-
-    def __init__(self, conn: Any, counter: list[int]) -> None:
-        self._conn = conn
-        self._counter = counter
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._conn, name)
-        if name in ("execute", "fetch", "fetchrow", "fetchval"):
-            self._counter[0] += 1
-        return attr
-
-
 class CountingPool(PostgresPool):
-    """A PostgresPool counting each statement the backend sends (each is a round trip)."""
+    """A PostgresPool counting its round trips with the server.
+
+    asyncpg's query logger sees each exchange a connection makes (a simple-protocol query
+    of several statements is one; asyncpg's Transaction BEGIN and COMMIT are one each); a
+    one-statement helper (``db.execute``) is one. Counted after a warm-up, when asyncpg has
+    prepared the statements (a first use per connection costs one more, to prepare).
+    """
 
     counter: ClassVar[list[int]] = [0]
 
@@ -101,8 +97,15 @@ class CountingPool(PostgresPool):
 
     @asynccontextmanager
     async def connection(self, dsn: str | None = None) -> AsyncIterator[Any]:
+        def count(_query: Any) -> None:
+            self.counter[0] += 1
+
         async with super().connection(dsn) as conn:
-            yield _CountingConnection(conn, self.counter)
+            conn.add_query_logger(count)
+            try:
+                yield conn
+            finally:
+                conn.remove_query_logger(count)
 
 
 async def paired(
@@ -123,7 +126,8 @@ async def paired(
 
 async def bench_pg(dsn: str) -> dict[str, float]:
     async with Resources() as resources:
-        db = CountingPool(PostgresSettings(dsn=dsn, max_size=2), resources=resources)
+        # Timed on a plain pool; counted on its own counting pool (logging costs time).
+        db = PostgresPool(PostgresSettings(dsn=dsn, max_size=2), resources=resources)
         backend = PostgresBackend(db)
         await backend.setup()
         await db.execute("CREATE TABLE IF NOT EXISTS bench_rows (n int)")
@@ -161,18 +165,52 @@ async def bench_pg(dsn: str) -> dict[str, float]:
         ratio = await paired(through_ledger, bare)
         floor = await paired(one_more_statement, bare)
 
-        task = uuid.uuid4().hex
-        db.counter[0] = 0
-        await ledger.once("count", lambda key: 1, runtime=runtime(task_id=task))
-        first = db.counter[0]
-        db.counter[0] = 0
-        await ledger.once("count", lambda key: 1, runtime=runtime(task_id=task))  # a re-run
-        replay = db.counter[0]
+        counts = await count_round_trips(dsn, resources)
     return {
         "ledger_pg_vs_bare": ratio,
         "one_more_statement_vs_bare": floor,
-        "ledger_roundtrips_first": first,
-        "ledger_roundtrips_replay": replay,
+        **counts,
+    }
+
+
+async def count_round_trips(dsn: str, resources: Resources) -> dict[str, float]:
+    # One connection, so the warm-up prepares every statement the counted runs use.
+    db = CountingPool(PostgresSettings(dsn=dsn, max_size=1), name="counted", resources=resources)
+    ledger = EffectLedger(PostgresBackend(db))
+    counter = db.counter
+
+    async def counted(work: Callable[[], Awaitable[Any]]) -> int:
+        counter[0] = 0
+        await work()
+        return counter[0]
+
+    def once(task: str) -> Callable[[], Awaitable[Any]]:
+        return lambda: ledger.once("count", lambda key: 1, runtime=runtime(task_id=task))
+
+    def through_ledger(task: str) -> Callable[[], Awaitable[Any]]:
+        async def work() -> None:
+            async with ledger.transaction("insert", runtime=runtime(task_id=task)) as tx:
+                if tx.first:
+                    await tx.conn.execute(INSERT, 1)
+
+        return work
+
+    async def bare() -> None:
+        async with db.transaction() as conn:
+            await conn.execute(INSERT, 1)
+
+    for warm in ("warm-1", "warm-2"):  # first runs and replays, each statement prepared
+        for _ in range(2):
+            await once(warm)()
+            await through_ledger(warm)()
+    await bare()
+    task = uuid.uuid4().hex
+    return {
+        "ledger_roundtrips_first": await counted(once(task)),
+        "ledger_roundtrips_replay": await counted(once(task)),  # a re-run of the same task
+        "ledger_tx_roundtrips_first": await counted(through_ledger(task)),
+        "ledger_tx_roundtrips_replay": await counted(through_ledger(task)),
+        "bare_tx_roundtrips": await counted(bare),
     }
 
 

@@ -260,11 +260,13 @@ class StoreBackend(EffectBackend):
 
 
 # The key leads with the thread, so a thread's records are one range of the primary key;
-# no other index, so a claim costs one index insert.
+# no other index, so a claim costs one index insert. Its columns compare bytes (COLLATE "C"):
+# equality is the same under any collation, and the index never sorts by language rules.
+# A logged table: a record must survive a crash as surely as the effect it stands for.
 _TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS act_effects (
-    thread_id text NOT NULL,
-    key text NOT NULL,
+    thread_id text COLLATE "C" NOT NULL,
+    key text COLLATE "C" NOT NULL,
     name text NOT NULL,
     state text NOT NULL,
     result bytea,
@@ -293,6 +295,13 @@ VALUES ($2, $1, $3, 'done', to_timestamp($4))
 ON CONFLICT (thread_id, key) DO NOTHING
 """
 _READ_SQL = "SELECT false, state, result FROM act_effects WHERE thread_id = $2 AND key = $1"
+# ledger.transaction's statements, prepared once per connection (at its first use there) so
+# that each use is planned once and sent with BEGIN or COMMIT in one simple-protocol query.
+_PREPARE_SQL = (
+    f"PREPARE act_effects_claim (text, text, text, float8) AS {_CLAIM_DONE_SQL};"
+    " PREPARE act_effects_result (text, text, bytea) AS"
+    " UPDATE act_effects SET result = $3 WHERE thread_id = $2 AND key = $1"
+)
 
 
 class PostgresBackend(EffectBackend):
@@ -398,11 +407,27 @@ def _inline_claim(key: str, thread_id: str, name: str, expires_at: float) -> str
         and math.isfinite(expires_at)
     ):
         return None
-    return (
-        "BEGIN; INSERT INTO act_effects (thread_id, key, name, state, expires_at)"
-        f" VALUES ('{thread_id}', '{key}', '{name}', 'done', to_timestamp({expires_at:.6f}))"
-        " ON CONFLICT (thread_id, key) DO NOTHING"
-    )
+    return f"BEGIN; EXECUTE act_effects_claim ('{key}', '{thread_id}', '{name}', {expires_at:.6f})"
+
+
+async def _begin_claim(
+    conn: Any, claim: str | None, key: str, thread_id: str, name: str, expires_at: float
+) -> str:
+    """Open the transaction and claim ``key`` as done in it; the claim's status."""
+    if claim is not None:
+        try:
+            status: str = await conn.execute(claim)
+            return status
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != "26000":  # not "no such prepared statement"
+                raise
+        # The first use on this connection: end the failed transaction, prepare, claim.
+        await conn.execute(f"ROLLBACK; {_PREPARE_SQL}")
+        status = await conn.execute(claim)
+        return status
+    await conn.execute("BEGIN")
+    status = await conn.execute(_CLAIM_DONE_SQL, key, thread_id, name, expires_at)
+    return status
 
 
 class RedisEffectBackend(EffectBackend):
@@ -707,6 +732,8 @@ class EffectLedger:
         three (claim, read the record, end) and runs none of yours. A thread id or effect
         name with characters beyond ASCII letters, digits and ``_.:@/+=-`` (or over 200 of
         them) adds one: those values are then sent as bound parameters, never in the text.
+        The first transaction on each pooled connection adds two, to prepare the ledger's
+        statements there (planned once, then executed by name).
 
         Changed: the ledger opens the transaction itself (``BEGIN`` rides with the claim),
         so asyncpg refuses a nested ``tx.conn.transaction()`` inside the block; use
@@ -728,11 +755,7 @@ class EffectLedger:
         async with backend.db.connection(backend.dsn) as conn:
             open_ = True  # a transaction may be open on conn (ROLLBACK is harmless if not)
             try:
-                if claim is not None:
-                    status = await conn.execute(claim)  # BEGIN and the claim, one round trip
-                else:
-                    await conn.execute("BEGIN")
-                    status = await conn.execute(_CLAIM_DONE_SQL, key, thread_id, effect, expires_at)
+                status = await _begin_claim(conn, claim, key, thread_id, effect, expires_at)
                 if status == "INSERT 0 0":
                     # The primary key made the claim wait for the row's writer to commit, so
                     # the row is visible to this next statement.
@@ -775,8 +798,8 @@ class EffectLedger:
         if inline and isinstance(data, bytes) and len(data) <= _INLINE_RESULT_BYTES:
             # Hex digits and known-safe text only: the UPDATE rides on the COMMIT's round trip.
             status = await conn.execute(
-                f"UPDATE act_effects SET result = decode('{data.hex()}', 'hex')"
-                f" WHERE thread_id = '{thread_id}' AND key = '{key}'; COMMIT"
+                f"EXECUTE act_effects_result ('{key}', '{thread_id}', decode('{data.hex()}',"
+                " 'hex')); COMMIT"
             )
             return status
         await conn.execute(

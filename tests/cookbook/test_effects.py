@@ -437,6 +437,34 @@ async def test_pg_transaction_costs_the_round_trips_of_a_bare_transaction(
         assert await db.fetchval("SELECT count(*) FROM act_effects") == 6
 
 
+async def test_pg_transaction_prepares_its_statements_on_each_connection(
+    pg_database: str,
+) -> None:
+    async with Resources() as resources:
+        db = ExchangeCountingPool(
+            PostgresSettings(dsn=pg_database, max_size=1), resources=resources
+        )
+        await PostgresBackend(db).setup()
+        ledger = EffectLedger(PostgresBackend(db))
+
+        async def effect(task: str) -> list[str]:
+            db.sent.clear()
+            async with ledger.transaction("e", runtime=node_runtime(task)) as tx:
+                assert tx.first
+                tx.result = task
+            return [query.split(" (")[0] for query in db.sent]  # up to the arguments
+
+        claim, result = "BEGIN; EXECUTE act_effects_claim", "EXECUTE act_effects_result"
+        prepare = "ROLLBACK; PREPARE act_effects_claim"
+        # The first use prepares: the claim fails, then ROLLBACK and PREPARE, then it again.
+        assert await effect("a") == [claim, prepare, claim, result]
+        assert await effect("b") == [claim, result]
+        await db.execute("DEALLOCATE act_effects_claim; DEALLOCATE act_effects_result")
+        assert await effect("c") == [claim, prepare, claim, result]
+        rows = await db.fetch("SELECT key, result FROM act_effects ORDER BY result")
+        assert [bytes(row[1]) for row in rows] == [b'"a"', b'"b"', b'"c"']
+
+
 async def test_pg_transaction_takes_any_thread_id_effect_name_and_result(
     db: PostgresPool,
 ) -> None:
