@@ -22,9 +22,7 @@ machine moves them together.
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +44,7 @@ from limits.aio.strategies import (  # noqa: E402
 )
 
 from tests.redis_server import RedisServer  # noqa: E402
+from tests.workers import run_shared_workers  # noqa: E402
 
 # The floor: the least a shared GCRA acquire can be, one EVALSHA of a minimal script.
 FLOOR_GCRA = """
@@ -116,32 +115,9 @@ async def latencies(url: str) -> dict[str, float]:
 
 
 def run_workers(mode: str, url: str, count: int, *args: str) -> list[object]:
+    """The workers' summaries, then the lines they logged."""
     log = Path(tempfile.mkdtemp(prefix="bench-shared-")) / "events.log"
-    start_at = time.time() + 6  # after every worker has imported
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.cookbook.shared_worker",
-                mode,
-                url,
-                str(start_at),
-                str(log),
-                *args,
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-    results = []
-    for worker in workers:
-        out, _ = worker.communicate(timeout=180)
-        if worker.returncode != 0:
-            raise RuntimeError(f"{mode} worker failed with {worker.returncode}")
-        results.append(json.loads(out))
+    results = run_shared_workers(count, mode, url, *args, log=log, start_in=6, timeout=180)
     results.append(log.read_text().splitlines() if log.exists() else [])
     return results
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio
@@ -16,52 +12,13 @@ from act_operator_lib.cookbook.cache import AsyncCache, CacheSettings
 from act_operator_lib.cookbook.redis_backend import RedisBackend, RedisUnavailableError
 
 from tests.redis_server import RedisServer
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_workers(
-    count: int, redis_url: str, log: Path, start_at: float, *args: str
-) -> list[subprocess.Popen[str]]:
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.cookbook.shared_worker",
-                "cache",
-                redis_url,
-                str(start_at),
-                str(log),
-                *args,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-
-
-def finish(workers: list[subprocess.Popen[str]]) -> list[tuple[int, Any]]:
-    results = []
-    try:
-        for worker in workers:
-            out, err = worker.communicate(timeout=120)
-            results.append((worker.returncode, json.loads(out) if worker.returncode == 0 else err))
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
-    return results
+from tests.workers import finish_workers, start_shared_workers
 
 
 def test_four_processes_of_fifty_callers_load_a_key_once(redis_url: str, tmp_path: Path) -> None:
     log = tmp_path / "loads.log"
-    workers = start_workers(4, redis_url, log, time.time() + 5, "50", "1.0", "ok")
-    results = finish(workers)
+    workers = start_shared_workers(4, "cache", redis_url, "50", "1.0", "ok", log=log)
+    results = finish_workers(workers)
     assert [code for code, _ in results] == [0, 0, 0, 0], results
     loads = log.read_text().splitlines()
     assert len(loads) == 1, loads
@@ -74,18 +31,20 @@ def test_a_loader_killed_mid_load_frees_the_key_within_the_lock_timeout(
     redis_url: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "loads.log"
-    crashing = start_workers(1, redis_url, log, time.time(), "1", "0.5", "crash")
+    crashing = start_shared_workers(1, "cache", redis_url, "1", "0.5", "crash", log=log, start_in=0)
     try:
         # the others start once the doomed loader holds the key's lock
         deadline = time.monotonic() + 60
         while not (log.exists() and log.read_text()):
             assert time.monotonic() < deadline, "the first worker never started loading"
             time.sleep(0.01)
-        waiting = start_workers(3, redis_url, log, time.time(), "20", "0.1", "ok")
+        waiting = start_shared_workers(
+            3, "cache", redis_url, "20", "0.1", "ok", log=log, start_in=0
+        )
     finally:
         assert crashing[0].wait(timeout=60) == 3
         crashing[0].communicate()
-    results = finish(waiting)
+    results = finish_workers(waiting)
     assert [code for code, _ in results] == [0, 0, 0], results
     loads = log.read_text().splitlines()
     assert len(loads) == 2, loads  # the crashed load, then exactly one more

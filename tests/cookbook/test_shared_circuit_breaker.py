@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 from typing import Any, TypedDict
 
 import pytest
@@ -25,43 +20,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.types import Command, interrupt
 
 from tests.redis_server import RedisServer
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def workers(mode: str, redis_url: str, count: int, *args: str) -> list[Any]:
-    start_at = time.time() + 5  # after every worker has imported
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.cookbook.shared_worker",
-                mode,
-                redis_url,
-                str(start_at),
-                "/dev/null",
-                *args,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-    results = []
-    try:
-        for process in processes:
-            out, err = process.communicate(timeout=120)
-            assert process.returncode == 0, err
-            results.append(json.loads(out))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    return results
+from tests.workers import run_shared_workers
 
 
 class State(TypedDict, total=False):
@@ -73,7 +32,7 @@ async def test_a_circuit_opened_in_one_process_refuses_the_next_call_in_another(
     redis_url: str,
 ) -> None:
     name = f"payments-{uuid.uuid4().hex[:8]}"
-    assert workers("open", redis_url, 1, name, "3") == [3]  # process A: three failures
+    assert run_shared_workers(1, "open", redis_url, name, "3") == [3]  # process A: three failures
     backend = RedisBackend(redis_url)
     here = CircuitBreaker(
         BreakerPolicy(failure_threshold=3, reset_timeout=30), name=name, shared=backend
@@ -116,7 +75,7 @@ async def test_half_open_admits_the_configured_probes_across_all_processes(
     finally:
         await backend.aclose()
     # the workers start well after the 0.5 s open period: the circuit is half-open
-    admitted = workers("probe", redis_url, 4, name, "2", "0.5")
+    admitted = run_shared_workers(4, "probe", redis_url, name, "2", "0.5")
     assert sum(admitted) == 2, admitted
 
 

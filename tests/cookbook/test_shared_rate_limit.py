@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from act_operator_lib.cookbook.rate_limit import RateLimit, rate_limiter
@@ -18,61 +14,25 @@ from langchain_core.messages import AIMessage
 
 from tests.helpers import other_tasks_after
 from tests.redis_server import RedisServer
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.workers import run_shared_workers
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def aggregate_grants(redis_url: str, tmp_path: Path, *, shared: bool) -> int:
+def aggregate_grants(redis_url: str, *, shared: bool) -> int:
     """Grants in a 5 s window at 40/s, summed over 4 processes of 20 waiters each."""
-    start_at = time.time() + 6  # after every worker has imported
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.cookbook.shared_worker",
-                "rate",
-                redis_url,
-                str(start_at),
-                str(tmp_path / "unused.log"),
-                "20",
-                "40",
-                "5",
-                "shared" if shared else "local",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    counts = []
-    try:
-        for worker in workers:
-            out, err = worker.communicate(timeout=120)
-            assert worker.returncode == 0, err
-            counts.append(json.loads(out))
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
-    return sum(counts)
+    mode = "shared" if shared else "local"
+    return sum(run_shared_workers(4, "rate", redis_url, "20", "40", "5", mode, start_in=6))
 
 
 @pytest.mark.slow
-def test_four_processes_share_one_quota_and_without_redis_they_do_not(
-    redis_url: str, tmp_path: Path
-) -> None:
+def test_four_processes_share_one_quota_and_without_redis_they_do_not(redis_url: str) -> None:
     expected = 40 * 5
-    shared = aggregate_grants(redis_url, tmp_path, shared=True)
+    shared = aggregate_grants(redis_url, shared=True)
     assert abs(shared - expected) <= expected * 0.05, shared
-    alone = aggregate_grants(redis_url, tmp_path, shared=False)
+    alone = aggregate_grants(redis_url, shared=False)
     assert alone > expected * 3.5, alone  # each process had its own budget: ~4x the quota
 
 
