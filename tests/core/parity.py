@@ -31,12 +31,13 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
+from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 from pydantic import BaseModel
 
 from act_operator_lib import AsyncBaseNode, BaseNode
 
-__all__ = ["Nodes", "arun_pair", "node_class", "normalise", "run_pair"]
+__all__ = ["Nodes", "arun_pair", "chain", "node_class", "normalise", "run_pair"]
 
 Kind = Literal["function", "class"]
 T = TypeVar("T")
@@ -193,3 +194,18 @@ async def arun_pair(
     function = await _arun(scenario, "function")
     klass = await _arun(scenario, "class")
     return _compare(function, klass, errors)  # type: ignore[no-any-return]
+
+
+def chain(nodes: Nodes, *fns: Callable[..., Any], state: Any, **compile: Any) -> Any:
+    """``StateGraph(state)`` running ``fns`` one after another, each added as ``nodes(fn)``.
+
+    Each node is named after its function; ``compile`` goes to ``builder.compile()``.
+    """
+    builder = StateGraph(state)
+    previous = START
+    for fn in fns:
+        builder.add_node(nodes(fn))
+        builder.add_edge(previous, fn.__name__)
+        previous = fn.__name__
+    builder.add_edge(previous, END)
+    return builder.compile(**compile)

@@ -9,12 +9,12 @@ from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_stream_writer
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Command, Interrupt, interrupt
 
 from act_operator_lib import AsyncBaseNode, BaseNode
-from tests.core.parity import Nodes, arun_pair, run_pair
+from tests.core.parity import Nodes, arun_pair, chain, run_pair
 
 
 class Log(TypedDict):
@@ -29,14 +29,7 @@ THREAD: RunnableConfig = {"configurable": {"thread_id": "parity"}}
 
 
 def _chain(nodes: Nodes, *fns: Any, **compile: Any) -> Any:
-    builder = StateGraph(Log)
-    previous = START
-    for fn in fns:
-        builder.add_node(nodes(fn))
-        builder.add_edge(previous, fn.__name__)
-        previous = fn.__name__
-    builder.add_edge(previous, END)
-    return builder.compile(**compile)
+    return chain(nodes, *fns, state=Log, **compile)
 
 
 def first(state: Log) -> dict[str, Any]:
