@@ -36,9 +36,11 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
-    """Run a command to completion; fail the test with its output when it fails."""
-    result = subprocess.run(
+def complete(
+    *command: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion, whatever its exit status, capturing its output as text."""
+    return subprocess.run(
         [str(part) for part in command],
         cwd=cwd,
         env=env,
@@ -47,6 +49,11 @@ def run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> s
         timeout=300,
         check=False,
     )
+
+
+def run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run a command to completion; fail the test with its output when it fails."""
+    result = complete(*command, cwd=cwd, env=env)
     if result.returncode != 0:
         pytest.fail(
             f"{' '.join(map(str, command))} exited {result.returncode} in {cwd}:\n"

@@ -62,6 +62,7 @@ def test_add_node_refuses_to_overwrite_without_force(runner: CliRunner, project_
     assert "class Summarise(AsyncBaseNode)" in module.read_text()
 
 
+@pytest.mark.parametrize("flags", [[], ["--force"]], ids=["plain", "forced"])
 @pytest.mark.parametrize(
     ("name", "message"),
     [
@@ -75,14 +76,22 @@ def test_add_node_refuses_to_overwrite_without_force(runner: CliRunner, project_
         ("BaseNode", "reserved"),
         ("None", "reserved"),
         ("héllo", "not a Python identifier"),
+        # the same rules as `new` applies to project names
+        ("Bad Name", "node name 'Bad Name' is not allowed"),
+        ("summarise!", "is not allowed"),
+        ("Summarise-", "is not allowed"),
+        ("summarise.text", "is not allowed"),
+        ("class", "gives module 'class', a Python keyword"),
+        ("Class", "gives module 'class', a Python keyword"),
+        ("import", "gives module 'import', a Python keyword"),
     ],
 )
 def test_add_node_rejects_bad_names_and_writes_nothing(
-    runner: CliRunner, project_copy: Path, name: str, message: str
+    runner: CliRunner, project_copy: Path, name: str, message: str, flags: list[str]
 ) -> None:
     before = snapshot(project_copy)
 
-    result = runner.invoke(app, ["add", "node", name, "--force", "--path", str(project_copy)])
+    result = runner.invoke(app, ["add", "node", name, *flags, "--path", str(project_copy)])
 
     assert result.exit_code == 1
     assert message in result.stderr
@@ -108,30 +117,6 @@ def test_add_node_refuses_a_foreign_copier_project(runner: CliRunner, tmp_path: 
     assert result.exit_code == 1
     assert "was not written by `act-operator new`" in result.stderr
     assert snapshot(tmp_path) == before
-
-
-@pytest.mark.parametrize(
-    ("name", "message"),
-    [
-        ("Bad Name", "node name 'Bad Name' is not allowed"),
-        ("summarise!", "is not allowed"),
-        ("Summarise-", "is not allowed"),
-        ("summarise.text", "is not allowed"),
-        ("class", "gives module 'class', a Python keyword"),
-        ("Class", "gives module 'class', a Python keyword"),
-        ("import", "gives module 'import', a Python keyword"),
-    ],
-)
-def test_add_node_validates_names_like_new_validates_project_names(
-    runner: CliRunner, project_copy: Path, name: str, message: str
-) -> None:
-    before = snapshot(project_copy)
-
-    result = runner.invoke(app, ["add", "node", name, "--path", str(project_copy)])
-
-    assert result.exit_code == 1
-    assert message in result.stderr
-    assert snapshot(project_copy) == before
 
 
 @pytest.mark.parametrize("name", ["DraftPrompt", "draft-prompt", "stream_answer"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from act_operator_lib.templates import __file__ as templates_init
 from typer.testing import CliRunner
 
 from act_operator_lib.cli import app
-from tests.cli.conftest import ACT_OPERATOR, BIN, REPO, count_tests, run, snapshot
+from tests.cli.conftest import ACT_OPERATOR, BIN, REPO, complete, count_tests, run, snapshot
 
 TEMPLATE = Path(templates_init).parent / "project"
 
@@ -190,12 +189,7 @@ def test_new_refuses_a_missing_parent(runner: CliRunner, tmp_path: Path) -> None
 
 
 def test_console_script_reports_errors_with_exit_status(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(ACT_OPERATOR), "new", "for", "--path", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = complete(ACT_OPERATOR, "new", "for", "--path", tmp_path)
 
     assert result.returncode == 1
     assert "error: project name 'for' gives package 'for', a Python keyword" in result.stderr
@@ -203,12 +197,7 @@ def test_console_script_reports_errors_with_exit_status(tmp_path: Path) -> None:
 
 
 def test_module_entry_point_shows_help() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "act_operator_lib.cli", "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = complete(sys.executable, "-m", "act_operator_lib.cli", "--help")
 
     assert result.returncode == 0
     for command in ("new", "add", "cookbook", "update", "demo"):
@@ -268,12 +257,8 @@ def test_new_without_git_on_path_says_so_and_update_names_the_real_cause(
     projects = tmp_path / "projects"
     projects.mkdir()
 
-    made = subprocess.run(
-        [str(ACT_OPERATOR), "new", "agent", "--path", str(projects)],
-        env={**os.environ, "PATH": str(no_git)},
-        capture_output=True,
-        text=True,
-        check=False,
+    made = complete(
+        ACT_OPERATOR, "new", "agent", "--path", projects, env={**os.environ, "PATH": str(no_git)}
     )
 
     assert made.returncode == 0, made.stderr
@@ -281,12 +266,7 @@ def test_new_without_git_on_path_says_so_and_update_names_the_real_cause(
     assert "`act-operator update` cannot merge" in made.stderr
     assert not (projects / "agent" / ".git").exists()
 
-    updated = subprocess.run(
-        [str(ACT_OPERATOR), "update", "--path", str(projects / "agent")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    updated = complete(ACT_OPERATOR, "update", "--path", projects / "agent")
 
     assert updated.returncode == 1
     assert "generated without git (git was not on PATH)" in updated.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from act_operator_lib.templates import __file__ as templates_init
 
-from tests.cli.conftest import ACT_OPERATOR, count_tests, run, snapshot
+from tests.cli.conftest import ACT_OPERATOR, complete, count_tests, run, snapshot
 
 PACKAGED_TEMPLATE = Path(templates_init).parent / "project"
 TITLE = "# {{ project_name }}\n"
@@ -35,15 +35,7 @@ def _env(home: Path, template: Path | None = None) -> dict[str, str]:
 
 
 def _act(*args: str | Path, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(ACT_OPERATOR), *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return complete(ACT_OPERATOR, *args, cwd=cwd, env=env)
 
 
 def _git(project: Path, *args: str) -> str:
