@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
+from _servers import start_local_server  # noqa: E402
 from act_operator_lib.cookbook.http_client import (  # noqa: E402
     EgressPolicy,
     FetchJSON,
@@ -48,7 +48,7 @@ from act_operator_lib.cookbook.http_client import (  # noqa: E402
 from act_operator_lib.cookbook.postgres import PostgresPool, PostgresSettings, QueryRows  # noqa: E402
 
 from act_operator_lib.base_node import AsyncBaseNode  # noqa: E402
-from tests.pg_server import PostgresServer, free_port  # noqa: E402
+from tests.pg_server import PostgresServer  # noqa: E402
 
 HTTP_REQUESTS, HTTP_CONCURRENCY = 2000, 50
 PG_QUERIES, PG_CONCURRENCY = 2000, 20
@@ -121,23 +121,6 @@ class QueryConnectPerCall(AsyncBaseNode):
         finally:
             await conn.close()
         return {"rows": [dict(row) for row in rows]}
-
-
-def start_http_server() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "http_server.py"), "--port", str(port), "--uvloop"],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return server, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    raise RuntimeError("the benchmark HTTP server did not start")
 
 
 async def bench_http(base: str) -> dict[str, float]:
@@ -233,7 +216,10 @@ def run(main: Coroutine[Any, Any, dict[str, float]]) -> dict[str, float]:
 
 def main() -> None:
     started = time.perf_counter()
-    server, base = start_http_server()
+    http_server = str(REPO / "tests" / "http_server.py")
+    server, base = start_local_server(
+        sys.executable, http_server, "--uvloop", "--port", stdout=subprocess.DEVNULL
+    )
     try:
         http = run(bench_http(base))
     finally:
