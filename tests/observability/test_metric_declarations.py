@@ -31,13 +31,7 @@ class State(TypedDict, total=False):
     out: str
 
 
-@pytest.fixture(autouse=True)
-def _clean_metrics() -> Iterator[None]:
-    metrics.disable()
-    metrics.reset()
-    yield
-    metrics.disable()
-    metrics.reset()
+pytestmark = pytest.mark.usefixtures("clean_metrics")
 
 
 # -- the declarations ---------------------------------------------------------------------

@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import operator
 import typing
-from collections.abc import Iterator
 from typing import Annotated, Any, Literal, TypedDict
 
 import pytest
@@ -31,13 +30,7 @@ class Ctx(TypedDict):
     user: str
 
 
-@pytest.fixture(autouse=True)
-def _clean_metrics() -> Iterator[None]:
-    metrics.disable()
-    metrics.reset()
-    yield
-    metrics.disable()
-    metrics.reset()
+pytestmark = pytest.mark.usefixtures("clean_metrics")
 
 
 class Increment(BaseNode):
@@ -222,12 +215,17 @@ def _fan_out(state: State) -> list[Send]:
     return [Send("Gate", {"n": item}) for item in state["items"]]
 
 
-async def test_in_flight_counts_calls_that_are_running() -> None:
+def _gated_graph() -> tuple[Any, asyncio.Semaphore, asyncio.Event]:
+    """A graph running one ``Gate`` per item at once, its started semaphore and its gate."""
     started, gate = asyncio.Semaphore(0), asyncio.Event()
     builder = StateGraph(State)
     builder.add_node(Gate(started, gate))
     builder.add_conditional_edges(START, _fan_out, ["Gate"])
-    graph = builder.compile()
+    return builder.compile(), started, gate
+
+
+async def test_in_flight_counts_calls_that_are_running() -> None:
+    graph, started, gate = _gated_graph()
 
     with metrics.collecting():
         run = asyncio.create_task(graph.ainvoke({"items": [1, 2, 3]}))
@@ -241,11 +239,7 @@ async def test_in_flight_counts_calls_that_are_running() -> None:
 
 
 async def test_cancelled_run_leaves_nothing_in_flight_and_no_tasks() -> None:
-    started, gate = asyncio.Semaphore(0), asyncio.Event()
-    builder = StateGraph(State)
-    builder.add_node(Gate(started, gate))
-    builder.add_conditional_edges(START, _fan_out, ["Gate"])
-    graph = builder.compile()
+    graph, started, _ = _gated_graph()  # the gate stays shut
     tasks_before = asyncio.all_tasks()
 
     with metrics.collecting():
