@@ -500,6 +500,10 @@ class PostgresPool:
     async def _release(self, shared: SharedPool, conn: asyncpg.pool.PoolConnectionProxy) -> None:
         try:
             await shared.pool.release(conn)
+        except Exception:
+            # The pool could not reset it (a server shutdown left its protocol mid-operation)
+            # and has terminated it: the call's own outcome stands, the connection is gone.
+            _drop(conn)
         finally:
             _unlend(shared)
 
