@@ -44,7 +44,7 @@ from limits.aio.strategies import (  # noqa: E402
 )
 
 from tests.redis_server import RedisServer  # noqa: E402
-from tests.workers import run_shared_workers  # noqa: E402
+from tests.workers import start_shared_workers, worker_summaries  # noqa: E402
 
 # The floor: the least a shared GCRA acquire can be, one EVALSHA of a minimal script.
 FLOOR_GCRA = """
@@ -117,7 +117,8 @@ async def latencies(url: str) -> dict[str, float]:
 def run_workers(mode: str, url: str, count: int, *args: str) -> list[object]:
     """The workers' summaries, then the lines they logged."""
     log = Path(tempfile.mkdtemp(prefix="bench-shared-")) / "events.log"
-    results = run_shared_workers(count, mode, url, *args, log=log, start_in=6, timeout=180)
+    workers = start_shared_workers(count, mode, url, *args, log=log, start_in=6)
+    results = worker_summaries(workers, timeout=180)
     results.append(log.read_text().splitlines() if log.exists() else [])
     return results
 

@@ -76,17 +76,3 @@ def worker_summaries(workers: list[subprocess.Popen[str]], timeout: float = 120)
         if code != 0:
             raise RuntimeError(f"a shared worker exited with {code}:\n{found}")
     return [found for _, found in results]
-
-
-def run_shared_workers(
-    count: int,
-    mode: str,
-    redis_url: str,
-    *args: str,
-    log: Path | str = os.devnull,
-    start_in: float = 5.0,
-    timeout: float = 120,
-) -> list[Any]:
-    """Start ``count`` workers (see ``start_shared_workers``) and return their summaries."""
-    workers = start_shared_workers(count, mode, redis_url, *args, log=log, start_in=start_in)
-    return worker_summaries(workers, timeout)

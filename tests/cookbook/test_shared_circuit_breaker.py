@@ -20,7 +20,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.types import Command, interrupt
 
 from tests.redis_server import RedisServer
-from tests.workers import run_shared_workers
+from tests.workers import start_shared_workers, worker_summaries
 
 
 class State(TypedDict, total=False):
@@ -32,7 +32,8 @@ async def test_a_circuit_opened_in_one_process_refuses_the_next_call_in_another(
     redis_url: str,
 ) -> None:
     name = f"payments-{uuid.uuid4().hex[:8]}"
-    assert run_shared_workers(1, "open", redis_url, name, "3") == [3]  # process A: three failures
+    opener = start_shared_workers(1, "open", redis_url, name, "3")
+    assert worker_summaries(opener) == [3]  # process A: three failures
     backend = RedisBackend(redis_url)
     here = CircuitBreaker(
         BreakerPolicy(failure_threshold=3, reset_timeout=30), name=name, shared=backend
@@ -75,7 +76,7 @@ async def test_half_open_admits_the_configured_probes_across_all_processes(
     finally:
         await backend.aclose()
     # the workers start well after the 0.5 s open period: the circuit is half-open
-    admitted = run_shared_workers(4, "probe", redis_url, name, "2", "0.5")
+    admitted = worker_summaries(start_shared_workers(4, "probe", redis_url, name, "2", "0.5"))
     assert sum(admitted) == 2, admitted
 
 

@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage
 
 from tests.helpers import other_tasks_after
 from tests.redis_server import RedisServer
-from tests.workers import run_shared_workers
+from tests.workers import start_shared_workers, worker_summaries
 
 
 def unique(prefix: str) -> str:
@@ -24,7 +24,8 @@ def unique(prefix: str) -> str:
 def aggregate_grants(redis_url: str, *, shared: bool) -> int:
     """Grants in a 5 s window at 40/s, summed over 4 processes of 20 waiters each."""
     mode = "shared" if shared else "local"
-    return sum(run_shared_workers(4, "rate", redis_url, "20", "40", "5", mode, start_in=6))
+    workers = start_shared_workers(4, "rate", redis_url, "20", "40", "5", mode, start_in=6)
+    return sum(worker_summaries(workers))
 
 
 @pytest.mark.slow
