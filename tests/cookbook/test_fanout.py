@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypedDict
 
 import pytest
@@ -42,13 +43,19 @@ class Tracker:
         self.cancelled: list[Any] = []
         self.all_started = asyncio.Event()
 
-    def enter(self, item: Any) -> None:
+    @contextmanager
+    def running(self, item: Any) -> Iterator[None]:
+        """Counts ``item`` in flight for the block, and as cancelled if the block is."""
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         self.started.append(item)
-
-    def leave(self) -> None:
-        self.in_flight -= 1
+        try:
+            yield
+        except asyncio.CancelledError:
+            self.cancelled.append(item)
+            raise
+        finally:
+            self.in_flight -= 1
 
 
 async def test_results_come_back_in_input_order() -> None:
@@ -65,13 +72,10 @@ async def test_concurrency_reaches_the_limit_and_never_exceeds_it() -> None:
     tracker = Tracker()
 
     async def work(n: int) -> int:
-        tracker.enter(n)
-        try:
+        with tracker.running(n):
             for _ in range(3):
                 await asyncio.sleep(0)
             return n
-        finally:
-            tracker.leave()
 
     graph = fanout_graph(work, FanoutPolicy(limit=7))
     out = await graph.ainvoke({"items": list(range(100))})
@@ -131,8 +135,7 @@ async def test_fail_fast_cancels_the_rest_and_leaks_no_task() -> None:
     blocked = asyncio.Event()
 
     async def work(n: int) -> int:
-        tracker.enter(n)
-        try:
+        with tracker.running(n):
             if tracker.in_flight == 5:
                 tracker.all_started.set()
             if n == 3:
@@ -140,11 +143,6 @@ async def test_fail_fast_cancels_the_rest_and_leaks_no_task() -> None:
                 raise ValueError("item 3 is bad")
             await blocked.wait()
             return n
-        except asyncio.CancelledError:
-            tracker.cancelled.append(n)
-            raise
-        finally:
-            tracker.leave()
 
     graph = fanout_graph(work, FanoutPolicy(limit=5))
     before = asyncio.all_tasks()
@@ -161,17 +159,11 @@ async def test_cancelling_the_run_mid_flight_leaks_nothing() -> None:
     tracker = Tracker()
 
     async def work(n: int) -> int:
-        tracker.enter(n)
-        try:
+        with tracker.running(n):
             if tracker.in_flight == 4:
                 tracker.all_started.set()
             await asyncio.Event().wait()
             return n
-        except asyncio.CancelledError:
-            tracker.cancelled.append(n)
-            raise
-        finally:
-            tracker.leave()
 
     graph = fanout_graph(work, FanoutPolicy(limit=4))
     before = asyncio.all_tasks()
