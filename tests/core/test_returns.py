@@ -58,8 +58,11 @@ async def test_send_payload_differs_from_the_state_schema() -> None:
     assert await builder.compile().ainvoke({"n": 3}) == {"n": 3, "items": ["0!", "1!", "2!"]}
 
 
-class Root(BaseNode):
-    """In a root-channel graph the update is the channel's value, whatever its type."""
+class ReturnValue(BaseNode):
+    """Returns the value it was built with, whatever its type.
+
+    In a root-channel graph that update is the channel's value.
+    """
 
     def __init__(self, value: Any) -> None:
         super().__init__()
@@ -72,7 +75,7 @@ class Root(BaseNode):
 @pytest.mark.parametrize("value", [5, "text", (1, 2), {"k": 1}])
 def test_root_channel_values_of_any_type(value: Any) -> None:
     builder = StateGraph(Annotated[Any, lambda a, b: b])  # type: ignore[arg-type]
-    builder.add_node("root", Root(value))
+    builder.add_node("root", ReturnValue(value))
     builder.add_edge(START, "root")
     assert builder.compile().invoke(0) == value
 
@@ -91,15 +94,6 @@ class Other(BaseModel):
 
     n: int = 0
     extra: str = "ignored"
-
-
-class ReturnValue(BaseNode):
-    def __init__(self, value: Any) -> None:
-        super().__init__()
-        self.value = value
-
-    def execute(self, state: Any) -> Any:
-        return self.value
 
 
 @pytest.mark.parametrize(
