@@ -34,6 +34,7 @@ class State(TypedDict, total=False):
 
 
 def leftovers(base: Path) -> list[str]:
+    """The temporary files under ``base``; a coroutine calls it in a thread (it lists directories)."""
     return sorted(p.name for p in base.rglob("*.tmp"))
 
 
@@ -66,7 +67,7 @@ async def test_graph_writes_files_atomically_with_a_limit(tmp_path: Path) -> Non
         assert (tmp_path / "out" / path).read_text() == text
     assert max(seen) <= 3
     assert max(seen) >= 2  # they did run concurrently
-    assert leftovers(tmp_path) == []
+    assert await asyncio.to_thread(leftovers, tmp_path) == []
 
 
 async def test_read_helpers_and_overwrite(tmp_path: Path) -> None:
@@ -84,12 +85,16 @@ async def test_read_helpers_and_overwrite(tmp_path: Path) -> None:
 
 async def test_paths_are_confined_to_the_base_directory(tmp_path: Path) -> None:
     base = tmp_path / "base"
-    base.mkdir()
-    (tmp_path / "secret.txt").write_text("top secret")
-    (base / "inside.txt").write_text("fine")
-    os.symlink(tmp_path / "secret.txt", base / "escape-link")
-    os.symlink(tmp_path, base / "escape-dir")
-    os.symlink(base / "inside.txt", base / "inside-link")
+
+    def arrange() -> None:
+        base.mkdir()
+        (tmp_path / "secret.txt").write_text("top secret")
+        (base / "inside.txt").write_text("fine")
+        os.symlink(tmp_path / "secret.txt", base / "escape-link")
+        os.symlink(tmp_path, base / "escape-dir")
+        os.symlink(base / "inside.txt", base / "inside-link")
+
+    await asyncio.to_thread(arrange)
     store = FileStore(FileSettings(base_dir=base))
 
     for bad in ("../secret.txt", "a/../../secret.txt", str(tmp_path / "secret.txt"), "/etc/passwd"):
@@ -105,9 +110,9 @@ async def test_paths_are_confined_to_the_base_directory(tmp_path: Path) -> None:
         store.resolve("")
     assert (tmp_path / "secret.txt").read_text() == "top secret"
     assert await store.read_text("inside-link") == "fine"  # a symlink staying inside is fine
-    (base / "sub").mkdir()
+    await asyncio.to_thread((base / "sub").mkdir)
     assert await store.read_text("sub/../inside.txt") == "fine"
-    os.symlink("sub/../inside.txt", base / "relative-link")
+    await asyncio.to_thread(os.symlink, "sub/../inside.txt", base / "relative-link")
     assert await store.read_text("relative-link") == "fine"
 
     # A node refuses the whole batch before writing any file.
@@ -122,8 +127,8 @@ async def test_paths_are_confined_to_the_base_directory(tmp_path: Path) -> None:
 
 async def test_paths_naming_the_base_directory_itself_are_refused(tmp_path: Path) -> None:
     base = tmp_path / "base"
-    (base / "sub").mkdir(parents=True)
-    os.symlink(".", base / "here")
+    await asyncio.to_thread((base / "sub").mkdir, parents=True)
+    await asyncio.to_thread(os.symlink, ".", base / "here")
     store = FileStore(FileSettings(base_dir=base))
     for itself in (".", "sub/..", "./", "sub/../.", "here", "here/sub/.."):
         with pytest.raises(PathEscapeError, match="names the base directory"):
@@ -131,7 +136,7 @@ async def test_paths_naming_the_base_directory_itself_are_refused(tmp_path: Path
         with pytest.raises(PathEscapeError, match="names the base directory"):
             await store.read_text(itself)
         with pytest.raises(PathEscapeError, match="names the base directory"):
-            store.resolve(itself)
+            await asyncio.to_thread(store.resolve, itself)  # follows symlinks: a blocking call
     # Nothing was written next to the base directory, nor in it.
     assert entries(tmp_path) == ["base"]
     assert entries(base) == ["here", "sub"]
@@ -141,10 +146,18 @@ async def test_a_directory_swapped_for_a_symlink_while_waiting_cannot_escape(
     tmp_path: Path,
 ) -> None:
     base, outside = tmp_path / "base", tmp_path / "outside"
-    (base / "sub").mkdir(parents=True)
-    (base / "sub" / "notes.txt").write_text("inside")
-    outside.mkdir()
-    (outside / "notes.txt").write_text("outside secret")
+
+    def arrange() -> None:
+        (base / "sub").mkdir(parents=True)
+        (base / "sub" / "notes.txt").write_text("inside")
+        outside.mkdir()
+        (outside / "notes.txt").write_text("outside secret")
+
+    def swap_sub_for_a_symlink_outside() -> None:
+        (base / "sub").rename(base / "sub-before")
+        os.symlink(outside, base / "sub")
+
+    await asyncio.to_thread(arrange)
     store = FileStore(FileSettings(base_dir=base, max_concurrency=1))
 
     holding, release = asyncio.Event(), asyncio.Event()
@@ -162,8 +175,7 @@ async def test_a_directory_swapped_for_a_symlink_while_waiting_cannot_escape(
     reader = asyncio.create_task(store.read_text("sub/notes.txt"))
     await asyncio.sleep(0.05)
     # ...while "sub" becomes a symlink to a directory outside.
-    (base / "sub").rename(base / "sub-before")
-    os.symlink(outside, base / "sub")
+    await asyncio.to_thread(swap_sub_for_a_symlink_outside)
     release.set()
     await holder
     with pytest.raises(PathEscapeError, match=r"'sub/notes\.txt' leads outside"):
@@ -208,7 +220,7 @@ async def test_names_up_to_the_filesystem_limit_are_writable(tmp_path: Path) -> 
         await store.write_text(name, name)
         await store.write_text(name, name.upper())  # and replaced
         assert await store.read_text(name) == name.upper()
-    assert leftovers(tmp_path) == []
+    assert await asyncio.to_thread(leftovers, tmp_path) == []
 
 
 async def test_a_failing_cleanup_keeps_the_original_error(tmp_path: Path) -> None:
@@ -216,20 +228,23 @@ async def test_a_failing_cleanup_keeps_the_original_error(tmp_path: Path) -> Non
     await store.write_text("data.txt", "version 1")
     temp_name = ""  # known once the write below created it
 
-    async def write_then_fail() -> None:
+    def put_a_directory_in_place_of_the_temporary() -> None:
         nonlocal temp_name
+        (temp_name,) = leftovers(tmp_path)
+        os.unlink(tmp_path / temp_name)
+        os.mkdir(tmp_path / temp_name)
+
+    async def write_then_fail() -> None:
         async with store.open_atomic("data.txt") as f:
             await f.write(b"version 2")
             # Something takes the temporary file's place: removing it will fail.
-            (temp_name,) = leftovers(tmp_path)
-            os.unlink(tmp_path / temp_name)
-            os.mkdir(tmp_path / temp_name)
+            await asyncio.to_thread(put_a_directory_in_place_of_the_temporary)
             raise RuntimeError("the original failure")
 
     with pytest.raises(RuntimeError, match="the original failure") as caught:
         await write_then_fail()
     assert any("could not remove" in note for note in caught.value.__notes__)
-    os.rmdir(tmp_path / temp_name)
+    await asyncio.to_thread(os.rmdir, tmp_path / temp_name)
     assert await store.read_text("data.txt") == "version 1"
 
 
@@ -253,7 +268,7 @@ async def test_a_cancellation_during_the_rename_reports_the_true_outcome(tmp_pat
     await asyncio.gather(task, return_exceptions=True)
     assert (tmp_path / "data.txt").read_text() == "version 2"
     assert outcome == ["written"]  # the call said what happened: the write succeeded
-    assert leftovers(tmp_path) == []
+    assert await asyncio.to_thread(leftovers, tmp_path) == []
 
 
 async def test_a_failed_or_cancelled_write_keeps_the_old_file(tmp_path: Path) -> None:
@@ -268,7 +283,7 @@ async def test_a_failed_or_cancelled_write_keeps_the_old_file(tmp_path: Path) ->
     with pytest.raises(RuntimeError, match="disk on fire"):
         await failing_write()
     assert await store.read_text("data.txt") == "version 1"
-    assert leftovers(tmp_path) == []
+    assert await asyncio.to_thread(leftovers, tmp_path) == []
 
     before = len(asyncio.all_tasks())
     started = asyncio.Event()
@@ -288,7 +303,7 @@ async def test_a_failed_or_cancelled_write_keeps_the_old_file(tmp_path: Path) ->
     assert len(asyncio.all_tasks()) == before
     assert store.in_flight == 0
     assert await store.read_text("data.txt") == "version 1"
-    assert leftovers(tmp_path) == []
+    assert await asyncio.to_thread(leftovers, tmp_path) == []
 
 
 KILL_SCRIPT = textwrap.dedent(
@@ -351,7 +366,7 @@ def test_a_killed_writer_never_leaves_a_half_written_file(tmp_path: Path) -> Non
 async def test_stale_temporaries_are_swept_in_subdirectories_only_when_old(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "a" / "b").mkdir(parents=True)
+    await asyncio.to_thread((tmp_path / "a" / "b").mkdir, parents=True)
     old = tmp_path / "a" / "b" / f".x.txt.{'0f' * 16}.tmp"
     young = tmp_path / "a" / f".y.txt.{'1e' * 16}.tmp"
     old.write_text("torn")
