@@ -41,13 +41,14 @@ import json
 import socket
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-__all__ = ["HttpTestServer", "build_app"]
+__all__ = ["HttpTestServer", "build_app", "serving_app"]
 
 RETRY_COUNTERS = web.AppKey("retry_counters", Counter)
 """The app's ``/retry-after`` call counts per key."""
@@ -294,6 +295,22 @@ class HttpTestServer:
 
     def __repr__(self) -> str:
         return f"HttpTestServer(url={self.url!r})"
+
+
+@asynccontextmanager
+async def serving_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve a test's own ``app`` on a free 127.0.0.1 port in the running loop; yield its URL.
+
+    For endpoints made for one test (a stand-in collector, a hand-written event stream);
+    a handler is cancelled when its client goes away, and the server stops on leaving.
+    """
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ from pathlib import Path
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests.http_server import serving_app
+
 RUN_GRAPH = """
 import asyncio, importlib.abc, os, sys
 
@@ -60,20 +62,11 @@ async def test_spans_reach_a_collector_when_the_endpoint_is_set(
 
     app = web.Application()
     app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    try:
+    async with serving_app(app) as collector:
         output = await run_project(
-            project_python,
-            generated_project,
-            {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"},
+            project_python, generated_project, {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": collector}
         )
-    finally:
-        await runner.cleanup()
     assert "answer: For ops:" in output
     assert "tracing: True" in output
     spans = [

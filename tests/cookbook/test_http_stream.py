@@ -31,7 +31,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.types import TimeoutPolicy
 
 from tests.helpers import cancel_after_first_chunk, other_tasks_after, run_example
-from tests.http_server import HttpTestServer
+from tests.http_server import HttpTestServer, serving_app
 
 
 class State(TypedDict, total=False):
@@ -162,28 +162,25 @@ async def test_keepalive_comments_keep_the_socket_busy_but_not_the_idle_timeout(
 
     app = web.Application()
     app.router.add_get("/keepalives", keepalives)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    client = HttpClient(HttpSettings(base_url=f"http://127.0.0.1:{runner.addresses[0][1]}"))
-    try:
-        # The socket limit (0.2 s) never fires; LangGraph's heartbeat idle timeout does.
-        node = HttpStreamNode(client, HttpStreamPolicy(idle_timeout=0.2))
-        policy = TimeoutPolicy(idle_timeout=0.4, refresh_on="heartbeat")
-        graph = build(node, timeout=policy)
-        received: list[Any] = []
+    async with serving_app(app) as url:
+        client = HttpClient(HttpSettings(base_url=url))
+        try:
+            # The socket limit (0.2 s) never fires; LangGraph's heartbeat idle timeout does.
+            node = HttpStreamNode(client, HttpStreamPolicy(idle_timeout=0.2))
+            policy = TimeoutPolicy(idle_timeout=0.4, refresh_on="heartbeat")
+            graph = build(node, timeout=policy)
+            received: list[Any] = []
 
-        async def run() -> None:
-            async for chunk in graph.astream({"url": "/keepalives"}, stream_mode="custom"):
-                received.append(chunk)
+            async def run() -> None:
+                async for chunk in graph.astream({"url": "/keepalives"}, stream_mode="custom"):
+                    received.append(chunk)
 
-        with pytest.raises(NodeTimeoutError) as caught:
-            await run()
-        assert caught.value.kind == "idle"
-        assert received == [{"event": "tick", "id": "0", "data": '{"i": 0}'}]
-    finally:
-        await client.aclose()
-        await runner.cleanup()
+            with pytest.raises(NodeTimeoutError) as caught:
+                await run()
+            assert caught.value.kind == "idle"
+            assert received == [{"event": "tick", "id": "0", "data": '{"i": 0}'}]
+        finally:
+            await client.aclose()
 
 
 async def test_cancelling_the_run_mid_stream_releases_the_connection(

@@ -27,6 +27,7 @@ from aiohttp import web
 from langgraph.graph import START, StateGraph
 
 from tests.helpers import other_tasks_after
+from tests.http_server import serving_app
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,15 +50,12 @@ async def serving(**routes: Handler) -> AsyncIterator[HttpClient]:
     app = web.Application()
     for path, handler in routes.items():
         app.router.add_get(f"/{path}", handler)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    client = HttpClient(HttpSettings(base_url=f"http://127.0.0.1:{runner.addresses[0][1]}"))
-    try:
-        yield client
-    finally:
-        await client.aclose()
-        await runner.cleanup()
+    async with serving_app(app) as url:
+        client = HttpClient(HttpSettings(base_url=url))
+        try:
+            yield client
+        finally:
+            await client.aclose()
 
 
 async def event_stream(request: web.Request, *parts: bytes) -> web.StreamResponse:
