@@ -136,5 +136,5 @@ def test_a_shared_cache_needs_a_ttl() -> None:
         AsyncCache(CacheSettings(ttl=None), shared=shared)
     with pytest.raises(TypeError, match="AsyncCache shared must be a shared store"):
         AsyncCache(CacheSettings(), shared=object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="CacheSettings lock_timeout must be > 0"):
+    with pytest.raises(ValueError, match="CacheSettings lock_timeout must be a finite number of seconds > 0, got 0"):
         CacheSettings(lock_timeout=0)
