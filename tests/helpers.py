@@ -135,22 +135,28 @@ def blocking_guard() -> Iterator[None]:
         guard.deactivate()
 
 
-# The child activates the guard before the recipe module runs as __main__.
+# The child starts as `langgraph dev` does: it imports the recipe module (dev loads a graph's
+# module at startup), then activates the guard, then runs the module again as __main__. The
+# order matters: a module first imported under the guard binds the patched functions (as
+# multiprocessing.connection binds os.write), which a graph's own imports do not in dev.
 _GUARDED_MAIN = (
-    "import runpy, sys\n"
+    "import importlib, runpy, sys\n"
     "from langgraph_runtime_inmem.queue import _enable_blockbuster\n"
+    "importlib.import_module(sys.argv[1])\n"
+    "del sys.modules[sys.argv[1]]  # run afresh as __main__, its imports already loaded\n"
     "_enable_blockbuster()\n"
     "runpy.run_module(sys.argv[1], run_name='__main__', alter_sys=True)\n"
 )
 
 
 def run_example(
-    module: str, *, timeout: float = 60, env: dict[str, str] | None = None, guard: bool = False
+    module: str, *, timeout: float = 60, env: dict[str, str] | None = None, guard: bool = True
 ) -> str:
     """Run ``python -W error -m act_operator_lib.cookbook.<module>``; its stdout (fails on exit != 0).
 
     With ``guard`` (the default) the example runs under ``langgraph dev``'s blocking-call
-    guard, as ``blocking_guard`` sets it up.
+    guard, as ``blocking_guard`` sets it up, turned on after the module's imports as in dev;
+    ``guard=False`` is for a look at an example's own failure without the guard.
     """
     target = f"act_operator_lib.cookbook.{module}"
     command = ["-c", _GUARDED_MAIN, target] if guard else ["-m", target]

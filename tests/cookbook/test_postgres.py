@@ -298,6 +298,7 @@ def kill_backends(dsn: str, application_name: str) -> None:
     time.sleep(0.3)  # the backends exit; their sockets close unseen by the blocked loop
 
 
+@pytest.mark.allow_blocking  # kill_backends stalls the loop so the pool cannot see its connection die
 async def test_a_dead_pooled_connection_retries_a_read_and_reports_a_write(
     pg_database: str,
 ) -> None:
@@ -336,14 +337,14 @@ async def test_password_never_in_errors_reprs_or_logs(
     assert "InvalidPasswordError" in str(caught.value)
     assert "wrong-pw-42" not in str(caught.value)
 
-    pg_server.stop()
+    await asyncio.to_thread(pg_server.stop)
     try:
         with pytest.raises(ConnectionLostError) as down:
             await users_graph(PostgresPool(PostgresSettings(dsn=pg_database, min_size=0))).ainvoke(
                 {"team": "red"}
             )
     finally:
-        pg_server.start()
+        await asyncio.to_thread(pg_server.start)
     assert "postgresql://app:***@127.0.0.1" in str(down.value)
     for text in (str(down.value), caplog.text):
         assert password not in text

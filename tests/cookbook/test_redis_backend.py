@@ -138,18 +138,20 @@ async def test_cache_lock_store_and_unlock(redis_url: str) -> None:
         await shared.aclose()
 
 
-async def test_a_restart_fails_fast_then_recovers_with_no_code_change() -> None:
-    with RedisServer() as server:
-        shared = RedisBackend(server.url, timeout=0.5)
-        try:
+async def test_a_restart_fails_fast_then_recovers_with_no_code_change(
+    own_redis: RedisServer,
+) -> None:
+    server = own_redis  # stopped and started in threads: they wait for the process
+    shared = RedisBackend(server.url, timeout=0.5)
+    try:
+        await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True)
+        await asyncio.to_thread(server.stop)
+        with pytest.raises(RedisUnavailableError, match=f"127.0.0.1:{server.port}"):
             await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True)
-            server.stop()
-            with pytest.raises(RedisUnavailableError, match=f"127.0.0.1:{server.port}"):
-                await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True)
-            server.start()
-            assert await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True) == 0
-        finally:
-            await shared.aclose()
+        await asyncio.to_thread(server.start)
+        assert await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True) == 0
+    finally:
+        await shared.aclose()
 
 
 async def test_a_server_that_never_answers_fails_within_the_timeout() -> None:

@@ -83,27 +83,29 @@ async def test_failures_are_not_cached_and_values_expire(redis_url: str) -> None
         await shared.aclose()
 
 
-async def test_a_down_redis_raises_a_typed_error_or_falls_back_when_asked() -> None:
-    with RedisServer() as server:
-        strict = RedisBackend(server.url, timeout=0.5)
-        lenient = RedisBackend(server.url, timeout=0.5, fallback="local")
-        strict_cache: AsyncCache[int] = AsyncCache(CacheSettings(ttl=5), shared=strict)
-        lenient_cache: AsyncCache[int] = AsyncCache(CacheSettings(ttl=5), shared=lenient)
+async def test_a_down_redis_raises_a_typed_error_or_falls_back_when_asked(
+    own_redis: RedisServer,
+) -> None:
+    server = own_redis  # stopped and started in threads: they wait for the process
+    strict = RedisBackend(server.url, timeout=0.5)
+    lenient = RedisBackend(server.url, timeout=0.5, fallback="local")
+    strict_cache: AsyncCache[int] = AsyncCache(CacheSettings(ttl=5), shared=strict)
+    lenient_cache: AsyncCache[int] = AsyncCache(CacheSettings(ttl=5), shared=lenient)
 
-        async def load() -> int:
-            return 7
+    async def load() -> int:
+        return 7
 
-        try:
-            assert await strict_cache.get_or_load("k", load) == 7
-            server.stop()
-            with pytest.raises(RedisUnavailableError, match=f"127.0.0.1:{server.port}"):
-                await strict_cache.get_or_load("k", load)
-            assert await lenient_cache.get_or_load("k", load) == 7  # loaded in this process
-            server.start()
-            assert await strict_cache.get_or_load("k", load) == 7  # works again, no code change
-        finally:
-            await strict.aclose()
-            await lenient.aclose()
+    try:
+        assert await strict_cache.get_or_load("k", load) == 7
+        await asyncio.to_thread(server.stop)
+        with pytest.raises(RedisUnavailableError, match=f"127.0.0.1:{server.port}"):
+            await strict_cache.get_or_load("k", load)
+        assert await lenient_cache.get_or_load("k", load) == 7  # loaded in this process
+        await asyncio.to_thread(server.start)
+        assert await strict_cache.get_or_load("k", load) == 7  # works again, no code change
+    finally:
+        await strict.aclose()
+        await lenient.aclose()
 
 
 async def test_a_cancelled_loader_frees_the_key(redis_url: str) -> None:
@@ -136,5 +138,7 @@ def test_a_shared_cache_needs_a_ttl() -> None:
         AsyncCache(CacheSettings(ttl=None), shared=shared)
     with pytest.raises(TypeError, match="AsyncCache shared must be a shared store"):
         AsyncCache(CacheSettings(), shared=object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="CacheSettings lock_timeout must be a finite number of seconds > 0, got 0"):
+    with pytest.raises(
+        ValueError, match="CacheSettings lock_timeout must be a finite number of seconds > 0, got 0"
+    ):
         CacheSettings(lock_timeout=0)

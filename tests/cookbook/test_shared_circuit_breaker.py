@@ -32,8 +32,9 @@ async def test_a_circuit_opened_in_one_process_refuses_the_next_call_in_another(
     redis_url: str,
 ) -> None:
     name = f"payments-{uuid.uuid4().hex[:8]}"
-    opener = start_shared_workers(1, "open", redis_url, name, "3")
-    assert worker_summaries(opener) == [3]  # process A: three failures
+    # Starting processes and waiting for them block: in a thread, off the loop.
+    opener = await asyncio.to_thread(start_shared_workers, 1, "open", redis_url, name, "3")
+    assert await asyncio.to_thread(worker_summaries, opener) == [3]  # process A: three failures
     backend = RedisBackend(redis_url)
     here = CircuitBreaker(
         BreakerPolicy(failure_threshold=3, reset_timeout=30), name=name, shared=backend
@@ -76,7 +77,8 @@ async def test_half_open_admits_the_configured_probes_across_all_processes(
     finally:
         await backend.aclose()
     # the workers start well after the 0.5 s open period: the circuit is half-open
-    admitted = worker_summaries(start_shared_workers(4, "probe", redis_url, name, "2", "0.5"))
+    probes = await asyncio.to_thread(start_shared_workers, 4, "probe", redis_url, name, "2", "0.5")
+    admitted = await asyncio.to_thread(worker_summaries, probes)
     assert sum(admitted) == 2, admitted
 
 
@@ -108,25 +110,25 @@ async def test_interrupts_neither_count_nor_hold_a_probe(redis_url: str) -> None
         await backend.aclose()
 
 
-async def test_an_outage_raises_the_typed_error_or_falls_back() -> None:
-    with RedisServer() as server:
-        strict = RedisBackend(server.url, timeout=0.5)
-        lenient = RedisBackend(server.url, timeout=0.5, fallback="local")
-        strict_breaker = CircuitBreaker(name="strict", shared=strict)
-        lenient_breaker = CircuitBreaker(name="lenient", shared=lenient)
-        try:
-            server.stop()
-            with pytest.raises(RedisUnavailableError):
-                async with strict_breaker.guard():
-                    pass
-            async with lenient_breaker.guard():  # this process's own circuit meanwhile
+async def test_an_outage_raises_the_typed_error_or_falls_back(own_redis: RedisServer) -> None:
+    server = own_redis  # stopped and started in threads: they wait for the process
+    strict = RedisBackend(server.url, timeout=0.5)
+    lenient = RedisBackend(server.url, timeout=0.5, fallback="local")
+    strict_breaker = CircuitBreaker(name="strict", shared=strict)
+    lenient_breaker = CircuitBreaker(name="lenient", shared=lenient)
+    try:
+        await asyncio.to_thread(server.stop)
+        with pytest.raises(RedisUnavailableError):
+            async with strict_breaker.guard():
                 pass
-            server.start()
-            async with strict_breaker.guard():  # back, with no code change
-                pass
-        finally:
-            await strict.aclose()
-            await lenient.aclose()
+        async with lenient_breaker.guard():  # this process's own circuit meanwhile
+            pass
+        await asyncio.to_thread(server.start)
+        async with strict_breaker.guard():  # back, with no code change
+            pass
+    finally:
+        await strict.aclose()
+        await lenient.aclose()
 
 
 def test_a_shared_breaker_refuses_sync_use_with_a_message() -> None:
