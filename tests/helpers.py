@@ -150,15 +150,20 @@ _GUARDED_MAIN = (
 
 
 def run_example(
-    module: str, *, timeout: float = 60, env: dict[str, str] | None = None, guard: bool = True
+    module: str,
+    *,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    guard: bool = True,
+    package: str = "act_operator_lib.cookbook",
 ) -> str:
-    """Run ``python -W error -m act_operator_lib.cookbook.<module>``; its stdout (fails on exit != 0).
+    """Run ``python -W error -m <package>.<module>``; its stdout (fails on exit != 0).
 
     With ``guard`` (the default) the example runs under ``langgraph dev``'s blocking-call
     guard, as ``blocking_guard`` sets it up, turned on after the module's imports as in dev;
     ``guard=False`` is for a look at an example's own failure without the guard.
     """
-    target = f"act_operator_lib.cookbook.{module}"
+    target = f"{package}.{module}"
     command = ["-c", _GUARDED_MAIN, target] if guard else ["-m", target]
     return subprocess.run(
         [sys.executable, "-W", "error", *command],
