@@ -369,7 +369,11 @@ class RateLimiter(BaseRateLimiter):
         return True
 
     def try_acquire(self, tokens: int = 1) -> bool:
-        """Take ``tokens`` only if they are free now and nobody is waiting (never blocks)."""
+        """Take ``tokens`` only if they are free now and nobody is waiting (never waits).
+
+        With a shared store this is one synchronous round trip to it: from async code,
+        prefer ``await aacquire(blocking=False)``.
+        """
         self._check_tokens(tokens)
         if self.shared is not None:
             return self._acquire_shared(tokens, blocking=False)
