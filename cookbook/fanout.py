@@ -47,6 +47,7 @@ from act_operator_lib.control import CONTROL_FLOW, is_control_flow
 from act_operator_lib.metrics import current_node, record
 from act_operator_lib.validate import check_choice, check_int, check_number
 
+from .adaptive import AdaptiveLimiter
 from .deadline import current_deadline
 
 __all__ = ["FanoutNode", "FanoutPolicy", "FanoutResult", "ItemError", "bounded_map"]
@@ -59,15 +60,19 @@ R = TypeVar("R")
 class FanoutPolicy:
     """How a fan-out runs its items."""
 
-    limit: int = 10
-    """Most items in flight at once (the number of worker tasks)."""
+    limit: int | AdaptiveLimiter = 10
+    """Most items in flight at once (the number of worker tasks), or an ``AdaptiveLimiter``
+    (``adaptive.py``): then ``max_limit`` workers run each item in one of its slots, so
+    the number in flight follows the dependency's latency and overloads (an item timeout
+    counts as one)."""
     item_timeout: float | None = None
     """Seconds one item may take (``None``: no limit); always clamped to the deadline."""
     on_error: Literal["fail_fast", "collect"] = "fail_fast"
     """``"fail_fast"``: cancel the rest and raise; ``"collect"``: record and go on."""
 
     def __post_init__(self) -> None:
-        check_int("FanoutPolicy", "limit", self.limit, min=1)
+        if not isinstance(self.limit, AdaptiveLimiter):  # its AdaptiveLimit is checked
+            check_int("FanoutPolicy", "limit", self.limit, min=1)
         check_number(
             "FanoutPolicy", "item_timeout", self.item_timeout, gt=0, unit="seconds", allow_none=True
         )
@@ -115,6 +120,14 @@ async def bounded_map(
         deadline = current_deadline()
     fail_fast = policy.on_error == "fail_fast"
     item_timeout = policy.item_timeout
+    limiter = policy.limit if isinstance(policy.limit, AdaptiveLimiter) else None
+
+    async def in_slot(item: T) -> R:
+        # Inside the item's timeout, so the wait for a slot counts against it.
+        assert limiter is not None
+        return await limiter.call(fn, item)
+
+    call = fn if limiter is None else in_slot
     results: list[R | None] = []
     errors: list[ItemError] = []
     # What stopped the fan-out, first first: fail_fast's errors, or LangGraph control flow.
@@ -153,16 +166,19 @@ async def bounded_map(
                 timeout = left if timeout is None else min(timeout, left)
             try:
                 if timeout is None:
-                    results[index] = await fn(item)
+                    results[index] = await call(item)
                     continue
                 limit = asyncio.timeout(timeout)
                 try:
                     async with limit:
-                        results[index] = await fn(item)
+                        results[index] = await call(item)
                 except TimeoutError:
                     if not limit.expired():
                         raise  # fn's own TimeoutError
                     cause = "deadline" if timeout != item_timeout else "item_timeout"
+                    if limiter is not None and cause == "item_timeout":
+                        # The slot saw a cancellation; tell the limiter it was a timeout.
+                        limiter.record_overload(time.monotonic() - timeout)
                     raise TimeoutError(
                         f"fan-out item {index} timed out after {timeout:.3g}s ({cause})"
                     ) from None
@@ -181,7 +197,7 @@ async def bounded_map(
                     raise
                 errors.append(ItemError(index, exc))
 
-    workers = policy.limit
+    workers = policy.limit if isinstance(policy.limit, int) else policy.limit.policy.max_limit
     if isinstance(items, Sized):
         workers = max(1, min(workers, len(items)))
     try:

@@ -73,6 +73,7 @@ from act_operator_lib.validate import (
     check_str,
 )
 
+from .adaptive import AdaptiveLimiter
 from .egress import (
     EgressBlockedError,
     EgressPolicy,
@@ -370,7 +371,7 @@ class HttpClient:
     """The open sessions, one per (event loop, settings), shared by every client with equal
     settings; ``HttpClient.sessions.items()`` lists them (changed: a private dict before)."""
 
-    __slots__ = ("__weakref__", "_guarded", "_prefix", "_recent", "name", "settings")
+    __slots__ = ("__weakref__", "_guarded", "_prefix", "_recent", "limiter", "name", "settings")
 
     def __init__(
         self,
@@ -378,13 +379,19 @@ class HttpClient:
         *,
         name: str = "http",
         resources: Resources | None = None,
+        limiter: AdaptiveLimiter | None = None,
     ) -> None:
         if settings is not None and not isinstance(settings, HttpSettings):
             raise TypeError(
                 f"HttpClient settings must be HttpSettings, got {type(settings).__name__}"
             )
+        check_instance("HttpClient", "limiter", limiter, AdaptiveLimiter, allow_none=True)
         self.settings = settings or HttpSettings()
         self.name = name
+        self.limiter = limiter
+        """An adaptive concurrency limit every attempt of this client holds a slot of
+        (``adaptive.py``), or ``None``. New: each attempt's outcome (a 429/503, a timeout,
+        its latency) tunes it; a ``Retry-After`` wait holds no slot."""
         # The last session used: skips hashing the registry key on every request.
         self._recent: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
         self._guarded: HttpClient | None = None
@@ -465,7 +472,7 @@ class HttpClient:
             base = self.settings.base_url
             policy = EgressPolicy() if base is None else EgressPolicy.only(base)
             settings = replace(self.settings, egress=policy)
-            self._guarded = HttpClient(settings, name=self.name)
+            self._guarded = HttpClient(settings, name=self.name, limiter=self.limiter)
         return self._guarded
 
     def client_timeout(
@@ -539,7 +546,8 @@ class HttpClient:
                 # One CLIENT span per attempt, a child of the node's span (free when off).
                 with tracing.client_span(_describe_request, method, target):
                     # Asked each attempt: a close() while waiting out Retry-After means a new one.
-                    return await self._send(
+                    send = self._send if self.limiter is None else self._send_in_slot
+                    return await send(
                         self.session(),
                         method,
                         target,
@@ -573,6 +581,11 @@ class HttpClient:
                     f"{method} {safe_url(_with_params(target, params))}: {exc}"
                 ) from exc
         raise AssertionError("unreachable")
+
+    async def _send_in_slot(self, *args: Any) -> Any:
+        """``_send`` holding one slot of the client's adaptive limiter."""
+        assert self.limiter is not None
+        return await self.limiter.call(self._send, *args)
 
     async def _follow(
         self,

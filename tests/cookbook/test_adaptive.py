@@ -84,6 +84,8 @@ def graph_calling(limiter: AdaptiveLimiter, call: Any) -> Any:
         ({"backoff": "half"}, TypeError, "AdaptiveLimit backoff must be a finite number"),
         ({"baseline_window": math.inf}, ValueError, "baseline_window must be a finite number"),
         ({"baseline_window": 0}, ValueError, "number of seconds > 0, got 0"),
+        ({"tolerance": 1}, ValueError, "AdaptiveLimit tolerance must be a finite number > 1"),
+        ({"tolerance": math.inf}, ValueError, "AdaptiveLimit tolerance must be a finite number"),
     ],
 )
 def test_invalid_limits_are_refused_at_construction(
@@ -306,4 +308,67 @@ async def test_a_timeout_around_the_slot_is_reported_as_one_overload() -> None:
     await asyncio.gather(*(timed_out(i) for i in range(10)))
 
     assert limiter.limit == 18  # ten timeouts of one window: one decrease
+    assert limiter.in_flight == 0
+
+
+class Mapped(TypedDict, total=False):
+    items: list[int]
+    results: list[Any]
+    errors: list[dict[str, Any]]
+
+
+async def test_a_fanout_node_whose_limit_is_adaptive_stays_within_it() -> None:
+    from act_operator_lib.cookbook.fanout import FanoutNode, FanoutPolicy
+
+    limiter = AdaptiveLimiter(AdaptiveLimit(initial_limit=4, max_limit=12), name="fanout")
+    dependency = Dependency(capacity=1000, delay=0.01)
+    peaks: list[tuple[int, int]] = []
+
+    async def item(n: int) -> int:
+        peaks.append((dependency.active + 1, limiter.limit))
+        if n == 150:
+            raise HTTPStatusError(429, "GET", "http://api/")
+        return await dependency(n)
+
+    builder = StateGraph(Mapped)
+    builder.add_node(FanoutNode(item, FanoutPolicy(limit=limiter, on_error="collect")))
+    builder.add_edge(START, "FanoutNode")
+    graph = builder.compile()
+
+    out = await graph.ainvoke({"items": list(range(300))})
+
+    assert out["results"][:3] == [0, 1, 2]
+    assert [e["index"] for e in out["errors"]] == [150]
+    assert all(active <= 12 for active, _ in peaks)  # never above max_limit
+    assert max(limit for _, limit in peaks) > 4  # it grew while latency was flat
+    assert limiter.in_flight == 0
+
+
+async def test_a_fanout_item_timeout_is_an_overload_signal() -> None:
+    from act_operator_lib.cookbook.fanout import FanoutPolicy, bounded_map
+
+    limiter = AdaptiveLimiter(AdaptiveLimit(initial_limit=10), name="fanout-timeouts")
+    policy = FanoutPolicy(limit=limiter, item_timeout=0.05, on_error="collect")
+
+    outcome = await bounded_map(asyncio.sleep, [10] * 10, policy)
+
+    assert len(outcome.errors) == 10
+    assert limiter.limit == 9  # ten timeouts of one window: one decrease
+    assert limiter.in_flight == 0
+
+
+async def test_an_http_client_limiter_learns_from_every_attempt(
+    http_server: HttpTestServer,
+) -> None:
+    limiter = AdaptiveLimiter(AdaptiveLimit(initial_limit=50), name="client")
+    http = HttpClient(HttpSettings(base_url=http_server.url, max_attempts=3), limiter=limiter)
+    try:
+        # Two 429s (Retry-After: 0.01 s), then an answer: each attempt is a signal, and the
+        # second attempt began after the first decrease, so it decreases again.
+        answer = await http.get_json("/retry-after?fails=2&after=0.01&key=adaptive")
+    finally:
+        await http.aclose()
+
+    assert answer["calls"] == 3
+    assert limiter.limit == 40  # 50 * 0.9 * 0.9 = 40.5
     assert limiter.in_flight == 0
