@@ -46,7 +46,7 @@ import asyncio
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -55,6 +55,8 @@ from langchain_core.embeddings import Embeddings
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
 from act_operator_lib.validate import check_int, check_number
+
+from .resources import PerLoop
 
 __all__ = ["BatchLoader", "BatchLookupNode", "BatchPolicy", "EmbedNode", "embedding_loader"]
 
@@ -86,29 +88,56 @@ class BatchPolicy:
 
 
 class _Batch:
-    """One batch: its keys, each with the futures of the callers waiting for it."""
+    """One batch: each key with the future of its first caller (and of any later ones)."""
 
-    __slots__ = ("callers", "due", "opened", "slots", "task", "timer")
+    __slots__ = ("callers", "due", "futures", "more", "opened", "task", "timer")
 
     def __init__(self, opened: float) -> None:
-        self.slots: dict[Hashable, list[asyncio.Future[Any]]] = {}
+        # Most keys have one caller: its future alone, no list per key.
+        self.futures: dict[Hashable, asyncio.Future[Any]] = {}
+        self.more: dict[Hashable, list[asyncio.Future[Any]]] | None = None  # duplicates
         self.callers = 0  # futures not yet resolved nor abandoned
         self.opened = opened
         self.due = False  # max_delay has passed; sent as soon as a slot is free
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None  # set once sent
 
+    def pending(self) -> Iterator[asyncio.Future[Any]]:
+        """Every caller's future, answered or not."""
+        yield from self.futures.values()
+        if self.more:
+            for extra in self.more.values():
+                yield from extra
+
+    def remove(self, key: Hashable, future: asyncio.Future[Any]) -> None:
+        """Take ``future`` out of an unsent batch; its key goes if nobody else wants it."""
+        more = self.more.get(key) if self.more else None
+        if self.futures.get(key) is future:
+            if more:
+                self.futures[key] = more.pop(0)
+            else:
+                del self.futures[key]
+        elif more and future in more:
+            more.remove(future)
+        if more is not None and not more:
+            del self.more[key]  # type: ignore[union-attr]
+
 
 class _Window:
     """A loader's state on one event loop: the open batch, full batches waiting for a
     slot, batches running. Batches never mix callers of different loops."""
 
-    __slots__ = ("open", "ready", "running")
+    __slots__ = ("loop", "open", "ready", "running")
 
     def __init__(self) -> None:
+        # Weak: the loader's shortcut to its latest window must not keep a finished loop.
+        self.loop = weakref.ref(asyncio.get_running_loop())
         self.open: _Batch | None = None
         self.ready: deque[_Batch] = deque()  # full, waiting for one of max_in_flight
         self.running: set[_Batch] = set()
+
+
+_MISSING: Any = object()
 
 
 class BatchLoader(Generic[K, V]):
@@ -119,11 +148,22 @@ class BatchLoader(Generic[K, V]):
         some = await loader.load_many(["b", "a", "c"])     # in this order; "a" loaded once
 
     One loader serves every node and run on a loop (and keeps a separate window per loop
-    when several loops use it). ``batch_fn`` runs in a task of its own, in the context of
-    the caller that opened the batch.
+    when several loops use it; a loop's window is dropped when that loop shuts down).
+    ``batch_fn`` runs in a task of its own, in the context of the caller that opened the
+    batch. Per ``load`` the loader allocates one future (and the ``load`` coroutine), the
+    same work as aiodataloader's one future per load.
     """
 
-    __slots__ = ("__weakref__", "_delay", "_recent", "_windows", "batch_fn", "name", "policy")
+    __slots__ = (
+        "__weakref__",
+        "_delay",
+        "_max_batch",
+        "_recent",
+        "_windows",
+        "batch_fn",
+        "name",
+        "policy",
+    )
 
     def __init__(
         self,
@@ -147,14 +187,15 @@ class BatchLoader(Generic[K, V]):
         self.policy = policy
         self.name = name
         """The name metrics use."""
-        self._windows: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Window] = (
-            weakref.WeakKeyDictionary()
-        )
+        # One window per loop, forgotten when the loop shuts down: a WeakKeyDictionary keyed
+        # by loop would keep a loop alive through a window whose batches reference it.
+        self._windows: PerLoop[_Window] = PerLoop()
+        self._max_batch = policy.max_batch
         # Event-loop timers fire up to a millisecond late (epoll's resolution): aim that
         # much early so that a lone caller's wait stays within max_delay.
         self._delay = max(0.0, policy.max_delay - 0.001)
-        # The last loop used and its window: skips the dictionary on the common path.
-        self._recent: tuple[asyncio.AbstractEventLoop, _Window] | None = None
+        # The latest window: skips the registry on the common path (its loop held weakly).
+        self._recent: _Window | None = None
 
     def __repr__(self) -> str:
         p = self.policy
@@ -163,21 +204,26 @@ class BatchLoader(Generic[K, V]):
             f" max_delay={p.max_delay}, max_in_flight={p.max_in_flight})"
         )
 
-    def _window(self) -> _Window:
-        loop = asyncio.get_running_loop()
-        recent = self._recent
-        if recent is not None and recent[0] is loop:
-            return recent[1]
-        window = self._windows.get(loop)
-        if window is None:
-            window = self._windows[loop] = _Window()
-        self._recent = (loop, window)
+    def _window(self, loop: asyncio.AbstractEventLoop) -> _Window:
+        window = self._recent
+        if window is None or window.loop() is not loop:
+            window = self._recent = self._windows.get(_Window)
         return window
 
     async def load(self, key: K) -> V:
         """The value ``batch_fn`` gives for ``key``, loaded in a batch with other callers'."""
-        window = self._window()
-        batch, future = self._join(window, key)
+        loop = asyncio.get_running_loop()
+        window = self._window(loop)
+        batch = window.open
+        if batch is None:
+            batch = self._open(window, loop)
+        future = loop.create_future()
+        futures = batch.futures
+        if futures.setdefault(key, future) is not future:
+            self._join_again(batch, key, future)
+        batch.callers += 1
+        if len(futures) >= self._max_batch:
+            self._seal(window, batch, "full")
         try:
             value: V = await future
         except asyncio.CancelledError:
@@ -188,12 +234,21 @@ class BatchLoader(Generic[K, V]):
     async def load_many(self, keys: Iterable[K]) -> list[V]:
         """``load`` for each key, results in the order given; the first failing key's error
         (in that order) is raised once every key has an answer."""
-        window = self._window()
+        loop = asyncio.get_running_loop()
+        window = self._window(loop)
         joined: list[tuple[_Batch, K, asyncio.Future[Any]]] = []
         try:
             for key in keys:
-                batch, future = self._join(window, key)
+                batch = window.open
+                if batch is None:
+                    batch = self._open(window, loop)
+                future = loop.create_future()
+                if batch.futures.setdefault(key, future) is not future:
+                    self._join_again(batch, key, future)
+                batch.callers += 1
                 joined.append((batch, key, future))
+                if len(batch.futures) >= self._max_batch:
+                    self._seal(window, batch, "full")
             results: list[V] = []
             failure: BaseException | None = None
             for _, _, future in joined:
@@ -211,24 +266,17 @@ class BatchLoader(Generic[K, V]):
 
     # -- joining and leaving a batch (no await between a check and its update) --------
 
-    def _join(self, window: _Window, key: K) -> tuple[_Batch, asyncio.Future[Any]]:
-        """Add a caller for ``key`` to the open batch (opening one if needed)."""
-        loop = asyncio.get_running_loop()
-        batch = window.open
-        if batch is None:
-            batch = window.open = _Batch(loop.time())
-            batch.timer = loop.call_at(batch.opened + self._delay, self._on_due, window, batch)
-        slots = batch.slots.get(key)
-        if slots is None:
-            slots = batch.slots[key] = []
-        else:
-            record("batch_joins", name=self.name)  # a duplicate key: loaded once
-        future: asyncio.Future[Any] = loop.create_future()
-        slots.append(future)
-        batch.callers += 1
-        if len(batch.slots) >= self.policy.max_batch:
-            self._seal(window, batch, "full")
-        return batch, future
+    def _open(self, window: _Window, loop: asyncio.AbstractEventLoop) -> _Batch:
+        batch = window.open = _Batch(loop.time())
+        batch.timer = loop.call_at(batch.opened + self._delay, self._on_due, window, batch)
+        return batch
+
+    def _join_again(self, batch: _Batch, key: Hashable, future: asyncio.Future[Any]) -> None:
+        """A key already in the batch: this caller waits for the same answer."""
+        if batch.more is None:
+            batch.more = {}
+        batch.more.setdefault(key, []).append(future)
+        record("batch_joins", name=self.name)  # a duplicate key: loaded once
 
     async def _leave(
         self, window: _Window, batch: _Batch, key: K, future: asyncio.Future[Any]
@@ -241,17 +289,13 @@ class BatchLoader(Generic[K, V]):
         future.cancel()
         batch.callers -= 1
         if batch.task is None:  # not sent yet: the key goes if nobody else wants it
-            slots = batch.slots.get(key)
-            if slots is not None and future in slots:
-                slots.remove(future)
-                if not slots:
-                    del batch.slots[key]
-                if not batch.slots:
-                    if window.open is batch:
-                        window.open = None
-                    if batch.timer is not None:
-                        batch.timer.cancel()
-                        batch.timer = None
+            batch.remove(key, future)
+            if not batch.futures:
+                if window.open is batch:
+                    window.open = None
+                if batch.timer is not None:
+                    batch.timer.cancel()
+                    batch.timer = None
             return  # an empty batch waiting in `ready` is skipped when its turn comes
         task = batch.task
         if batch.callers == 0 and not task.done():
@@ -286,74 +330,78 @@ class BatchLoader(Generic[K, V]):
         loop = asyncio.get_running_loop()
         record("batch_in_flight", 1, name=self.name)
         record("batch_calls", name=self.name, trigger=trigger)
-        record("batch_keys", len(batch.slots), name=self.name)
+        record("batch_keys", len(batch.futures), name=self.name)
         record("batch_fill_seconds", loop.time() - batch.opened, name=self.name)
         batch.task = loop.create_task(self._run(window, batch))
 
     async def _run(self, window: _Window, batch: _Batch) -> None:
-        keys: list[Any] = list(batch.slots)
+        keys: list[Any] = list(batch.futures)
         try:
             try:
                 results = await self.batch_fn(keys)
             except asyncio.CancelledError:
-                for slots in batch.slots.values():
-                    for future in slots:
-                        future.cancel()
+                for future in batch.pending():
+                    future.cancel()
                 raise
             except Exception as error:
                 record("batch_errors", name=self.name)
                 self._answer_all(batch, error)
                 return
             try:
-                answers = self._answers(keys, results)
+                self._answer(batch, keys, results)
             except Exception as error:
                 self._answer_all(batch, error)
-                return
-            for key, answer in zip(keys, answers, strict=True):
-                for future in batch.slots[key]:
-                    if future.done():
-                        continue
-                    if isinstance(answer, Exception):
-                        future.set_exception(answer)
-                    else:
-                        future.set_result(answer)
         finally:
             self._finished(window, batch)
 
-    def _answers(self, keys: list[Any], results: Any) -> list[Any]:
+    def _answer(self, batch: _Batch, keys: list[Any], results: Any) -> None:
+        """Hand each caller its key's answer, in one pass over the batch's futures."""
         if isinstance(results, Mapping):
-            missing = KeyError
-            return [
-                results[key]
-                if key in results
-                else missing(f"BatchLoader {self.name!r}: batch_fn returned no result for {key!r}")
-                for key in keys
-            ]
-        if not isinstance(results, Sequence) or isinstance(results, str | bytes):
+            answers: Iterable[Any] = [results.get(key, _MISSING) for key in keys]
+        elif not isinstance(results, Sequence) or isinstance(results, str | bytes):
             raise TypeError(
                 f"BatchLoader {self.name!r}: batch_fn must return a sequence aligned with"
                 f" its keys or a mapping by key, got {type(results).__name__}"
             )
-        if len(results) != len(keys):
+        elif len(results) != len(keys):
             raise ValueError(
                 f"BatchLoader {self.name!r}: batch_fn returned {len(results)} results"
                 f" for {len(keys)} keys"
             )
-        return list(results)
+        else:
+            answers = results
+        more = batch.more
+        for key, future, answer in zip(keys, batch.futures.values(), answers, strict=True):
+            if answer is _MISSING:
+                answer = KeyError(
+                    f"BatchLoader {self.name!r}: batch_fn returned no result for {key!r}"
+                )
+            if more and key in more:
+                for extra in more[key]:
+                    self._settle(extra, answer)
+            self._settle(future, answer)
+
+    @staticmethod
+    def _settle(future: asyncio.Future[Any], answer: Any) -> None:
+        if future.done():  # its caller left
+            return
+        if isinstance(answer, Exception):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)
 
     @staticmethod
     def _answer_all(batch: _Batch, error: Exception) -> None:
-        for slots in batch.slots.values():
-            for future in slots:
-                if not future.done():
-                    future.set_exception(error)
+        for future in batch.pending():
+            if not future.done():
+                future.set_exception(error)
 
     def _finished(self, window: _Window, batch: _Batch) -> None:
         window.running.discard(batch)
         record("batch_in_flight", -1, name=self.name)
         while window.ready and len(window.running) < self.policy.max_in_flight:
             waiting = window.ready.popleft()
-            if waiting.slots:  # its callers may all have left meanwhile
+            if waiting.futures:  # its callers may all have left meanwhile
                 self._start(window, waiting, "full")
         collecting = window.open
         if (

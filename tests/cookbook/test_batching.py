@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
+import weakref
 from typing import Any, TypedDict
 
 import pytest
@@ -324,6 +326,22 @@ def test_one_loader_serves_successive_event_loops() -> None:
     assert asyncio.run(burst(0)) == [0, 1, 2, 3, 4]
     assert asyncio.run(burst(10)) == [10, 11, 12, 13, 14]
     assert sorted(map(sorted, users.batches)) == [[0, 1, 2, 3, 4], [10, 11, 12, 13, 14]]
+
+
+def test_a_finished_event_loop_is_not_kept_alive_by_the_loader() -> None:
+    users = Users(delay=0)
+    loader = BatchLoader(users, BatchPolicy(max_delay=0.01))
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def lookup(key: int) -> Any:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return await loader.load(key)
+
+    assert asyncio.run(lookup(1)) == {"id": 1}
+    gc.collect()
+    assert loops[0]() is None  # the loop that finished is freed
+    assert asyncio.run(lookup(2)) == {"id": 2}  # and a new loop gets a window of its own
+    assert users.batches == [[1], [2]]
 
 
 class CountingEmbeddings(Embeddings):
