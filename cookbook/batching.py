@@ -205,6 +205,7 @@ class BatchLoader(Generic[K, V]):
         )
 
     def _window(self, loop: asyncio.AbstractEventLoop) -> _Window:
+        """This loop's window (``load`` checks the latest one inline first)."""
         window = self._recent
         if window is None or window.loop() is not loop:
             window = self._recent = self._windows.get(_Window)
@@ -213,7 +214,9 @@ class BatchLoader(Generic[K, V]):
     async def load(self, key: K) -> V:
         """The value ``batch_fn`` gives for ``key``, loaded in a batch with other callers'."""
         loop = asyncio.get_running_loop()
-        window = self._window(loop)
+        window = self._recent
+        if window is None or window.loop() is not loop:
+            window = self._window(loop)
         batch = window.open
         if batch is None:
             batch = self._open(window, loop)
@@ -370,25 +373,31 @@ class BatchLoader(Generic[K, V]):
             )
         else:
             answers = results
-        more = batch.more
         for key, future, answer in zip(keys, batch.futures.values(), answers, strict=True):
+            if future.done():  # its caller left
+                continue
             if answer is _MISSING:
-                answer = KeyError(
-                    f"BatchLoader {self.name!r}: batch_fn returned no result for {key!r}"
-                )
-            if more and key in more:
-                for extra in more[key]:
-                    self._settle(extra, answer)
-            self._settle(future, answer)
+                answer = self._missing(key)
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+        if batch.more:  # keys asked for more than once: their other callers
+            by_key = dict(zip(keys, answers, strict=True))
+            for key, extra in batch.more.items():
+                answer = by_key[key]
+                if answer is _MISSING:
+                    answer = self._missing(key)
+                for future in extra:
+                    if future.done():
+                        continue
+                    if isinstance(answer, Exception):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
 
-    @staticmethod
-    def _settle(future: asyncio.Future[Any], answer: Any) -> None:
-        if future.done():  # its caller left
-            return
-        if isinstance(answer, Exception):
-            future.set_exception(answer)
-        else:
-            future.set_result(answer)
+    def _missing(self, key: Any) -> KeyError:
+        return KeyError(f"BatchLoader {self.name!r}: batch_fn returned no result for {key!r}")
 
     @staticmethod
     def _answer_all(batch: _Batch, error: Exception) -> None:
