@@ -276,6 +276,24 @@ async def test_a_key_whose_callers_left_before_sending_is_not_loaded() -> None:
     assert users.batches == [[2]]
 
 
+async def test_a_duplicate_key_stays_while_one_of_its_callers_waits() -> None:
+    users = Users()
+    loader = BatchLoader(users, BatchPolicy(max_delay=0.2))
+
+    first = asyncio.create_task(loader.load(1))  # the key's first caller leaves
+    second = asyncio.create_task(loader.load(1))
+    third = asyncio.create_task(loader.load(1))
+    other = asyncio.create_task(loader.load(2))  # both of this key's callers leave
+    again = asyncio.create_task(loader.load(2))
+    await asyncio.sleep(0.01)  # all joined the open window
+    for task in (first, third, other, again):
+        task.cancel()
+    await asyncio.gather(first, third, other, again, return_exceptions=True)
+
+    assert await second == {"id": 1}
+    assert users.batches == [[1]]
+
+
 async def test_batches_in_flight_are_bounded_and_full_batches_wait_their_turn() -> None:
     users = Users(delay=0.01)
     users.gate = asyncio.Event()
