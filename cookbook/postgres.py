@@ -131,6 +131,18 @@ def _is_closed(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
         return True  # a pool's proxy, detached because its connection closed
 
 
+def _free_now(pool: asyncpg.Pool) -> bool:
+    """Whether ``pool.acquire()`` would find a connection without waiting for one back.
+
+    asyncpg keeps its free connections in a queue; its size is O(1) where the public
+    ``get_idle_size()`` walks every connection (about 3 µs a query at 20 connections).
+    """
+    queue = getattr(pool, "_queue", None)
+    if queue is None:  # another asyncpg layout: the public, slower count
+        return bool(pool.get_idle_size())
+    return bool(queue.qsize())
+
+
 def _drop(conn: asyncpg.pool.PoolConnectionProxy) -> None:
     """Close ``conn`` at once unless it is closed already."""
     if not _is_closed(conn):
@@ -464,13 +476,18 @@ class PostgresPool:
         if lent >= self.settings.max_size:
             record("pool_waits", 1.0, name=self.name)
         try:
-            if pool.get_idle_size():
-                # An idle connection is taken without waiting (asyncio is single-threaded
+            if _free_now(pool):
+                # A free connection is taken without waiting (asyncio is single-threaded
                 # until the acquire's first suspension), so the timer is not needed.
                 idle = await pool.acquire()
                 return idle
-        except BaseException:
+        except BaseException as exc:
             _unlend(shared)
+            if isinstance(exc, _CONNECT_ERRORS):  # a free slot whose connection is opened now
+                raise ConnectionLostError(
+                    f"{self.name}: cannot reach {redact_dsn(dsn)} (nothing was sent):"
+                    f" {type(exc).__name__}: {_redacted(exc, dsn)}"
+                ) from None
             raise
         # Otherwise the wait is bounded whoever holds the connections (a caller of pool()
         # too). asyncio.timeout rather than acquire(timeout=), which costs a task per call.
