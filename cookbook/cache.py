@@ -88,8 +88,9 @@ class CacheSettings:
 class SharedCacheStore(Protocol):
     """What the cache needs from a store shared by processes (``RedisBackend`` has it)."""
 
-    fallback: str
     url: str
+
+    def use_local(self, error: ConnectionError, user: str) -> bool: ...
 
     def key(self, kind: str, name: str) -> str: ...
     async def cache_get(self, key: str) -> bytes | None: ...
@@ -304,14 +305,8 @@ class AsyncCache(Generic[V]):
         try:
             found, token = await self._find_or_lock(shared, shared_key)
         except ConnectionError as error:
-            if shared.fallback != "local":
+            if not shared.use_local(error, f"cache {self.settings.name!r}"):
                 raise
-            logger.warning(
-                "cache %r: shared store %s unavailable, loading in this process: %s",
-                self.settings.name,
-                shared.url,
-                error,
-            )
             return await load()
         if token is None:
             return found  # type: ignore[no-any-return]

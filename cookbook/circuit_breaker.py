@@ -158,8 +158,9 @@ class BreakerPolicy:
 class SharedCircuitStore(Protocol):
     """What a breaker shared by processes needs from its store (``RedisBackend`` has it)."""
 
-    fallback: str
     url: str
+
+    def use_local(self, error: ConnectionError, user: str) -> bool: ...
 
     async def breaker_before(
         self, name: str, *, reset_timeout: float, half_open_probes: int, probe_timeout: float
@@ -323,10 +324,8 @@ class CircuitBreaker:
         Cancellation and LangGraph control flow (``GraphBubbleUp``) count as nothing.
         """
         generation, probe_deadline = ticket
-        # Neither the dependency's fault nor its answer: the caller stopped waiting, or
-        # LangGraph paused or redirected the run.
-        neutral = error is not None and (not isinstance(error, Exception) or is_control_flow(error))
-        failed = error is not None and not neutral and self.policy.is_failure(error)
+        outcome = self._outcome(error)
+        neutral, failed = outcome == "neutral", outcome == "failure"
         with self._lock:
             if generation != self._generation:
                 return  # admitted under an older state: what it says is out of date
@@ -352,6 +351,9 @@ class CircuitBreaker:
             )
 
     def _outcome(self, error: BaseException | None) -> Literal["success", "failure", "neutral"]:
+        """How a call that ended with ``error`` counts. Neutral: neither the dependency's
+        fault nor its answer (the caller stopped waiting, or LangGraph paused or redirected
+        the run)."""
         if error is None:
             return "success"
         if not isinstance(error, Exception) or is_control_flow(error):
@@ -360,29 +362,24 @@ class CircuitBreaker:
 
     def _use_local(self, error: ConnectionError) -> bool:
         """Whether an unavailable shared store falls back to this process's own circuit."""
-        # A shared store raises ConnectionError (RedisUnavailableError) only when it is down.
-        shared = self.shared
-        if shared is None or shared.fallback != "local":
-            return False
-        logger.warning(
-            "circuit breaker %r: shared store %s unavailable, using this process's circuit: %s",
-            self.name,
-            shared.url,
-            error,
+        return self.shared is not None and self.shared.use_local(
+            error, f"circuit breaker {self.name!r}"
         )
-        return True
 
     def _probe_timed_out(self, ticket: tuple[int, float | None]) -> TimeoutError:
         """Count a probe cut off at its deadline as a failure; the error to raise."""
-        error = TimeoutError(
-            f"probe of circuit {self.name!r} took longer than {self.policy.probe_timeout:g}s"
-            " (probe_timeout); counted as a failure"
-        )
+        error = self._probe_timeout_error()
         generation, probe_deadline = ticket
         with self._lock:
             if generation == self._generation and probe_deadline is not None:
                 self._move("open", self._clock())
         return error
+
+    def _probe_timeout_error(self) -> TimeoutError:
+        return TimeoutError(
+            f"probe of circuit {self.name!r} took longer than {self.policy.probe_timeout:g}s"
+            " (probe_timeout); counted as a failure"
+        )
 
     def _probe_limit(self, ticket: tuple[int, float | None]) -> asyncio.Timeout | None:
         """The timeout bounding a probe (``None`` for an ordinary call)."""
@@ -512,10 +509,7 @@ class _Guard:
                 await self._limit.__aexit__(type(exc) if exc else None, exc, tb)
             except TimeoutError as error:  # the probe ran out of time: a failure
                 outcome = "failure"
-                timed_out = TimeoutError(
-                    f"probe of circuit {breaker.name!r} took longer than"
-                    f" {breaker.policy.probe_timeout:g}s (probe_timeout); counted as a failure"
-                )
+                timed_out = breaker._probe_timeout_error()
                 timed_out.__cause__ = error
         policy = breaker.policy
         try:

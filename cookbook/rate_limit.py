@@ -136,8 +136,9 @@ class _TokenBucket:
 class SharedBucketStore(Protocol):
     """What a limiter shared by processes needs from its store (``RedisBackend`` has it)."""
 
-    fallback: str
     url: str
+
+    def use_local(self, error: ConnectionError, user: str) -> bool: ...
 
     async def reserve(
         self, name: str, *, rate: float, capacity: int, tokens: int, blocking: bool
@@ -471,17 +472,9 @@ class RateLimiter(BaseRateLimiter):
 
     def _use_local(self, error: ConnectionError) -> bool:
         """Whether an unavailable shared store falls back to this process's own bucket."""
-        # A shared store raises ConnectionError (RedisUnavailableError) only when it is down.
-        shared = self.shared
-        if shared is None or shared.fallback != "local":
-            return False
-        logger.warning(
-            "rate limiter %r: shared store %s unavailable, using this process's budget: %s",
-            self.name,
-            shared.url,
-            error,
+        return self.shared is not None and self.shared.use_local(
+            error, f"rate limiter {self.name!r}"
         )
-        return True
 
     def _local(self) -> RateLimiter:
         """The in-process limiter a shared one falls back to."""

@@ -325,6 +325,16 @@ class RedisBackend:
     def __repr__(self) -> str:
         return f"RedisBackend({self.url!r}, prefix={self.prefix!r}, fallback={self.fallback!r})"
 
+    def use_local(self, error: ConnectionError, user: str) -> bool:
+        """Whether ``user`` (a recipe's limiter, circuit or cache) should fall back to its
+        in-process state after ``error``; logs the warning when it does."""
+        if self.fallback != "local":
+            return False
+        logger.warning(
+            "%s: Redis at %s unavailable, using this process's own state: %s", user, self.url, error
+        )
+        return True
+
     def key(self, kind: str, name: str) -> str:
         """The Redis key of ``name`` for one recipe ``kind`` (all under ``prefix``)."""
         return f"{self.prefix}{kind}:{name}"
