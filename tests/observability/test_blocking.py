@@ -96,9 +96,11 @@ async def test_cpu_bound_function_node_is_attributed_by_graph_name() -> None:
         raise AssertionError("only the async version runs under ainvoke")
 
     async def acrunch(state: State) -> dict[str, Any]:
-        end = time.perf_counter() + 0.15
+        # 0.15 s of this thread's CPU time, not of the wall clock: a process starved of CPU
+        # still holds the loop long enough for the watchdog to get scheduled and look.
+        end = time.thread_time() + 0.15
         total = 0
-        while time.perf_counter() < end:  # heavy CPU, no I/O call to intercept
+        while time.thread_time() < end:  # heavy CPU, no I/O call to intercept
             total += 1
         return {"seen": [f"crunched {total > 0}"]}
 
