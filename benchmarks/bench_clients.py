@@ -53,8 +53,10 @@ from tests.pg_server import PostgresServer  # noqa: E402
 HTTP_REQUESTS, HTTP_CONCURRENCY = 2000, 50
 PG_QUERIES, PG_CONCURRENCY = 2000, 20
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
-# Pooled vs bare library: ~0.3 s blocks and a ratio near 1, so more rounds to beat the noise.
-FAST_ROUNDS = 3 * ROUNDS
+# Pooled vs bare library, a ratio near 1: many short blocks (500 calls, ~40 ms) side by
+# side, so that the machine's drift touches both sides of a pair alike.
+FAST_ROUNDS = 10 * ROUNDS
+FAST_BLOCK = 500
 LOOP = os.environ.get("BENCH_LOOP", "asyncio")  # or "uvloop"
 
 
@@ -64,10 +66,13 @@ async def compare(
     sizes: tuple[int, int],
     concurrency: int,
     rounds: int = ROUNDS,
+    settle: float = 0.2,
 ) -> tuple[float, float, float]:
     """Median pooled/other throughput ratio over ``rounds`` paired rounds, and median rates.
 
     The pair runs A-B, then B-A, ... so neither always goes first or follows the other.
+    ``settle``: seconds to wait before each block, for the previous block's closed
+    connections (none when both sides keep their connections open).
     """
     for call in (pooled, other):  # warm up: connections, imports, caches
         await throughput(call, 100, concurrency)
@@ -76,8 +81,8 @@ async def compare(
     for round_index in range(rounds):
         pair = [(0, pooled), (1, other)]
         for which, call in pair if round_index % 2 == 0 else reversed(pair):
-            await asyncio.sleep(0.2)  # let the previous block's closed connections settle
-            gc.collect()  # and its garbage not be collected during the next block
+            await asyncio.sleep(settle)
+            gc.collect()  # the previous block's garbage is not collected during the next
             rates[which].append(await throughput(call, sizes[which], concurrency))
         ratios.append(rates[0][-1] / rates[1][-1])
     return statistics.median(ratios), statistics.median(rates[0]), statistics.median(rates[1])
@@ -146,13 +151,13 @@ async def bench_http(base: str) -> dict[str, float]:
     def unguarded_call(_: int) -> Awaitable[Any]:
         return unguarded({"url": url})
 
-    size = (HTTP_REQUESTS, HTTP_REQUESTS)
+    size, fast = (HTTP_REQUESTS, HTTP_REQUESTS), (FAST_BLOCK, FAST_BLOCK)
     vs_raw, pooled_rps, raw_rps = await compare(
-        pooled_call, raw, size, HTTP_CONCURRENCY, FAST_ROUNDS
+        pooled_call, raw, fast, HTTP_CONCURRENCY, FAST_ROUNDS, settle=0
     )
     vs_naive, _, naive_rps = await compare(pooled_call, per_request, size, HTTP_CONCURRENCY)
     vs_unguarded, _, unguarded_rps = await compare(
-        pooled_call, unguarded_call, size, HTTP_CONCURRENCY, FAST_ROUNDS
+        pooled_call, unguarded_call, fast, HTTP_CONCURRENCY, FAST_ROUNDS, settle=0
     )
     await raw_session.close()
     await pooled.client.aclose()
@@ -185,7 +190,7 @@ async def bench_pg(dsn: str) -> dict[str, float]:
         return naive({"n": i})
 
     vs_raw, pooled_qps, raw_qps = await compare(
-        pooled_call, raw, (PG_QUERIES, PG_QUERIES), PG_CONCURRENCY, FAST_ROUNDS
+        pooled_call, raw, (FAST_BLOCK, FAST_BLOCK), PG_CONCURRENCY, FAST_ROUNDS, settle=0
     )
     # connect-per-query is ~30x slower: PG_QUERIES / ROUNDS per round keeps the run short
     # and still makes PG_QUERIES connect-per-query SELECTs in all.
@@ -229,7 +234,7 @@ def main() -> None:
         pg_rates = run(bench_pg(pg.dsn))
     for key, value in {**http, **pg_rates}.items():
         print(f"{key}={value:.0f}" if key.endswith("ps") else f"{key}={value:.2f}")
-    print(f"rounds={ROUNDS} fast_rounds={FAST_ROUNDS}")
+    print(f"rounds={ROUNDS} fast_rounds={FAST_ROUNDS} fast_block={FAST_BLOCK}")
     print(f"loop={LOOP}")
     print(f"bench_seconds={time.perf_counter() - started:.1f}")
 

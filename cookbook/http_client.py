@@ -371,7 +371,16 @@ class HttpClient:
     """The open sessions, one per (event loop, settings), shared by every client with equal
     settings; ``HttpClient.sessions.items()`` lists them (changed: a private dict before)."""
 
-    __slots__ = ("__weakref__", "_guarded", "_prefix", "_recent", "limiter", "name", "settings")
+    __slots__ = (
+        "__weakref__",
+        "_checked",
+        "_guarded",
+        "_prefix",
+        "_recent",
+        "limiter",
+        "name",
+        "settings",
+    )
 
     def __init__(
         self,
@@ -396,6 +405,7 @@ class HttpClient:
         self._recent: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
         self._guarded: HttpClient | None = None
         self._prefix: str | None = None
+        self._checked: dict[str, URL] = {}  # url() of recent strings
         if self.settings.base_url is not None:
             self._prefix = str(URL(self.settings.base_url)).rstrip("/") + "/"
         if resources is not None:
@@ -493,9 +503,22 @@ class HttpClient:
     def url(self, url: str | URL) -> URL:
         """The absolute URL a request for ``url`` goes to: ``base_url`` is a prefix, and
         with an ``egress`` policy the URL is checked and its host made canonical."""
+        if type(url) is str:
+            # The answer depends only on the string and the (frozen) settings: a node
+            # calling the same endpoints again finds it here. Addresses are still checked
+            # at every connect, by the resolver.
+            checked = self._checked.get(url)
+            if checked is not None:
+                return checked
         target = self._join(url)
         policy = self.settings.egress
-        return target if policy is None else policy.check_url(target)
+        if policy is not None:
+            target = policy.check_url(target)
+        if type(url) is str:
+            if len(self._checked) >= _CHECKED_URLS:
+                self._checked.clear()
+            self._checked[url] = target
+        return target
 
     def _join(self, url: str | URL) -> URL:
         prefix = self._prefix
@@ -757,6 +780,9 @@ class HttpClient:
     def __repr__(self) -> str:
         base = f", base_url={safe_url(self.settings.base_url)!r}" if self.settings.base_url else ""
         return f"HttpClient(name={self.name!r}{base})"
+
+
+_CHECKED_URLS = 256  # url() results kept per client
 
 
 def _describe_request(method: str, url: URL) -> tuple[str, dict[str, Any]]:
