@@ -30,10 +30,11 @@ This module is the only one that imports ``redis`` (redis-py's asyncio client, t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, NoReturn, cast
+from typing import Any, Literal, NoReturn, cast
 
 import redis
 import redis.asyncio
@@ -237,13 +238,8 @@ return removed
 _State = Literal["closed", "open", "half_open"]
 
 
-class _LoopClient(NamedTuple):
-    client: redis.asyncio.Redis
-    scripts: dict[str, Any]
-
-
-async def _close_client(entry: _LoopClient) -> None:
-    await entry.client.aclose()
+async def _close_client(client: redis.asyncio.Redis) -> None:
+    await client.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,8 +267,10 @@ class RedisBackend:
     __slots__ = (
         "_async",
         "_lock",
+        "_recent",
         "_scripts",
         "_secret_url",
+        "_shas",
         "_sync",
         "fallback",
         "prefix",
@@ -309,7 +307,11 @@ class RedisBackend:
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
         # One asyncio client per event loop, closed when that loop shuts down.
-        self._async: PerLoop[_LoopClient] = PerLoop(close=_close_client)
+        self._async: PerLoop[redis.asyncio.Redis] = PerLoop(
+            close=_close_client, forgotten=self._forget
+        )
+        # The last loop's client: skips the registry lookup on every call.
+        self._recent: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
         self._scripts = {
             "reserve": _RESERVE,
             "refund": _REFUND,
@@ -320,6 +322,10 @@ class RedisBackend:
             "store": _STORE,
             "effect_claim": _EFFECT_CLAIM,
             "effect_drop": _EFFECT_DROP,
+        }
+        # Called by digest (EVALSHA), loaded again when the server no longer knows one.
+        self._shas = {
+            name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._scripts.items()
         }
 
     def __repr__(self) -> str:
@@ -362,24 +368,38 @@ class RedisBackend:
                 client = self._sync
         return client
 
-    def _async_client(self) -> _LoopClient:
-        return self._async.get(self._new_async_client)
+    def _async_client(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        recent = self._recent
+        if recent is not None and recent[0] is loop:
+            return recent[1]
+        client = self._async.get(self._new_async_client)
+        self._recent = (loop, client)
+        return client
 
-    def _new_async_client(self) -> _LoopClient:
-        client = redis.asyncio.Redis.from_url(
+    def _forget(self, client: redis.asyncio.Redis) -> None:
+        """A loop's client left the registry (closed, or its loop ended): keep no reference."""
+        recent = self._recent
+        if recent is not None and recent[1] is client:
+            self._recent = None
+
+    def _new_async_client(self) -> redis.asyncio.Redis:
+        return redis.asyncio.Redis.from_url(
             self._secret_url, **self._options(per_socket_timeout=False)
         )
-        scripts = {name: client.register_script(text) for name, text in self._scripts.items()}
-        return _LoopClient(client, scripts)
 
     def _unavailable(self, error: BaseException) -> NoReturn:
         raise RedisUnavailableError(self.url, error) from error
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        scripts = self._async_client().scripts
+        client = self._async_client()
         try:
             async with asyncio.timeout(self.timeout):
-                return await scripts[script](keys=keys, args=args)
+                try:
+                    return await client.evalsha(self._shas[script], len(keys), *keys, *args)
+                except redis.exceptions.NoScriptError:  # a restarted or flushed server
+                    await client.script_load(self._scripts[script])
+                    return await client.evalsha(self._shas[script], len(keys), *keys, *args)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._unavailable(error)
 
@@ -392,7 +412,7 @@ class RedisBackend:
 
     async def ping(self) -> float:
         """One ``PING`` round trip; its duration in seconds (raises when unavailable)."""
-        client = self._async_client().client
+        client = self._async_client()
         loop = asyncio.get_running_loop()
         start = loop.time()
         try:
@@ -404,6 +424,7 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Close this loop's client and the sync client; other loops close theirs at shutdown."""
+        self._recent = None
         await self._async.aclose()
         self.close_sync()
 
@@ -508,7 +529,7 @@ class RedisBackend:
 
     async def breaker_reset(self, name: str) -> None:
         """Forget the circuit (closed, no failures) in every process."""
-        client = self._async_client().client
+        client = self._async_client()
         try:
             async with asyncio.timeout(self.timeout):
                 await client.delete(self.key("circuit", name))
@@ -519,7 +540,7 @@ class RedisBackend:
 
     async def cache_get(self, key: str) -> bytes | None:
         """The stored bytes of ``key``, or ``None``."""
-        client = self._async_client().client
+        client = self._async_client()
         try:
             async with asyncio.timeout(self.timeout):
                 value = await client.get(key)
@@ -529,7 +550,7 @@ class RedisBackend:
 
     async def cache_lock(self, key: str, token: str, hold: float) -> bool:
         """Take the load lock of ``key`` for ``hold`` seconds; False when another holds it."""
-        client = self._async_client().client
+        client = self._async_client()
         try:
             async with asyncio.timeout(self.timeout):
                 return bool(await client.set(f"{key}:lock", token, nx=True, px=int(hold * 1000)))
@@ -538,7 +559,7 @@ class RedisBackend:
 
     async def cache_locked(self, key: str) -> bool:
         """Whether some loader holds the load lock of ``key``."""
-        client = self._async_client().client
+        client = self._async_client()
         try:
             async with asyncio.timeout(self.timeout):
                 return bool(await client.exists(f"{key}:lock"))
@@ -556,7 +577,7 @@ class RedisBackend:
 
     async def cache_delete(self, key: str) -> None:
         """Remove ``key`` (not its lock: a load in flight completes and stores its value)."""
-        client = self._async_client().client
+        client = self._async_client()
         try:
             async with asyncio.timeout(self.timeout):
                 await client.delete(key)
@@ -586,7 +607,7 @@ class RedisBackend:
     async def effect_finish(self, thread_id: str, key: str, result: bytes, ttl: float) -> None:
         """Mark effect ``key`` done with its serialized result, for ``ttl`` more seconds."""
         record = self.key("effect", f"{thread_id}:{key}")
-        client = self._async_client().client
+        client = self._async_client()
         try:
             async with asyncio.timeout(self.timeout):
                 async with client.pipeline(transaction=True) as pipe:
@@ -598,7 +619,7 @@ class RedisBackend:
 
     async def effect_release(self, thread_id: str, key: str) -> None:
         """Forget effect ``key`` (it certainly did not happen)."""
-        client = self._async_client().client
+        client = self._async_client()
         try:
             async with asyncio.timeout(self.timeout):
                 await client.delete(self.key("effect", f"{thread_id}:{key}"))

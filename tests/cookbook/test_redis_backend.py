@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import itertools
 import socket
 import time
@@ -12,7 +13,7 @@ import weakref
 import pytest
 import redis.asyncio
 import uvloop
-from act_operator_lib.cookbook.redis_backend import RedisBackend, RedisUnavailableError
+from act_operator_lib.cookbook.redis_backend import _RESERVE, RedisBackend, RedisUnavailableError
 
 from tests.helpers import run_example
 from tests.redis_server import RedisServer
@@ -151,6 +152,19 @@ async def test_a_restart_fails_fast_then_recovers_with_no_code_change(
         await asyncio.to_thread(server.start)
         assert await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True) == 0
     finally:
+        await shared.aclose()
+
+
+async def test_scripts_flushed_from_the_server_are_loaded_again(redis_url: str) -> None:
+    shared = RedisBackend(redis_url, prefix="flush-test:")
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        assert await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True) == 0
+        await admin.script_flush()  # what a restart or a failover to a fresh replica does
+        assert await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True) == 0
+        assert await admin.script_exists(hashlib.sha1(_RESERVE.encode()).hexdigest()) == [True]
+    finally:
+        await admin.aclose()
         await shared.aclose()
 
 
