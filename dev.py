@@ -25,6 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
+# OpenTelemetry's aiohttp and asyncpg instrumentations, which the tracing tests run with.
+# Their newest release pins opentelemetry-semantic-conventions one pre-release behind the
+# one langgraph-cli[inmem] needs, so pip's resolver refuses the pair; both import and run
+# with the newer one, so they are installed without their pins (--no-deps) after the rest.
+UNPINNED = (
+    "opentelemetry-instrumentation-aiohttp-client==0.66b1",
+    "opentelemetry-instrumentation-asyncpg==0.66b1",
+)
 
 
 def run(*cmd: str | Path, check: bool = True) -> int:
@@ -44,7 +52,8 @@ def install(python: Path, *args: str) -> None:
 def ensure_venv() -> Path:
     python = BIN / "python"
     stamp = VENV / ".installed"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    pyproject = (ROOT / "pyproject.toml").read_bytes()
+    digest = hashlib.sha256(pyproject + "\n".join(UNPINNED).encode()).hexdigest()
     if not python.exists() or not stamp.exists() or stamp.read_text() != digest:
         # The only slow step, so it is the only one that talks: later runs say nothing.
         if python.exists():
@@ -60,6 +69,7 @@ def ensure_venv() -> Path:
             venv.create(VENV, with_pip=True)
             install(python, "--upgrade", "pip")
         install(python, "-e", ".[dev]")
+        install(python, "--no-deps", *UNPINNED)
         stamp.write_text(digest)
         print(f"dev.py: .venv/ ready ({time.monotonic() - started:.0f}s)", flush=True)
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"

@@ -249,7 +249,11 @@ def traced(fn: F, *, name: str | None = None) -> F:
     return wrapper
 
 
-def client_span(describe: Callable[..., tuple[str, Mapping[str, Any]]], *args: Any) -> ClientSpan:
+def client_span(
+    describe: Callable[..., tuple[str, Mapping[str, Any]]],
+    *args: Any,
+    covered_by: str | None = None,
+) -> ClientSpan:
     """A CLIENT span around one call, current for the ``with`` block, child of the node's.
 
         def _describe(method: str, url: str) -> tuple[str, dict[str, Any]]:
@@ -263,8 +267,15 @@ def client_span(describe: Callable[..., tuple[str, Mapping[str, Any]]], *args: A
     tracing is on, so building them costs nothing when off (the call returns a shared
     no-op after one check). An exception leaving the block sets ``error.type``, records it
     and sets the status (an interrupt or a cancellation is an event instead).
+
+    ``covered_by`` names an OpenTelemetry instrumentation that makes the same spans, as
+    ``"module:Instrumentor"`` (``"opentelemetry.instrumentation.asyncpg:AsyncPGInstrumentor"``):
+    while the application has it instrumented, this returns the no-op and that package's
+    span, a child of the node's like this one, stands alone (no span is made twice).
     """
     if not _tracing:
+        return _NO_SPAN
+    if covered_by is not None and _otel.instrumented(covered_by):
         return _NO_SPAN
     name, attributes = describe(*args)
     span: ClientSpan | None = _otel.client_span(name, attributes)

@@ -567,11 +567,14 @@ class HttpClient:
         for attempt in range(1, attempts + 1):
             try:
                 # One CLIENT span per attempt, a child of the node's span (free when off).
-                with tracing.client_span(_describe_request, method, target):
+                with tracing.client_span(
+                    _describe_request, method, target, covered_by=_INSTRUMENTATION
+                ) as span:
                     # Asked each attempt: a close() while waiting out Retry-After means a new one.
                     send = self._send if self.limiter is None else self._send_in_slot
                     return await send(
                         self.session(),
+                        span,
                         method,
                         target,
                         read,
@@ -664,6 +667,7 @@ class HttpClient:
     async def _send(
         self,
         session: aiohttp.ClientSession,
+        span: tracing.ClientSpan,
         method: str,
         url: URL,
         read: str,
@@ -699,7 +703,7 @@ class HttpClient:
             response = await self._follow(
                 session, response, method, url, json, data, headers, kwargs
             )
-        tracing.set_attribute("http.response.status_code", response.status)
+        span.set("http.response.status_code", response.status)
         async with response:
             record("http_requests", 1.0, name=self.name)
             if response.status in _REDIRECTS and "Location" in response.headers:
@@ -783,6 +787,9 @@ class HttpClient:
 
 
 _CHECKED_URLS = 256  # url() results kept per client
+# While the application has OpenTelemetry's aiohttp instrumentation on, its request spans
+# (children of the node's span too) replace the client's own.
+_INSTRUMENTATION = "opentelemetry.instrumentation.aiohttp_client:AioHttpClientInstrumentor"
 
 
 def _describe_request(method: str, url: URL) -> tuple[str, dict[str, Any]]:

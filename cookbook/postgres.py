@@ -149,6 +149,11 @@ def _drop(conn: asyncpg.pool.PoolConnectionProxy) -> None:
         conn.terminate()
 
 
+# While the application has OpenTelemetry's asyncpg instrumentation on, its query spans
+# (children of the node's span too) replace the pool's own.
+_INSTRUMENTATION = "opentelemetry.instrumentation.asyncpg:AsyncPGInstrumentor"
+
+
 def _describe_query(query: str, pool: str) -> tuple[str, dict[str, Any]]:
     """A query span's name and attributes (stable database semantic conventions). The
     statement is parameterised (values never reach it), so it is safe to record."""
@@ -584,7 +589,9 @@ class PostgresPool:
             conn = await self._acquire(shared, dsn)
             try:
                 # A CLIENT span, child of the node's span (free when tracing is off).
-                with tracing.client_span(_describe_query, query, self.name):
+                with tracing.client_span(
+                    _describe_query, query, self.name, covered_by=_INSTRUMENTATION
+                ):
                     return await getattr(conn, method)(query, *args)
             except Exception as exc:
                 if not _is_gone(exc, conn):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -338,6 +339,20 @@ class ClientSpan:
         if error is not None:
             fail(self._span, error)
         self._span.end()
+
+
+def instrumented(target: str) -> bool:
+    """Whether the instrumentation ``"module:Instrumentor"`` is imported and instrumenting.
+
+    Reads the instrumentor's singleton (``BaseInstrumentor`` keeps it on the class) rather
+    than calling the class, whose ``__init__`` may reset options the application chose.
+    """
+    module, _, name = target.partition(":")
+    loaded = sys.modules.get(module)
+    if loaded is None:
+        return False
+    instance = getattr(getattr(loaded, name, None), "_instance", None)
+    return bool(getattr(instance, "is_instrumented_by_opentelemetry", False))
 
 
 def client_span(name: str, attributes: Mapping[str, Any]) -> ClientSpan | None:
