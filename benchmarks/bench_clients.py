@@ -16,7 +16,7 @@ Targets: >= 3, >= 0.9, >= 0.95, >= 10, >= 0.9. The pooled FetchJSON runs guarded
 egress policy allowing the local server), as a node taking URLs from state does.
 The machine is shared and noisy: each ratio is the median of per-round ratios of A-B / B-A paired rounds (so it need not equal the
 ratio of the median rates printed beside it); read the ratios, not the absolute rates.
-BENCH_ROUNDS (default 6) and BENCH_LOOP (asyncio or uvloop) tune a run.
+BENCH_ROUNDS (default 10) and BENCH_LOOP (asyncio or uvloop) tune a run.
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ from tests.pg_server import PostgresServer  # noqa: E402
 
 HTTP_REQUESTS, HTTP_CONCURRENCY = 2000, 50
 PG_QUERIES, PG_CONCURRENCY = 2000, 20
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "10"))
 # Pooled vs bare library, a ratio near 1: many short blocks (500 calls, ~40 ms) side by
 # side, so that the machine's drift touches both sides of a pair alike.
-FAST_ROUNDS = 10 * ROUNDS
+FAST_ROUNDS = 6 * ROUNDS
 FAST_BLOCK = 500
 LOOP = os.environ.get("BENCH_LOOP", "asyncio")  # or "uvloop"
 

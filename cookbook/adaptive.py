@@ -71,6 +71,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from act_operator_lib import metrics
 from act_operator_lib.metrics import record
+from act_operator_lib.named import Named
 from act_operator_lib.validate import check_int, check_number
 
 __all__ = ["AdaptiveLimit", "AdaptiveLimiter", "adaptive_limiter", "is_overload"]
@@ -444,8 +445,7 @@ class _Slot:
         self.limiter._release(self.started, exc)
 
 
-_registry: dict[str, AdaptiveLimiter] = {}
-_registry_lock = threading.Lock()
+_registry: Named[AdaptiveLimiter] = Named("adaptive_limiter")
 
 
 def adaptive_limiter(name: str, policy: AdaptiveLimit | None = None) -> AdaptiveLimiter:
@@ -456,18 +456,8 @@ def adaptive_limiter(name: str, policy: AdaptiveLimit | None = None) -> Adaptive
     Asking again with the same name returns the same limiter (and what it has learnt);
     asking with a different policy is a mistake and raises ``ValueError``.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"adaptive_limiter name must be a non-empty string, got {name!r}")
-    policy = AdaptiveLimit() if policy is None else policy
-    with _registry_lock:
-        limiter = _registry.get(name)
-        if limiter is None:
-            limiter = _registry[name] = AdaptiveLimiter(policy, name=name)
-        elif limiter.policy != policy:
-            raise ValueError(
-                f"adaptive_limiter {name!r} already exists with {limiter.policy}; got {policy}"
-            )
-        return limiter
+    chosen = AdaptiveLimit() if policy is None else policy
+    return _registry.get(name, lambda: AdaptiveLimiter(chosen, name=name), policy=chosen)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.control import DoNotRetry, is_control_flow
 from act_operator_lib.metrics import record
+from act_operator_lib.named import Named
 from act_operator_lib.validate import check_int, check_number
 
 __all__ = [
@@ -535,8 +536,7 @@ class _Guard:
             raise timed_out
 
 
-_registry: dict[str, CircuitBreaker] = {}
-_registry_lock = threading.Lock()
+_registry: Named[CircuitBreaker] = Named("circuit_breaker")
 
 
 def circuit_breaker(
@@ -550,23 +550,13 @@ def circuit_breaker(
     Asking again with the same name returns the same breaker; asking with a different
     policy or another shared store is a mistake and raises ``ValueError``.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"circuit_breaker name must be a non-empty string, got {name!r}")
-    policy = BreakerPolicy() if policy is None else policy
-    with _registry_lock:
-        breaker = _registry.get(name)
-        if breaker is None:
-            breaker = _registry[name] = CircuitBreaker(policy, name=name, shared=shared)
-        elif breaker.policy != policy:
-            raise ValueError(
-                f"circuit_breaker {name!r} already exists with {breaker.policy}; got {policy}"
-            )
-        elif breaker.shared is not shared:
-            raise ValueError(
-                f"circuit_breaker {name!r} already exists with shared={breaker.shared!r};"
-                f" got shared={shared!r}"
-            )
-        return breaker
+    chosen = BreakerPolicy() if policy is None else policy
+    return _registry.get(
+        name,
+        lambda: CircuitBreaker(chosen, name=name, shared=shared),
+        policy=chosen,
+        shared=shared,
+    )
 
 
 class CircuitBreakerNode(AsyncBaseNode):

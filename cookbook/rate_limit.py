@@ -64,6 +64,7 @@ from langgraph.runtime import Runtime
 
 from act_operator_lib.base_node import AsyncBaseNode
 from act_operator_lib.metrics import record
+from act_operator_lib.named import Named
 from act_operator_lib.validate import check_int, check_number
 
 __all__ = ["RateLimit", "RateLimitedNode", "RateLimiter", "SharedBucketStore", "rate_limiter"]
@@ -480,7 +481,7 @@ class RateLimiter(BaseRateLimiter):
 
     def _local(self) -> RateLimiter:
         """The in-process limiter a shared one falls back to."""
-        with _registry_lock:
+        with _fallbacks_lock:
             local = _fallbacks.get(self.name)
             if local is None:
                 local = _fallbacks[self.name] = RateLimiter(
@@ -587,9 +588,9 @@ class RateLimiter(BaseRateLimiter):
         self._serve(self._clock())
 
 
-_registry: dict[str, RateLimiter] = {}
+_registry: Named[RateLimiter] = Named("rate_limiter")
 _fallbacks: dict[str, RateLimiter] = {}
-_registry_lock = threading.Lock()
+_fallbacks_lock = threading.Lock()
 
 
 def rate_limiter(
@@ -603,22 +604,12 @@ def rate_limiter(
     Asking again with the same name returns the same limiter; asking with a different
     policy or another shared store is a mistake and raises ``ValueError``.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"rate_limiter name must be a non-empty string, got {name!r}")
-    with _registry_lock:
-        limiter = _registry.get(name)
-        if limiter is None:
-            limiter = _registry[name] = RateLimiter(policy, name=name, shared=shared)
-        elif limiter.policy != policy:
-            raise ValueError(
-                f"rate_limiter {name!r} already exists with {limiter.policy}; got {policy}"
-            )
-        elif limiter.shared is not shared:
-            raise ValueError(
-                f"rate_limiter {name!r} already exists with shared={limiter.shared!r};"
-                f" got shared={shared!r}"
-            )
-        return limiter
+    return _registry.get(
+        name,
+        lambda: RateLimiter(policy, name=name, shared=shared),
+        policy=policy,
+        shared=shared,
+    )
 
 
 class RateLimitedNode(AsyncBaseNode):

@@ -104,7 +104,7 @@ def test_misuse_names_what_was_wrong() -> None:
         CircuitBreakerNode(Service(), "breaker")  # type: ignore[arg-type]
     name = unique("conflict")
     circuit_breaker(name, BreakerPolicy(failure_threshold=2))
-    with pytest.raises(ValueError, match="already exists with BreakerPolicy"):
+    with pytest.raises(ValueError, match="already exists with policy=BreakerPolicy"):
         circuit_breaker(name, BreakerPolicy(failure_threshold=3))
 
 

@@ -120,7 +120,7 @@ async def test_misuse_names_what_was_wrong() -> None:
         RateLimitedNode(stamp, limiter, tokens=5)
     name = unique("conflict")
     rate_limiter(name, RateLimit(rate=1))
-    with pytest.raises(ValueError, match="already exists with RateLimit"):
+    with pytest.raises(ValueError, match="already exists with policy=RateLimit"):
         rate_limiter(name, RateLimit(rate=2))
     with pytest.raises(ValueError, match="name must be a non-empty string"):
         rate_limiter("", RateLimit(rate=2))
