@@ -1,6 +1,6 @@
 """Local servers the benchmarks start in their own process (so they do not share its GIL).
 
-server, base = start_local_server(sys.executable, __file__, "--serve")
+server, base = start_local_server(sys.executable, __file__, "--serve")  # runs serve_app
 try:
     ...  # requests to base, e.g. "http://127.0.0.1:41234/work"
 finally:
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -43,3 +44,21 @@ def start_local_server(
     server.kill()
     server.wait()
     raise RuntimeError(f"the benchmark server {command[1:]} did not start on port {port}")
+
+
+def serve_app(app: Any, port: int, *, backlog: int = 128) -> None:
+    """Serve the aiohttp ``app`` on 127.0.0.1:``port`` on uvloop until killed: the body of a
+    benchmark's ``--serve PORT`` mode."""
+    import asyncio
+
+    import uvloop
+    from aiohttp import web
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=backlog).start()
+        await asyncio.Event().wait()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
+        loop.run(main())

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _servers import serve_app, start_local_server  # noqa: E402
 from act_operator_lib.cookbook.adaptive import AdaptiveLimit, AdaptiveLimiter  # noqa: E402
 from act_operator_lib.cookbook.fanout import FanoutPolicy, bounded_map  # noqa: E402
 from act_operator_lib.cookbook.http_client import (  # noqa: E402
@@ -43,8 +43,6 @@ from act_operator_lib.cookbook.http_client import (  # noqa: E402
     HttpSettings,
     HTTPStatusError,
 )
-
-from tests.pg_server import free_port  # noqa: E402
 
 ITEMS = 2_000
 CAPACITY = 32
@@ -56,7 +54,6 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 def serve(port: int) -> None:
     """The dependency, in this process (``--serve PORT``)."""
-    import uvloop
     from aiohttp import web
 
     state = {"active": 0, "requests": 0, "rejected": 0}
@@ -82,32 +79,15 @@ def serve(port: int) -> None:
 
     WORKERS = web.AppKey("workers", asyncio.Semaphore)
 
-    async def main() -> None:
-        app = web.Application()
-        app[WORKERS] = asyncio.Semaphore(CAPACITY)
-        app.router.add_get("/work", work)
-        app.router.add_get("/stats", stats)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-        await asyncio.Event().wait()
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())
+    app = web.Application()
+    app[WORKERS] = asyncio.Semaphore(CAPACITY)
+    app.router.add_get("/work", work)
+    app.router.add_get("/stats", stats)
+    serve_app(app, port, backlog=1024)
 
 
 def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return server, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    raise RuntimeError("the benchmark server did not start")
+    return start_local_server(sys.executable, __file__, "--serve")
 
 
 async def run_map(

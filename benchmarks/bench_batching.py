@@ -34,7 +34,6 @@ import asyncio
 import gc
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,11 +45,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _servers import serve_app, start_local_server  # noqa: E402
 from act_operator_lib.cookbook.batching import BatchLoader, BatchPolicy  # noqa: E402
 from act_operator_lib.cookbook.http_client import HttpClient, HttpSettings  # noqa: E402
 from aiodataloader import DataLoader  # noqa: E402
-
-from tests.pg_server import free_port  # noqa: E402
 
 CALLERS = 10_000
 SPREAD = 0.1  # seconds over which callers reach their load
@@ -65,7 +63,6 @@ LONE_SAMPLES = 60
 
 def serve(port: int) -> None:
     """The endpoint, in this process (``--serve PORT``)."""
-    import uvloop
     from aiohttp import web
 
     async def users(request: web.Request) -> web.Response:
@@ -78,31 +75,14 @@ def serve(port: int) -> None:
 
     WORKERS_KEY = web.AppKey("workers", asyncio.Semaphore)
 
-    async def main() -> None:
-        app = web.Application()
-        app[WORKERS_KEY] = asyncio.Semaphore(WORKERS)
-        app.router.add_post("/users", users)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        await asyncio.Event().wait()
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())
+    app = web.Application()
+    app[WORKERS_KEY] = asyncio.Semaphore(WORKERS)
+    app.router.add_post("/users", users)
+    serve_app(app, port)
 
 
 def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return server, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    raise RuntimeError("the benchmark server did not start")
+    return start_local_server(sys.executable, __file__, "--serve")
 
 
 async def concurrent_loads(
