@@ -149,10 +149,17 @@ _GUARDED_MAIN = (
 )
 
 
+# How long a test waits for something that only a hang would keep from happening (an
+# example's process to end, a waiter to queue). A guard against hangs, never a speed check:
+# on a machine starved of CPU (the test process at nice 19 beside busy ones) starting Python
+# and importing LangGraph alone can take minutes.
+HANG_SECONDS = 900.0
+
+
 def run_example(
     module: str,
     *,
-    timeout: float = 60,
+    timeout: float = HANG_SECONDS,
     env: dict[str, str] | None = None,
     guard: bool = True,
     package: str = "act_operator_lib.cookbook",

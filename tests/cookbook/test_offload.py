@@ -292,7 +292,7 @@ def test_invalid_settings() -> None:
 
 
 def test_example_runs() -> None:
-    out = run_example("offload", timeout=90)
+    out = run_example("offload")
     assert "thread digest: req-42:2cf24dba5fb0" in out
     assert "primes below 20000: 2262" in out
 

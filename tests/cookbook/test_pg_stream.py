@@ -292,5 +292,5 @@ def test_node_rejects_bad_arguments() -> None:
 def test_example_runs_against_database_url(pg_database: str) -> None:
     # Without DATABASE_URL the example starts a throwaway cluster itself; the suite's own
     # server is quicker and exercises the same graph.
-    stdout = run_example("pg_stream", timeout=120, env={**os.environ, "DATABASE_URL": pg_database})
+    stdout = run_example("pg_stream", env={**os.environ, "DATABASE_URL": pg_database})
     assert "values {'upto': 100000, 'rows_read': 100000}" in stdout

@@ -559,7 +559,7 @@ def test_checkpointer_docstring_explains_durability_for_side_effects() -> None:
 
 def test_example_runs() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    out = run_example("postgres", timeout=90, env=env)
+    out = run_example("postgres", env=env)
     assert "red: ['ada', 'cy']" in out
     assert "blue: ['bob']" in out
 

@@ -26,6 +26,7 @@ from langgraph.types import Send
 
 from act_operator_lib import metrics, run_sync
 from tests.helpers import (
+    HANG_SECONDS,
     VirtualClock,
     run_example,
     run_in_fresh_loops,
@@ -80,7 +81,7 @@ def assert_paced(
 
 def wait_until_queued(limiter: RateLimiter, waiters: int) -> None:
     """Block until ``waiters`` callers are queued (the queue is private: no public count)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + HANG_SECONDS
     while len(limiter._queue) < waiters:
         assert time.monotonic() < deadline, f"{waiters} waiters never queued"
         time.sleep(0.001)
@@ -578,7 +579,7 @@ async def test_a_sync_caller_blocking_the_loop_still_gets_its_token() -> None:
     first = asyncio.create_task(limiter.aacquire())
     await asyncio.sleep(0)  # queued first; its wake-up is a timer on this very loop
     started = time.monotonic()
-    with fail_after(60):
+    with fail_after(HANG_SECONDS):
         # A chat model's sync invoke made on the loop thread: the loop cannot run its
         # timer, so the sync caller serves the waiter ahead of it and then itself.
         assert limiter.acquire()
@@ -591,7 +592,7 @@ async def test_run_sync_inside_a_loop_with_a_waiter_queued_still_gets_its_token(
     assert limiter.try_acquire()
     first = asyncio.create_task(limiter.aacquire())
     await asyncio.sleep(0)  # queued first, on this loop, which run_sync is about to block
-    with fail_after(60):
+    with fail_after(HANG_SECONDS):
         assert run_sync(limiter.aacquire())  # on the background loop, behind `first`
     assert await first
 
@@ -626,7 +627,7 @@ def test_many_loops_threads_and_cancellations_share_the_queue_without_loss_or_le
     threads = [threading.Thread(target=asyncio.run, args=(loop_worker(),)) for _ in range(3)]
     threads += [threading.Thread(target=sync_worker) for _ in range(2)]
     started = time.monotonic()
-    with fail_after(120):
+    with fail_after(HANG_SECONDS):
         for thread in threads:
             thread.start()
         for thread in threads:
