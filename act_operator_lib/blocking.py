@@ -101,6 +101,7 @@ class BlockingDetector:
         "_sample",
         "_stopping",
         "_watchdog",
+        "caught",
         "interval",
         "on_stall",
         "stalls",
@@ -142,6 +143,9 @@ class BlockingDetector:
         self.on_stall = on_stall
         self.stalls: list[Stall] = []
         """Every stall seen so far, oldest first."""
+        self.caught = 0
+        """How many stalls the watchdog caught while they lasted (their stack taken); a
+        stall it saw only after it ended has an empty ``stack``."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id = 0
         self._handle: asyncio.TimerHandle | None = None
@@ -244,6 +248,7 @@ class BlockingDetector:
             started = time.time_ns() - int((time.monotonic() - last_beat) * 1e9)
             span = tracing._stall_began(frame, started, node)
             self._sample = (last_beat, node, traceback.extract_stack(frame), span)
+            self.caught += 1
             del frame  # do not keep the loop thread's frames alive
 
 

@@ -14,6 +14,7 @@ from langgraph.graph import START, StateGraph
 from act_operator_lib import AsyncBaseNode, metrics
 from act_operator_lib.blocking import BlockingDetector, Stall
 from act_operator_lib.sync import run_sync
+from tests.helpers import HANG_SECONDS
 
 WATCHDOG = "act-operator-blocking-detector"
 
@@ -22,11 +23,33 @@ class State(TypedDict, total=False):
     seen: Annotated[list[str], operator.add]
 
 
+_watching: list[BlockingDetector] = []
+
+
+def watching(detector: BlockingDetector) -> BlockingDetector:
+    """``detector``, made the one ``hold_the_loop`` waits for."""
+    _watching[:] = [detector]
+    return detector
+
+
+def hold_the_loop(seconds: float) -> None:
+    """Block the calling thread (the loop's) for ``seconds``, then on until the watched
+    detector's watchdog has caught the stall. At nice 19 beside busy processes the watchdog
+    thread can go without CPU for longer than any fixed stall: it would measure the stall
+    afterwards but never see its stack, and what these tests check is what it sees."""
+    detector = _watching[-1] if _watching else None
+    caught = 0 if detector is None else detector.caught
+    time.sleep(seconds)
+    deadline = time.monotonic() + HANG_SECONDS
+    while detector is not None and detector.caught == caught and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class SleepsInsideAsync(AsyncBaseNode):
     """The classic bug: a blocking sleep inside async def execute."""
 
     async def execute(self, state: State) -> dict[str, Any]:
-        time.sleep(0.2)  # noqa: ASYNC251 - the bug under test
+        hold_the_loop(0.2)  # the bug under test: time.sleep on the loop
         return {"seen": [self.name]}
 
 
@@ -53,9 +76,15 @@ def _parallel_graph() -> Any:
 # the stall they caused by where it happened, and never count stalls exactly.
 
 
-def stalls_at(stalls: list[Stall], line: str) -> list[Stall]:
-    """The stalls whose innermost frame is the source line starting with ``line``."""
-    return [s for s in stalls if s.stack and (s.stack[-1].line or "").startswith(line)]
+def held(stalls: list[Stall], seconds: float) -> list[Stall]:
+    """The stalls caught inside ``hold_the_loop(seconds)``."""
+    return [
+        s
+        for s in stalls
+        if len(s.stack) >= 2
+        and s.stack[-1].name == "hold_the_loop"
+        and (s.stack[-2].line or "").startswith(f"hold_the_loop({seconds})")
+    ]
 
 
 def _heartbeats(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
@@ -71,24 +100,24 @@ def _heartbeats(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
 
 async def test_blocking_node_is_reported_by_name_with_its_stack() -> None:
     graph = _parallel_graph()
-    async with BlockingDetector(threshold=0.1) as detector:
+    async with watching(BlockingDetector(threshold=0.1)) as detector:
         result = await graph.ainvoke({})
     assert sorted(result["seen"]) == ["Polite", "SleepsInsideAsync"]
 
-    sleeps = stalls_at(detector.stalls, "time.sleep(0.2)")
+    sleeps = held(detector.stalls, 0.2)
     assert sleeps, f"the 0.2 s time.sleep was not reported: {detector.stalls}"
     assert {stall.node for stall in sleeps} == {"slow"}  # never "polite", which ran beside it
     stall = max(sleeps, key=lambda s: s.duration)
     assert stall.duration >= 0.2
-    innermost = stall.stack[-1]
-    assert innermost.name == "execute"
-    assert innermost.filename == __file__
-    assert innermost.line is not None
-    assert innermost.line.startswith("time.sleep(0.2)")
+    innermost, caller = stall.stack[-1], stall.stack[-2]
+    assert (innermost.line or "").startswith("time.sleep(")  # the blocking call itself
+    assert caller.name == "execute"
+    assert caller.filename == __file__
+    assert (caller.line or "").startswith("hold_the_loop(0.2)")
     report = stall.format()
     assert "Event loop blocked" in report
     assert "in node 'slow'" in report
-    assert "time.sleep(0.2)" in report
+    assert "hold_the_loop(0.2)" in report
 
 
 async def test_cpu_bound_function_node_is_attributed_by_graph_name() -> None:
@@ -96,11 +125,15 @@ async def test_cpu_bound_function_node_is_attributed_by_graph_name() -> None:
         raise AssertionError("only the async version runs under ainvoke")
 
     async def acrunch(state: State) -> dict[str, Any]:
-        # 0.15 s of this thread's CPU time, not of the wall clock: a process starved of CPU
-        # still holds the loop long enough for the watchdog to get scheduled and look.
+        # 0.15 s of this thread's CPU time, and on until the watchdog has caught it: a
+        # process starved of CPU may run the watchdog later than that.
+        seen = detector.caught
         end = time.thread_time() + 0.15
+        deadline = time.monotonic() + HANG_SECONDS
         total = 0
-        while time.thread_time() < end:  # heavy CPU, no I/O call to intercept
+        while (  # heavy CPU, no I/O call to intercept
+            time.thread_time() < end or detector.caught == seen
+        ) and time.monotonic() < deadline:
             total += 1
         return {"seen": [f"crunched {total > 0}"]}
 
@@ -109,7 +142,8 @@ async def test_cpu_bound_function_node_is_attributed_by_graph_name() -> None:
     builder.add_edge(START, "crunch")
     graph = builder.compile()
     reported: list[Stall] = []
-    async with BlockingDetector(threshold=0.05, on_stall=reported.append) as detector:
+    detector = BlockingDetector(threshold=0.05, on_stall=reported.append)
+    async with detector:
         assert (await graph.ainvoke({}))["seen"] == ["crunched True"]
     assert reported == detector.stalls
     crunching = [s for s in reported if any(frame.name == "acrunch" for frame in s.stack)]
@@ -155,7 +189,7 @@ async def test_stalls_are_logged_and_recorded_as_a_metric(caplog: pytest.LogCapt
     builder.add_edge(START, "slow")
     metrics.reset()
     with metrics.collecting(), caplog.at_level("WARNING", logger="act_operator_lib.blocking"):
-        async with BlockingDetector(threshold=0.1):
+        async with watching(BlockingDetector(threshold=0.1)):
             await builder.compile().ainvoke({})
     assert any("in node 'slow'" in message for message in caplog.messages)
     assert metrics.snapshot().value("event_loop_stall_seconds", node="slow") >= 0.2
@@ -163,14 +197,14 @@ async def test_stalls_are_logged_and_recorded_as_a_metric(caplog: pytest.LogCapt
 
 
 async def test_start_twice_is_refused_and_restart_works() -> None:
-    detector = BlockingDetector(threshold=0.1)
+    detector = watching(BlockingDetector(threshold=0.1))
     async with detector:
         with pytest.raises(RuntimeError, match="already running"):
             detector.start()
     async with detector:
-        time.sleep(0.15)  # noqa: ASYNC251 - a deliberate stall
+        hold_the_loop(0.15)  # a deliberate stall
         await asyncio.sleep(0.03)
-    sleeps = stalls_at(detector.stalls, "time.sleep(0.15)")
+    sleeps = held(detector.stalls, 0.15)
     assert len(sleeps) == 1  # one stall, measured once after the restart
     assert sleeps[0].duration >= 0.15
 
@@ -221,10 +255,10 @@ def test_watch_runs_a_graph_from_sync_code_under_the_detector() -> None:
     builder = StateGraph(State)
     builder.add_node("slow", SleepsInsideAsync())
     builder.add_edge(START, "slow")
-    detector = BlockingDetector(threshold=0.1, on_stall=lambda stall: None)
+    detector = watching(BlockingDetector(threshold=0.1, on_stall=lambda stall: None))
     result = run_sync(detector.watch(builder.compile().ainvoke({})))
     assert result == {"seen": ["SleepsInsideAsync"]}
-    assert [stall.node for stall in stalls_at(detector.stalls, "time.sleep(0.2)")] == ["slow"]
+    assert [stall.node for stall in held(detector.stalls, 0.2)] == ["slow"]
     assert not detector.running
 
 
@@ -232,10 +266,11 @@ async def test_report_shows_the_innermost_frames() -> None:
     builder = StateGraph(State)
     builder.add_node("slow", SleepsInsideAsync())
     builder.add_edge(START, "slow")
-    async with BlockingDetector(threshold=0.1, on_stall=lambda stall: None) as detector:
+    async with watching(BlockingDetector(threshold=0.1, on_stall=lambda s: None)) as detector:
         await builder.compile().ainvoke({})
-    [stall] = stalls_at(detector.stalls, "time.sleep(0.2)")
+    [stall] = held(detector.stalls, 0.2)
     short, full = stall.format(), stall.format(limit=None)
     assert short.count('  File "') == 8
     assert full.count('  File "') == len(stall.stack) > 8
-    assert short.rstrip().endswith("time.sleep(0.2)  # noqa: ASYNC251 - the bug under test")
+    assert short.rstrip().endswith(stall.stack[-1].line or "?")  # the blocking call, last
+    assert "hold_the_loop(0.2)" in short
