@@ -101,7 +101,7 @@ class BlockingDetector:
         "_sample",
         "_stopping",
         "_watchdog",
-        "caught",
+        "caught_at",
         "interval",
         "on_stall",
         "stalls",
@@ -143,8 +143,8 @@ class BlockingDetector:
         self.on_stall = on_stall
         self.stalls: list[Stall] = []
         """Every stall seen so far, oldest first."""
-        self.caught = 0
-        """How many stalls the watchdog caught while they lasted (their stack taken); a
+        self.caught_at = 0.0
+        """When (``time.monotonic()``) the watchdog last took a blocked loop's stack; a
         stall it saw only after it ended has an empty ``stack``."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id = 0
@@ -239,17 +239,28 @@ class BlockingDetector:
             last_beat = self._last_beat
             if last_beat == sampled_beat or time.monotonic() - last_beat < overdue:
                 continue
+            looked_at = time.monotonic()
             frame = sys._current_frames().get(self._loop_thread_id)
             if frame is None:
                 continue
-            sampled_beat = last_beat
+            # A loop found waiting in its selector is not blocked by code (the process got
+            # no CPU): look again at the next wake, while the stall lasts, for a real culprit.
+            if not _idle(frame):
+                sampled_beat = last_beat
             node = _node_on_stack(frame)
             # While tracing, the stall becomes an event on the blocked node's span.
             started = time.time_ns() - int((time.monotonic() - last_beat) * 1e9)
             span = tracing._stall_began(frame, started, node)
             self._sample = (last_beat, node, traceback.extract_stack(frame), span)
-            self.caught += 1
+            self.caught_at = looked_at
             del frame  # do not keep the loop thread's frames alive
+
+
+def _idle(frame: FrameType) -> bool:
+    """Whether the loop thread is in its selector's wait (between callbacks, not in one)."""
+    return frame.f_code.co_name in ("select", "poll", "control") and (
+        "selectors" in frame.f_code.co_filename
+    )
 
 
 def _node_on_stack(frame: FrameType) -> str | None:

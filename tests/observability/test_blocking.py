@@ -38,10 +38,10 @@ def hold_the_loop(seconds: float) -> None:
     thread can go without CPU for longer than any fixed stall: it would measure the stall
     afterwards but never see its stack, and what these tests check is what it sees."""
     detector = _watching[-1] if _watching else None
-    caught = 0 if detector is None else detector.caught
+    began = time.monotonic()
     time.sleep(seconds)
     deadline = time.monotonic() + HANG_SECONDS
-    while detector is not None and detector.caught == caught and time.monotonic() < deadline:
+    while detector is not None and detector.caught_at < began and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -127,12 +127,12 @@ async def test_cpu_bound_function_node_is_attributed_by_graph_name() -> None:
     async def acrunch(state: State) -> dict[str, Any]:
         # 0.15 s of this thread's CPU time, and on until the watchdog has caught it: a
         # process starved of CPU may run the watchdog later than that.
-        seen = detector.caught
+        began = time.monotonic()
         end = time.thread_time() + 0.15
         deadline = time.monotonic() + HANG_SECONDS
         total = 0
         while (  # heavy CPU, no I/O call to intercept
-            time.thread_time() < end or detector.caught == seen
+            time.thread_time() < end or detector.caught_at < began
         ) and time.monotonic() < deadline:
             total += 1
         return {"seen": [f"crunched {total > 0}"]}
