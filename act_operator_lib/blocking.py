@@ -95,6 +95,7 @@ class BlockingDetector:
 
     __slots__ = (
         "_handle",
+        "_idle",
         "_last_beat",
         "_loop",
         "_loop_thread_id",
@@ -152,6 +153,7 @@ class BlockingDetector:
         self._watchdog: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_beat = 0.0
+        self._idle = False  # the watchdog's last look found the loop in its selector
         # (beat it belongs to, node, stack, the node's span when tracing), written by the
         # watchdog, read by the beat.
         self._sample: tuple[float, str | None, traceback.StackSummary, Any] | None = None
@@ -231,28 +233,31 @@ class BlockingDetector:
     # -- in the watchdog thread --------------------------------------------------------
 
     def _watch(self) -> None:
-        # Sample once per overdue heartbeat, halfway to the threshold: early enough to
-        # catch a stall just over it with its blocking call still on the stack.
+        # Look once the heartbeat is overdue, halfway to the threshold: early enough to
+        # catch a stall just over it with its blocking call still on the stack. A stall that
+        # goes on is looked at again every threshold (the last look is reported): the first
+        # look may have found the loop idle in its selector (the process got no CPU) or in
+        # code that ran just before the blocking call.
         overdue = self.interval + self.threshold / 2
-        sampled_beat = None
+        looked_beat, looked_at = None, 0.0
         while not self._stopping.wait(self.interval):
             last_beat = self._last_beat
-            if last_beat == sampled_beat or time.monotonic() - last_beat < overdue:
+            now = time.monotonic()
+            if now - last_beat < overdue:
                 continue
-            looked_at = time.monotonic()
+            if last_beat == looked_beat and now - looked_at < self.threshold and not self._idle:
+                continue
             frame = sys._current_frames().get(self._loop_thread_id)
             if frame is None:
                 continue
-            # A loop found waiting in its selector is not blocked by code (the process got
-            # no CPU): look again at the next wake, while the stall lasts, for a real culprit.
-            if not _idle(frame):
-                sampled_beat = last_beat
+            looked_beat, looked_at = last_beat, now
+            self._idle = _idle(frame)
             node = _node_on_stack(frame)
             # While tracing, the stall becomes an event on the blocked node's span.
             started = time.time_ns() - int((time.monotonic() - last_beat) * 1e9)
             span = tracing._stall_began(frame, started, node)
             self._sample = (last_beat, node, traceback.extract_stack(frame), span)
-            self.caught_at = looked_at
+            self.caught_at = now
             del frame  # do not keep the loop thread's frames alive
 
 
