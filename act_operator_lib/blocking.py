@@ -16,7 +16,9 @@ watches it. When the heartbeat is overdue, the loop thread is stuck inside some
 callback, so the watchdog takes that thread's stack (``sys._current_frames()``) right
 then, while the blocking call is still on it, and finds the node on it: the graph's
 name for it (the ``config`` LangGraph passes down the stack) or else the ``BaseNode`` whose
-``execute`` is running. When the heartbeat runs again, the gap is the stall's duration.
+``execute`` is running. While the stall goes on it looks again every ``threshold`` and the
+last look is kept (a first look may have found the loop waiting in its selector because the
+process got no CPU). When the heartbeat runs again, the gap is the stall's duration.
 
 When something else fits better:
 
