@@ -32,6 +32,7 @@ BIN = VENV / "bin"
 UNPINNED = (
     "opentelemetry-instrumentation-aiohttp-client==0.66b1",
     "opentelemetry-instrumentation-asyncpg==0.66b1",
+    "opentelemetry-util-http==0.66b1",  # the aiohttp-client instrumentation's helper
 )
 
 
