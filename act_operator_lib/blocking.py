@@ -97,7 +97,6 @@ class BlockingDetector:
 
     __slots__ = (
         "_handle",
-        "_idle",
         "_last_beat",
         "_loop",
         "_loop_thread_id",
@@ -155,7 +154,6 @@ class BlockingDetector:
         self._watchdog: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_beat = 0.0
-        self._idle = False  # the watchdog's last look found the loop in its selector
         # (beat it belongs to, node, stack, the node's span when tracing), written by the
         # watchdog, read by the beat.
         self._sample: tuple[float, str | None, traceback.StackSummary, Any] | None = None
@@ -241,22 +239,22 @@ class BlockingDetector:
         # look may have found the loop idle in its selector (the process got no CPU) or in
         # code that ran just before the blocking call.
         overdue = self.interval + self.threshold / 2
-        looked_beat, looked_at = None, 0.0
+        looked_beat, looked_at, idle = None, 0.0, False  # idle: found in its selector
         while not self._stopping.wait(self.interval):
             last_beat = self._last_beat
             now = time.monotonic()
             if now - last_beat < overdue:
                 continue
-            if last_beat == looked_beat and now - looked_at < self.threshold and not self._idle:
+            if last_beat == looked_beat and now - looked_at < self.threshold and not idle:
                 continue
             frame = sys._current_frames().get(self._loop_thread_id)
             if frame is None:
                 continue
             looked_beat, looked_at = last_beat, now
-            self._idle = _idle(frame)
+            idle = _idle(frame)
             node = _node_on_stack(frame)
             # While tracing, the stall becomes an event on the blocked node's span.
-            started = time.time_ns() - int((time.monotonic() - last_beat) * 1e9)
+            started = time.time_ns() - int((now - last_beat) * 1e9)
             span = tracing._stall_began(frame, started, node)
             self._sample = (last_beat, node, traceback.extract_stack(frame), span)
             self.caught_at = now
