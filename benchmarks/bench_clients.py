@@ -7,13 +7,18 @@ the client) and its own PostgreSQL (tests/pg_server.py), then times, in interlea
 rounds, the same work done three ways and prints medians as ratios:
 
     http_pooled_vs_per_request=  FetchJSON on a shared HttpClient / a new session per request
-    http_pooled_vs_raw=          FetchJSON on a shared HttpClient / a bare shared ClientSession
+    http_pooled_vs_raw=          FetchJSON on a shared HttpClient / a node on a bare shared ClientSession
     http_guarded_vs_unguarded=   FetchJSON with an egress policy / the same client without it
     pg_pooled_vs_per_query=      QueryRows on a PostgresPool / asyncpg.connect per query
-    pg_pooled_vs_raw=            QueryRows on a PostgresPool / a bare asyncpg pool
+    pg_pooled_vs_raw=            QueryRows on a PostgresPool / a node on a bare asyncpg pool
 
 Targets: >= 3, >= 0.9, >= 0.95, >= 10, >= 0.9. The pooled FetchJSON runs guarded (an
 egress policy allowing the local server), as a node taking URLs from state does.
+Every alternative is the node a user would write instead: an AsyncBaseNode taking the
+same state and returning the same update, so a ratio measures what the recipe adds and
+not what calling a node costs (bench_nodes measures that). The bare asyncpg pool asks
+the server for what PostgresPool's default settings ask (application_name and a 30 s
+statement_timeout), so both sides give the server the same work.
 The machine is shared and noisy: each ratio is the median of per-round ratios of A-B / B-A paired rounds (so it need not equal the
 ratio of the median rates printed beside it); read the ratios, not the absolute rates.
 BENCH_ROUNDS (default 10) and BENCH_LOOP (asyncio or uvloop) tune a run.
@@ -112,6 +117,32 @@ class FetchJSONNewSession(AsyncBaseNode):
             return {"response": await response.json()}
 
 
+class FetchJSONSharedSession(AsyncBaseNode):
+    """The bare library: one shared ClientSession, no recipe."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        super().__init__()
+        self.session = session
+
+    async def execute(self, state: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.get(state["url"]) as response:
+            response.raise_for_status()
+            return {"response": await response.json()}
+
+
+class QueryBarePool(AsyncBaseNode):
+    """The bare library: one asyncpg pool, no recipe."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__()
+        self.pool = pool
+
+    async def execute(self, state: dict[str, Any]) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT $1::int AS v", state["n"])
+        return {"rows": [dict(row) for row in rows]}
+
+
 class QueryConnectPerCall(AsyncBaseNode):
     """The naive node: asyncpg.connect for every query."""
 
@@ -136,11 +167,10 @@ async def bench_http(base: str) -> dict[str, float]:
     unguarded = FetchJSON(HttpClient(HttpSettings(limit=100)), FetchSettings(trust_state_urls=True))
     naive = FetchJSONNewSession()
     raw_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    bare = FetchJSONSharedSession(raw_session)
 
-    async def raw(_: int) -> Any:
-        async with raw_session.get(url) as response:
-            response.raise_for_status()
-            return await response.json()
+    def raw(_: int) -> Awaitable[Any]:
+        return bare({"url": url})
 
     def pooled_call(_: int) -> Awaitable[Any]:
         return pooled({"url": url})
@@ -177,11 +207,17 @@ async def bench_pg(dsn: str) -> dict[str, float]:
     db = PostgresPool(PostgresSettings(dsn=dsn, min_size=PG_CONCURRENCY, max_size=PG_CONCURRENCY))
     pooled = QueryRows(db, "SELECT $1::int AS v", ["n"])
     naive = QueryConnectPerCall(dsn)
-    raw_pool = await asyncpg.create_pool(dsn, min_size=PG_CONCURRENCY, max_size=PG_CONCURRENCY)
+    raw_pool = await asyncpg.create_pool(
+        dsn,
+        min_size=PG_CONCURRENCY,
+        max_size=PG_CONCURRENCY,
+        # What PostgresPool sends with PostgresSettings' defaults (name "postgres").
+        server_settings={"application_name": "postgres", "statement_timeout": "30000"},
+    )
+    bare = QueryBarePool(raw_pool)
 
-    async def raw(i: int) -> Any:
-        async with raw_pool.acquire() as conn:
-            return [dict(row) for row in await conn.fetch("SELECT $1::int AS v", i)]
+    def raw(i: int) -> Awaitable[Any]:
+        return bare({"n": i})
 
     def pooled_call(i: int) -> Awaitable[Any]:
         return pooled({"n": i})

@@ -478,46 +478,51 @@ class PostgresPool:
         pool = shared.pool
         lent = shared.lent
         shared.lent = lent + 1
-        if lent >= self.settings.max_size:
+        if lent >= shared.max_size:
             record("pool_waits", 1.0, name=self.name)
+        deadline = None
         try:
             if _free_now(pool):
                 # A free connection is taken without waiting (asyncio is single-threaded
                 # until the acquire's first suspension), so the timer is not needed.
-                idle = await pool.acquire()
-                return idle
-        except BaseException as exc:
-            _unlend(shared)
-            if isinstance(exc, _CONNECT_ERRORS):  # a free slot whose connection is opened now
-                raise ConnectionLostError(
-                    f"{self.name}: cannot reach {redact_dsn(dsn)} (nothing was sent):"
-                    f" {type(exc).__name__}: {_redacted(exc, dsn)}"
-                ) from None
-            raise
-        # Otherwise the wait is bounded whoever holds the connections (a caller of pool()
-        # too). asyncio.timeout rather than acquire(timeout=), which costs a task per call.
-        deadline = asyncio.timeout(self.settings.acquire_timeout)
-        try:
+                return await pool.acquire()
+            # Otherwise the wait is bounded whoever holds the connections (a caller of
+            # pool() too). asyncio.timeout rather than acquire(timeout=), which costs a
+            # task per call.
+            deadline = asyncio.timeout(self.settings.acquire_timeout)
             async with deadline:
-                conn = await pool.acquire()
-                return conn
+                return await pool.acquire()
         except BaseException as exc:
-            _unlend(shared)
-            if isinstance(exc, TimeoutError) and deadline.expired():
-                in_use = pool.get_size() - pool.get_idle_size()
-                why = "all in use" if in_use >= self.settings.max_size else "opening one"
-                raise PoolExhaustedError(
-                    f"{self.name}: no PostgreSQL connection free within acquire_timeout="
-                    f"{self.settings.acquire_timeout:g}s (max_size={self.settings.max_size},"
-                    f" {why}); raise max_size or acquire_timeout, or hold connections for"
-                    " less time"
-                ) from None
-            if isinstance(exc, _CONNECT_ERRORS):
-                raise ConnectionLostError(
-                    f"{self.name}: cannot reach {redact_dsn(dsn)} (nothing was sent):"
-                    f" {type(exc).__name__}: {_redacted(exc, dsn)}"
-                ) from None
-            raise
+            error = self._acquire_failed(shared, dsn, exc, deadline)
+            if error is exc:
+                raise
+            raise error from None
+
+    def _acquire_failed(
+        self,
+        shared: SharedPool,
+        dsn: str,
+        exc: BaseException,
+        deadline: asyncio.Timeout | None = None,
+    ) -> BaseException:
+        """The error to raise for ``exc``, which ended an acquire; the lending is undone."""
+        _unlend(shared)
+        if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
+            pool = shared.pool
+            in_use = pool.get_size() - pool.get_idle_size()
+            why = "all in use" if in_use >= self.settings.max_size else "opening one"
+            return PoolExhaustedError(
+                f"{self.name}: no PostgreSQL connection free within acquire_timeout="
+                f"{self.settings.acquire_timeout:g}s (max_size={self.settings.max_size},"
+                f" {why}); raise max_size or acquire_timeout, or hold connections for"
+                " less time"
+            )
+        if isinstance(exc, _CONNECT_ERRORS):  # a slot whose connection is opened now
+            return ConnectionLostError(
+                f"{self.name}: cannot reach {redact_dsn(dsn)} (nothing was sent):"
+                f" {type(exc).__name__}: {_redacted(exc, dsn)}"
+            )
+        return exc
 
     async def _release(self, shared: SharedPool, conn: asyncpg.pool.PoolConnectionProxy) -> None:
         try:
@@ -572,7 +577,7 @@ class PostgresPool:
         dsn: str | None,
         idempotent: bool | None,
     ) -> Any:
-        dsn = self._dsn(dsn)
+        dsn = dsn or self._dsn(None)
         retried = False
         while True:
             # connection() inlined: this is the per-query hot path.
@@ -586,7 +591,20 @@ class PostgresPool:
                 shared = recent[2]
             else:
                 shared = await self._shared(dsn)
-            conn = await self._acquire(shared, dsn)
+            pool = shared.pool
+            lent = shared.lent
+            if lent < shared.max_size and _free_now(pool):
+                # _acquire()'s common case inlined: a free connection, no wait to bound.
+                shared.lent = lent + 1
+                try:
+                    conn = await pool.acquire()
+                except BaseException as exc:
+                    error = self._acquire_failed(shared, dsn, exc)
+                    if error is exc:
+                        raise
+                    raise error from None
+            else:
+                conn = await self._acquire(shared, dsn)
             try:
                 # A CLIENT span, child of the node's span (free when tracing is off).
                 with tracing.client_span(
@@ -601,13 +619,14 @@ class PostgresPool:
             finally:
                 # _release() inlined: one coroutine frame less on the release's resume.
                 try:
-                    await shared.pool.release(conn)
+                    await pool.release(conn)
                 except Exception:
                     _drop(conn)  # see _release()
                 finally:
-                    _unlend(shared)
+                    if shared.lent:  # _unlend()
+                        shared.lent -= 1
             # A lost connection usually means a restart: every idle one is dead too.
-            await shared.pool.expire_connections()
+            await pool.expire_connections()
             # Classified only now, off the hot path.
             safe = is_read_only(query) if idempotent is None else idempotent
             if safe and self.settings.retry_reads and not retried:
@@ -790,13 +809,17 @@ class QueryRows(AsyncBaseNode):
     async def execute(
         self, state: Mapping[str, Any], config: RunnableConfig, runtime: Any
     ) -> dict[str, Any]:
-        args = [state[key] for key in self.arg_keys]
-        rows = await self.db.fetch(
-            self.query, *args, dsn=dsn_from(config, runtime, self.db.settings.dsn)
+        db = self.db
+        rows = await db._call(  # fetch() without its call: this is the per-query hot path
+            "fetch",
+            self.query,
+            tuple(map(state.__getitem__, self.arg_keys)),  # no comprehension's frame
+            dsn_from(config, runtime, db.settings.dsn),
+            None,
         )
         if self.verbose:
             self.log("query", rows=len(rows))
-        return {self.output_key: [dict(row) for row in rows]}
+        return {self.output_key: list(map(dict, rows))}
 
 
 class TemporaryPostgres:
