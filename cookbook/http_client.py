@@ -622,7 +622,7 @@ class HttpClient:
         json: Any,
         data: Any,
         headers: Mapping[str, str] | None,
-        kwargs: dict[str, Any],
+        timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
         """The final response after following ``response``'s redirects hop by hop, each
         hop checked by the egress policy before any connection to it."""
@@ -658,7 +658,7 @@ class HttpClient:
                     data=data,
                     headers=headers,
                     allow_redirects=False,
-                    **kwargs,
+                    timeout=timeout,
                 )
             return response
         finally:
@@ -677,9 +677,11 @@ class HttpClient:
         headers: Mapping[str, str] | None,
         request_timeout: float | None,
     ) -> Any:
-        kwargs: dict[str, Any] = {}
-        if request_timeout is not None:
-            kwargs["timeout"] = self.client_timeout(request_timeout)
+        # The session's own timeout unless the call sets one (what aiohttp uses when no
+        # timeout is passed, without a keyword dictionary to build and unpack).
+        timeout = (
+            session.timeout if request_timeout is None else self.client_timeout(request_timeout)
+        )
         try:
             response = await session.request(
                 method,
@@ -694,14 +696,14 @@ class HttpClient:
                 # aiohttp's middleware chain (about a tenth of a pooled request). Every
                 # redirect hop (_follow) still goes through it.
                 middlewares=(),
-                **kwargs,
+                timeout=timeout,
             )
         except EgressBlockedError as exc:
             # From the resolver, which knows only the host: name the whole URL.
             raise EgressBlockedError(_with_params(url, params), exc.rule) from None
         if response.status in _REDIRECTS:
             response = await self._follow(
-                session, response, method, url, json, data, headers, kwargs
+                session, response, method, url, json, data, headers, timeout
             )
         span.set("http.response.status_code", response.status)
         async with response:
@@ -894,7 +896,8 @@ class FetchJSON(AsyncBaseNode):
         url = state[self.settings.url_key]
         if self.verbose:  # safe_url parses the URL: only pay for it when logging
             self.log("GET", url=safe_url(url))
-        response = await self._guarded.get_json(url, params=self._params)
+        # request() itself (read="json" is its default): get_json() would add a call.
+        response = await self._guarded.request("GET", url, params=self._params)
         return {self.settings.output_key: response}
 
 
