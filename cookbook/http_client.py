@@ -622,7 +622,7 @@ class HttpClient:
         json: Any,
         data: Any,
         headers: Mapping[str, str] | None,
-        timeout: aiohttp.ClientTimeout,
+        bound: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
         """The final response after following ``response``'s redirects hop by hop, each
         hop checked by the egress policy before any connection to it."""
@@ -658,7 +658,7 @@ class HttpClient:
                     data=data,
                     headers=headers,
                     allow_redirects=False,
-                    timeout=timeout,
+                    timeout=bound,  # the call's own, as for the first hop
                 )
             return response
         finally:
