@@ -238,8 +238,76 @@ return removed
 _State = Literal["closed", "open", "half_open"]
 
 
-async def _close_client(client: redis.asyncio.Redis) -> None:
-    await client.aclose()
+class _Deadlines:
+    """Bounds one event loop's Redis calls to ``timeout`` seconds with one timer for them all.
+
+        with deadlines:              # in a task; TimeoutError once the call is past due
+            await client.get(key)
+
+    ``asyncio.timeout`` arms and cancels a timer for every call, about 6 µs of CPU on a
+    Redis call of 70 µs (Python 3.11). This bound is only ever reached by a server that
+    stopped answering, so it needs no such precision: while calls are in flight one timer
+    fires every quarter ``timeout`` and cancels those past their deadline, and the call's
+    exit turns that cancellation into ``TimeoutError`` the way ``asyncio.timeout`` does
+    (``uncancel``; a cancellation from elsewhere stays a cancellation). A call thus fails
+    between ``timeout`` and 1.25 times ``timeout`` after it started. Calls do not nest.
+    """
+
+    __slots__ = ("_calls", "_expired", "_loop", "_period", "_timeout", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._period = timeout / 4
+        # Each task in a call: its deadline, and its cancelling() count on entry.
+        self._calls: dict[asyncio.Task[Any], tuple[float, int]] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> None:
+        task = asyncio.current_task(self._loop)
+        if task is None or task in self._calls:
+            raise RuntimeError("a RedisBackend call runs in a task, one call at a time")
+        now = self._loop.time()
+        self._calls[task] = (now + self._timeout, task.cancelling())
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + self._period, self._tick)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, _: Any
+    ) -> None:
+        task = cast("asyncio.Task[Any]", asyncio.current_task(self._loop))
+        _, cancelling = self._calls.pop(task)
+        if self._expired and task in self._expired:
+            self._expired.discard(task)
+            if task.uncancel() <= cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError(f"no answer within {self._timeout:g}s") from exc
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        for task, (deadline, _) in self._calls.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._timer = self._loop.call_at(now + self._period, self._tick) if self._calls else None
+
+    def pending(self) -> int:
+        """Calls in flight (tests: none is left behind, nor a timer once they end)."""
+        return len(self._calls) + (self._timer is not None)
+
+
+class _LoopClient:
+    """One event loop's asyncio client and the deadlines of its calls."""
+
+    __slots__ = ("client", "deadlines")
+
+    def __init__(self, client: redis.asyncio.Redis, deadlines: _Deadlines) -> None:
+        self.client = client
+        self.deadlines = deadlines
+
+
+async def _close_client(state: _LoopClient) -> None:
+    await state.client.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,11 +375,9 @@ class RedisBackend:
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
         # One asyncio client per event loop, closed when that loop shuts down.
-        self._async: PerLoop[redis.asyncio.Redis] = PerLoop(
-            close=_close_client, forgotten=self._forget
-        )
+        self._async: PerLoop[_LoopClient] = PerLoop(close=_close_client, forgotten=self._forget)
         # The last loop's client: skips the registry lookup on every call.
-        self._recent: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
+        self._recent: tuple[asyncio.AbstractEventLoop, _LoopClient] | None = None
         self._scripts = {
             "reserve": _RESERVE,
             "refund": _REFUND,
@@ -350,8 +416,8 @@ class RedisBackend:
     def _options(self, *, per_socket_timeout: bool = True) -> dict[str, Any]:
         # One quick reconnect covers a server restart (the pooled connection is dead, the
         # server is back); a longer outage fails within the timeout. The asyncio client
-        # bounds each whole call with one asyncio.timeout instead of redis-py's per-read and
-        # per-write socket timeouts, which cost a task each on every call (Python 3.11).
+        # bounds each whole call with its loop's _Deadlines instead of redis-py's per-read
+        # and per-write socket timeouts, which cost a task each on every call (Python 3.11).
         return {
             "socket_timeout": self.timeout if per_socket_timeout else None,
             "socket_connect_timeout": self.timeout,
@@ -368,33 +434,34 @@ class RedisBackend:
                 client = self._sync
         return client
 
-    def _async_client(self) -> redis.asyncio.Redis:
+    def _async_client(self) -> tuple[redis.asyncio.Redis, _Deadlines]:
+        """This loop's client, and what bounds its calls (``with deadlines:``)."""
         loop = asyncio.get_running_loop()
         recent = self._recent
-        if recent is not None and recent[0] is loop:
-            return recent[1]
-        client = self._async.get(self._new_async_client)
-        self._recent = (loop, client)
-        return client
+        if recent is None or recent[0] is not loop:
+            recent = self._recent = (loop, self._async.get(self._new_async_client))
+        state = recent[1]
+        return state.client, state.deadlines
 
-    def _forget(self, client: redis.asyncio.Redis) -> None:
+    def _forget(self, state: _LoopClient) -> None:
         """A loop's client left the registry (closed, or its loop ended): keep no reference."""
         recent = self._recent
-        if recent is not None and recent[1] is client:
+        if recent is not None and recent[1] is state:
             self._recent = None
 
-    def _new_async_client(self) -> redis.asyncio.Redis:
-        return redis.asyncio.Redis.from_url(
+    def _new_async_client(self) -> _LoopClient:
+        client = redis.asyncio.Redis.from_url(
             self._secret_url, **self._options(per_socket_timeout=False)
         )
+        return _LoopClient(client, _Deadlines(asyncio.get_running_loop(), self.timeout))
 
     def _unavailable(self, error: BaseException) -> NoReturn:
         raise RedisUnavailableError(self.url, error) from error
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        client = self._async_client()
+        client, deadlines = self._async_client()
         try:
-            async with asyncio.timeout(self.timeout):
+            with deadlines:
                 try:
                     return await client.evalsha(self._shas[script], len(keys), *keys, *args)
                 except redis.exceptions.NoScriptError:  # a restarted or flushed server
@@ -412,11 +479,11 @@ class RedisBackend:
 
     async def ping(self) -> float:
         """One ``PING`` round trip; its duration in seconds (raises when unavailable)."""
-        client = self._async_client()
+        client, deadlines = self._async_client()
         loop = asyncio.get_running_loop()
         start = loop.time()
         try:
-            async with asyncio.timeout(self.timeout):
+            with deadlines:
                 await client.ping()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._unavailable(error)
@@ -529,9 +596,9 @@ class RedisBackend:
 
     async def breaker_reset(self, name: str) -> None:
         """Forget the circuit (closed, no failures) in every process."""
-        client = self._async_client()
+        client, deadlines = self._async_client()
         try:
-            async with asyncio.timeout(self.timeout):
+            with deadlines:
                 await client.delete(self.key("circuit", name))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._unavailable(error)
@@ -540,9 +607,9 @@ class RedisBackend:
 
     async def cache_get(self, key: str) -> bytes | None:
         """The stored bytes of ``key``, or ``None``."""
-        client = self._async_client()
+        client, deadlines = self._async_client()
         try:
-            async with asyncio.timeout(self.timeout):
+            with deadlines:
                 value = await client.get(key)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._unavailable(error)
@@ -550,18 +617,18 @@ class RedisBackend:
 
     async def cache_lock(self, key: str, token: str, hold: float) -> bool:
         """Take the load lock of ``key`` for ``hold`` seconds; False when another holds it."""
-        client = self._async_client()
+        client, deadlines = self._async_client()
         try:
-            async with asyncio.timeout(self.timeout):
+            with deadlines:
                 return bool(await client.set(f"{key}:lock", token, nx=True, px=int(hold * 1000)))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._unavailable(error)
 
     async def cache_locked(self, key: str) -> bool:
         """Whether some loader holds the load lock of ``key``."""
-        client = self._async_client()
+        client, deadlines = self._async_client()
         try:
-            async with asyncio.timeout(self.timeout):
+            with deadlines:
                 return bool(await client.exists(f"{key}:lock"))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._unavailable(error)
@@ -577,9 +644,9 @@ class RedisBackend:
 
     async def cache_delete(self, key: str) -> None:
         """Remove ``key`` (not its lock: a load in flight completes and stores its value)."""
-        client = self._async_client()
+        client, deadlines = self._async_client()
         try:
-            async with asyncio.timeout(self.timeout):
+            with deadlines:
                 await client.delete(key)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._unavailable(error)
@@ -607,9 +674,9 @@ class RedisBackend:
     async def effect_finish(self, thread_id: str, key: str, result: bytes, ttl: float) -> None:
         """Mark effect ``key`` done with its serialized result, for ``ttl`` more seconds."""
         record = self.key("effect", f"{thread_id}:{key}")
-        client = self._async_client()
+        client, deadlines = self._async_client()
         try:
-            async with asyncio.timeout(self.timeout):
+            with deadlines:
                 async with client.pipeline(transaction=True) as pipe:
                     pipe.hset(record, mapping={"state": "done", "result": result})
                     pipe.pexpire(record, max(1, int(ttl * 1000)))
@@ -619,9 +686,9 @@ class RedisBackend:
 
     async def effect_release(self, thread_id: str, key: str) -> None:
         """Forget effect ``key`` (it certainly did not happen)."""
-        client = self._async_client()
+        client, deadlines = self._async_client()
         try:
-            async with asyncio.timeout(self.timeout):
+            with deadlines:
                 await client.delete(self.key("effect", f"{thread_id}:{key}"))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._unavailable(error)

@@ -9,6 +9,7 @@ import itertools
 import socket
 import time
 import weakref
+from collections.abc import Iterator
 
 import pytest
 import redis.asyncio
@@ -168,20 +169,66 @@ async def test_scripts_flushed_from_the_server_are_loaded_again(redis_url: str) 
         await shared.aclose()
 
 
-async def test_a_server_that_never_answers_fails_within_the_timeout() -> None:
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A server that accepts connections and never answers."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
-    port = listener.getsockname()[1]
-    shared = RedisBackend(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.close()
+
+
+async def test_a_server_that_never_answers_fails_within_the_timeout(silent_url: str) -> None:
+    shared = RedisBackend(silent_url, timeout=0.2)
     try:
         start = time.monotonic()
-        with pytest.raises(RedisUnavailableError):
+        with pytest.raises(RedisUnavailableError, match="TimeoutError"):
             await shared.reserve("api", rate=10, capacity=5, tokens=1, blocking=True)
-        assert time.monotonic() - start < 5
+        # Not before the timeout; the upper bound only catches a hang (1.25 x when idle).
+        assert 0.2 <= time.monotonic() - start < 5
     finally:
         await shared.aclose()
-        listener.close()
+
+
+async def test_concurrent_calls_to_a_silent_server_each_fail_and_leave_no_timer(
+    silent_url: str,
+) -> None:
+    shared = RedisBackend(silent_url, timeout=0.2)
+    try:
+        calls = [shared.cache_get(f"k{i}") for i in range(20)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, RedisUnavailableError) for r in results), results
+        _, deadlines = shared._async_client()
+        # The shared timer stops at its next tick (every 0.05 s here) once no call is in
+        # flight; a timer due earlier always runs before this sleep's own.
+        await asyncio.sleep(0.2)
+        assert deadlines.pending() == 0
+    finally:
+        await shared.aclose()
+
+
+async def test_a_cancellation_from_outside_stays_a_cancellation(silent_url: str) -> None:
+    shared = RedisBackend(silent_url, timeout=0.3)
+    try:
+        call = asyncio.create_task(shared.cache_get("k"))
+        await asyncio.sleep(0.1)  # the call is waiting for an answer
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        # A caller's own shorter bound ends the call with its own TimeoutError.
+        start = time.monotonic()
+        with pytest.raises(TimeoutError) as caught:
+            async with asyncio.timeout(0.05):
+                await shared.cache_get("k")
+        assert not isinstance(caught.value, RedisUnavailableError)
+        assert time.monotonic() - start < 0.3
+        # The backend's own bound still works in the same task afterwards.
+        with pytest.raises(RedisUnavailableError):
+            await shared.cache_get("k")
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    finally:
+        await shared.aclose()
 
 
 def test_the_url_is_validated_and_its_password_never_shown() -> None:
