@@ -15,8 +15,9 @@
 `limits`' fixed window is printed too but not compared: it lets twice the rate through
 around each window boundary, a weaker promise than a rolling limit or GCRA's even spacing.
 
-The latency figures interleave rounds of every contender and take medians, so a noisy
-machine moves them together.
+The latency figures interleave the contenders call by call (each round makes one call of
+every contender in turn, PER_ROUND times) and take the median of the per-round ratios, so
+a noisy machine moves the compared calls together.
 """
 
 from __future__ import annotations
@@ -61,14 +62,20 @@ ROUNDS = 15
 PER_ROUND = 200
 
 
-async def per_call(operation: Callable[[], Awaitable[object]]) -> float:
-    start = time.perf_counter()
+async def one_round(contenders: dict[str, Callable[[], Awaitable[object]]]) -> dict[str, float]:
+    """Seconds per call of each contender, their calls taken in turn PER_ROUND times."""
+    totals = dict.fromkeys(contenders, 0.0)
+    clock = time.perf_counter
     for _ in range(PER_ROUND):
-        await operation()
-    return (time.perf_counter() - start) / PER_ROUND
+        for name, operation in contenders.items():
+            start = clock()
+            await operation()
+            totals[name] += clock() - start
+    return {name: total / PER_ROUND for name, total in totals.items()}
 
 
-async def latencies(url: str) -> dict[str, float]:
+async def latencies(url: str) -> list[dict[str, float]]:
+    """Each round's seconds per call of every contender."""
     shared = RedisBackend(url)
     # a rate no benchmark round can exhaust: every acquire is uncontended
     limiter = rate_limiter("bench-uncontended", RateLimit(rate=1e7, capacity=10**6), shared=shared)
@@ -101,17 +108,19 @@ async def latencies(url: str) -> dict[str, float]:
         "acquire": acquire,
         **{f"limits_{name}": limits_hit(name, s) for name, s in strategies.items()},
     }
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
     try:
-        for operation in contenders.values():  # warm-up: connections, scripts
-            await per_call(operation)
-        for _ in range(ROUNDS):
-            for name, operation in contenders.items():
-                samples[name].append(await per_call(operation))
+        await one_round(contenders)  # warm-up: connections, scripts
+        return [await one_round(contenders) for _ in range(ROUNDS)]
     finally:
         await client.aclose()
         await shared.aclose()
-    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def median_ratio(
+    rounds: list[dict[str, float]], over: Callable[[dict[str, float]], float]
+) -> float:
+    """The median over rounds of a round's acquire time / ``over(round)``."""
+    return statistics.median(r["acquire"] / over(r) for r in rounds)
 
 
 def run_workers(mode: str, url: str, count: int, *args: str) -> list[object]:
@@ -132,11 +141,12 @@ def main() -> None:
         print(f"shared_rate_error_pct={abs(granted - expected) / expected * 100:.2f}", flush=True)
 
         server.flush()
-        figures = asyncio.run(latencies(server.url))
-        best_limits = min(figures["limits_moving"], figures["limits_sliding"])
-        print(f"shared_acquire_vs_ping={figures['acquire'] / figures['ping']:.3f}")
-        print(f"shared_acquire_vs_floor={figures['acquire'] / figures['floor']:.3f}")
-        print(f"shared_vs_limits={figures['acquire'] / best_limits:.3f}")
+        rounds = asyncio.run(latencies(server.url))
+        vs_limits = median_ratio(rounds, lambda r: min(r["limits_moving"], r["limits_sliding"]))
+        print(f"shared_acquire_vs_ping={median_ratio(rounds, lambda r: r['ping']):.3f}")
+        print(f"shared_acquire_vs_floor={median_ratio(rounds, lambda r: r['floor']):.3f}")
+        print(f"shared_vs_limits={vs_limits:.3f}")
+        figures = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
         print(
             f"# per call: ping={figures['ping'] * 1e6:.1f}us floor={figures['floor'] * 1e6:.1f}us"
             f" acquire={figures['acquire'] * 1e6:.1f}us"
