@@ -473,7 +473,11 @@ class RedisBackend:
     def _run_sync(self, script: str, keys: list[str], args: list[Any]) -> Any:
         client = self._sync_client()
         try:
-            return client.eval(self._scripts[script], len(keys), *keys, *args)
+            try:  # by digest, as _run() does
+                return client.evalsha(self._shas[script], len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                client.script_load(self._scripts[script])
+                return client.evalsha(self._shas[script], len(keys), *keys, *args)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._unavailable(error)
 

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Iterator
 
 import pytest
+import redis
 import redis.asyncio
 import uvloop
 from act_operator_lib.cookbook.redis_backend import _RESERVE, RedisBackend, RedisUnavailableError
@@ -167,6 +168,24 @@ async def test_scripts_flushed_from_the_server_are_loaded_again(redis_url: str) 
     finally:
         await admin.aclose()
         await shared.aclose()
+
+
+def test_sync_calls_use_the_script_digest_and_reload_it(redis_url: str) -> None:
+    shared = RedisBackend(redis_url, prefix="flush-sync:")
+    admin = redis.Redis.from_url(redis_url)
+    digest = hashlib.sha1(_RESERVE.encode()).hexdigest()
+    try:
+        admin.script_flush()
+        assert shared.reserve_sync("api", rate=10, capacity=5, tokens=1, blocking=True) == 0
+        # The first call loaded the script; the next is one EVALSHA (the server counts them).
+        calls = admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        assert shared.reserve_sync("api", rate=10, capacity=5, tokens=1, blocking=True) == 0
+        after = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+        assert after == calls + 1
+        assert admin.script_exists(digest) == [True]
+    finally:
+        admin.close()
+        shared.close_sync()
 
 
 @pytest.fixture
