@@ -16,7 +16,8 @@ a waiting caller is cancelled, to give its reservation back); the breaker one ro
 and one after a guarded call; the cache one ``GET`` per hit, and for a miss a lock, the load,
 and one write.
 
-When Redis is down or restarting, every call fails within ``timeout`` seconds with
+When Redis is down or restarting, every call fails within ``timeout`` seconds (an async
+call between 1 and 1.25 times ``timeout``: one timer per loop bounds them all) with
 ``RedisUnavailableError`` naming the server (its URL without credentials), or, with
 ``fallback="local"``, the recipe logs a warning and uses its in-process state until Redis
 answers again. The client reconnects by itself after a restart; scripts are loaded again
