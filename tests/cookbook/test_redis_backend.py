@@ -228,7 +228,7 @@ async def test_concurrent_calls_to_a_silent_server_each_fail_and_leave_no_timer(
 
 
 async def test_a_cancellation_from_outside_stays_a_cancellation(silent_url: str) -> None:
-    shared = RedisBackend(silent_url, timeout=0.3)
+    shared = RedisBackend(silent_url, timeout=1.0)
     try:
         call = asyncio.create_task(shared.cache_get("k"))
         await asyncio.sleep(0.1)  # the call is waiting for an answer
@@ -241,7 +241,7 @@ async def test_a_cancellation_from_outside_stays_a_cancellation(silent_url: str)
             async with asyncio.timeout(0.05):
                 await shared.cache_get("k")
         assert not isinstance(caught.value, RedisUnavailableError)
-        assert time.monotonic() - start < 0.3
+        assert time.monotonic() - start < 1.0
         # The backend's own bound still works in the same task afterwards.
         with pytest.raises(RedisUnavailableError):
             await shared.cache_get("k")
