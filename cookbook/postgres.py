@@ -623,8 +623,7 @@ class PostgresPool:
                 except Exception:
                     _drop(conn)  # see _release()
                 finally:
-                    if shared.lent:  # _unlend()
-                        shared.lent -= 1
+                    _unlend(shared)
             # A lost connection usually means a restart: every idle one is dead too.
             await pool.expire_connections()
             # Classified only now, off the hot path.
@@ -809,13 +808,10 @@ class QueryRows(AsyncBaseNode):
     async def execute(
         self, state: Mapping[str, Any], config: RunnableConfig, runtime: Any
     ) -> dict[str, Any]:
-        db = self.db
-        rows = await db._call(  # fetch() without its call: this is the per-query hot path
-            "fetch",
+        rows = await self.db.fetch(
             self.query,
-            tuple(map(state.__getitem__, self.arg_keys)),  # no comprehension's frame
-            dsn_from(config, runtime, db.settings.dsn),
-            None,
+            *map(state.__getitem__, self.arg_keys),  # no comprehension's frame
+            dsn=dsn_from(config, runtime, self.db.settings.dsn),
         )
         if self.verbose:
             self.log("query", rows=len(rows))

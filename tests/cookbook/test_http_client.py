@@ -155,10 +155,8 @@ async def test_slow_response_times_out_with_the_url(http_server: HttpTestServer)
 async def test_a_redirect_hop_keeps_the_calls_own_timeout(http_server: HttpTestServer) -> None:
     # The session's default is 30 s: only the call's 0.2 s, passed on to the hop, ends it.
     client = HttpClient(HttpSettings(base_url=http_server.url))
-    started = time.monotonic()
     with pytest.raises(HTTPTimeoutError, match=r"timed out after 0.2s"):
         await client.get_json("/redirect", params={"to": "/slow?delay=2"}, request_timeout=0.2)
-    assert time.monotonic() - started < 1.5
     await client.aclose()
 
 

@@ -10,14 +10,19 @@ import socket
 import time
 import weakref
 from collections.abc import Iterator
+from typing import Any, TypedDict
 
 import pytest
 import redis
 import redis.asyncio
 import uvloop
+from act_operator_lib.cookbook.rate_limit import RateLimit, rate_limiter
 from act_operator_lib.cookbook.redis_backend import _RESERVE, RedisBackend, RedisUnavailableError
+from langgraph.errors import NodeTimeoutError
+from langgraph.graph import START, StateGraph
+from langgraph.types import RetryPolicy, TimeoutPolicy
 
-from tests.helpers import run_example
+from tests.helpers import HANG_SECONDS, run_example, unique
 from tests.redis_server import RedisServer
 
 
@@ -218,7 +223,7 @@ async def test_concurrent_calls_to_a_silent_server_each_fail_and_leave_no_timer(
         calls = [shared.cache_get(f"k{i}") for i in range(20)]
         results = await asyncio.gather(*calls, return_exceptions=True)
         assert all(isinstance(r, RedisUnavailableError) for r in results), results
-        _, deadlines = shared._async_client()
+        deadlines = shared._async_client().deadlines
         # The shared timer stops at its next tick (every 0.05 s here) once no call is in
         # flight; a timer due earlier always runs before this sleep's own.
         await asyncio.sleep(0.2)
@@ -228,24 +233,83 @@ async def test_concurrent_calls_to_a_silent_server_each_fail_and_leave_no_timer(
 
 
 async def test_a_cancellation_from_outside_stays_a_cancellation(silent_url: str) -> None:
-    shared = RedisBackend(silent_url, timeout=1.0)
+    # A bound the test never reaches, so only the outside cancellations can end these calls.
+    patient = RedisBackend(silent_url, timeout=60)
+    quick = RedisBackend(silent_url, timeout=0.2)
     try:
-        call = asyncio.create_task(shared.cache_get("k"))
+        call = asyncio.create_task(patient.cache_get("k"))
         await asyncio.sleep(0.1)  # the call is waiting for an answer
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
         # A caller's own shorter bound ends the call with its own TimeoutError.
-        start = time.monotonic()
         with pytest.raises(TimeoutError) as caught:
             async with asyncio.timeout(0.05):
-                await shared.cache_get("k")
+                await patient.cache_get("k")
         assert not isinstance(caught.value, RedisUnavailableError)
-        assert time.monotonic() - start < 1.0
-        # The backend's own bound still works in the same task afterwards.
+        # The backend's own bound still works in the same task afterwards, and leaves the
+        # task's cancellation count as it found it.
         with pytest.raises(RedisUnavailableError):
-            await shared.cache_get("k")
+            await quick.cache_get("k")
         assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    finally:
+        await patient.aclose()
+        await quick.aclose()
+
+
+class Limited(TypedDict, total=False):
+    done: bool
+
+
+def limited_graph(limiter: Any, **node_policies: Any) -> Any:
+    """A graph whose one node takes a token from ``limiter`` (shared through Redis)."""
+
+    async def call(state: Limited) -> Limited:
+        await limiter.aacquire()
+        return {"done": True}
+
+    builder = StateGraph(Limited)
+    builder.add_node("call", call, **node_policies)
+    builder.add_edge(START, "call")
+    return builder.compile()
+
+
+async def test_a_silent_server_under_a_nodes_retry_policy(silent_url: str) -> None:
+    shared = RedisBackend(silent_url, timeout=0.1)
+    limiter = rate_limiter(unique("silent"), RateLimit(rate=10, capacity=5), shared=shared)
+    attempts = 0
+
+    def retry_on(error: Exception) -> bool:
+        nonlocal attempts
+        attempts += 1
+        return isinstance(error, RedisUnavailableError)
+
+    policy = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=retry_on)
+    try:
+        with pytest.raises(RedisUnavailableError, match="TimeoutError"):
+            await limited_graph(limiter, retry_policy=policy).ainvoke({})
+        assert attempts == 3  # every attempt ended with the typed, retryable error
+    finally:
+        await shared.aclose()
+
+
+async def test_a_node_timeout_shorter_than_the_backends_wins(silent_url: str) -> None:
+    shared = RedisBackend(silent_url, timeout=1.0)
+    limiter = rate_limiter(unique("silent"), RateLimit(rate=10, capacity=5), shared=shared)
+    before = asyncio.all_tasks()
+    try:
+        # LangGraph cancels the node: a cancellation from outside, never RedisUnavailableError.
+        with pytest.raises(NodeTimeoutError):
+            await limited_graph(limiter, timeout=TimeoutPolicy(run_timeout=0.1)).ainvoke({})
+        # The cancelled waiter gives its reservation back in a task of its own, bounded by
+        # the backend's timeout against this silent server.
+        giving_back = asyncio.all_tasks() - before
+        assert giving_back
+        await asyncio.wait(giving_back, timeout=HANG_SECONDS)
+        # Every call has left the loop's deadlines, whose timer (a tick every 0.25 s, due
+        # before this sleep ends) then stopped.
+        await asyncio.sleep(0.5)
+        assert shared._async_client().deadlines.pending() == 0
     finally:
         await shared.aclose()
 
